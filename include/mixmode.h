@@ -1,0 +1,212 @@
+/* mixmode: blocking and asynchronous code in one C program.
+ *
+ * An async core -- a libuv loop running stackful coroutines -- and, on top
+ * of it, bridges between coroutines and plain threads.  This header is all
+ * a user includes.  Conventions:
+ *
+ *   - Functions return 0 or a negative errno value (libuv's convention);
+ *     mm_strerror() explains each, with the library's meaning.
+ *   - Handles are opaque; out-parameters are set to NULL on failure.
+ *   - Options structs have an _init() function; 0 means "default" or "none".
+ *   - "Colour-blind" waiting calls (mm_join, mm_sleep) suspend only the
+ *     calling coroutine when called from one, block the calling thread when
+ *     called from a plain thread, and return -EDEADLK when called on a
+ *     loop's own thread outside any coroutine (a raw libuv callback), where
+ *     blocking would stall the loop they wait for.
+ */
+#ifndef MIXMODE_H
+#define MIXMODE_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+# define MM_EXTERN __attribute__((visibility("default")))
+#else
+# define MM_EXTERN /* nothing */
+#endif
+
+#include <uv.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define MM_VERSION_MAJOR 0
+#define MM_VERSION_MINOR 1
+#define MM_VERSION_PATCH 0
+#define MM_VERSION_HEX ((MM_VERSION_MAJOR << 16) | (MM_VERSION_MINOR << 8) | \
+                        (MM_VERSION_PATCH))
+
+enum { MM_LOG_DEBUG, MM_LOG_INFO, MM_LOG_WARN, MM_LOG_ERROR };
+
+typedef struct mm_loop mm_loop_t;
+typedef struct mm_coro mm_coro_t;
+
+/* The one function type for coroutine bodies and blocking functions.
+ * Returns 0 or a negative errno value. */
+typedef int (*mm_fn)(void *arg);
+
+/* Receives the library's diagnostics (see mm_set_log). */
+typedef void (*mm_log_fn)(int level, const char *msg, void *data);
+
+
+/* ---- Errors and version ------------------------------------------------ */
+
+/* Explains err (a negative errno value, or 0) with the library's meaning
+ * where it has one (-EDEADLK: the call would block the loop's own thread).
+ * Never NULL; the string is static.  Any thread. */
+MM_EXTERN const char *mm_strerror(int err);
+
+/* "MAJOR.MINOR.PATCH" of the library actually linked.  Any thread. */
+MM_EXTERN const char *mm_version(void);
+
+
+/* ---- Loops ------------------------------------------------------------- */
+
+typedef struct mm_loop_options {
+  size_t   stack_size;        /* coroutine stack in bytes; 0 = 256 KiB */
+  unsigned pool_min_threads;  /* workers kept alive; default 0 */
+  unsigned pool_max_threads;  /* 0 = default: 64 */
+  unsigned pool_idle_ms;      /* idle worker exits after this; 0 = 10000 */
+  unsigned slow_step_ms;      /* warn when one coroutine step holds the loop
+                                 this long; 0 = off, unless the environment
+                                 has MIXMODE_DEBUG=1, which sets 100 */
+} mm_loop_options_t;
+
+/* Fills o with the defaults.  Any thread. */
+MM_EXTERN void mm_loop_options_init(mm_loop_options_t *o);
+
+/* Creates a loop with its own libuv loop.  o may be NULL (defaults).
+ * Any thread.  Errors: -EINVAL (loop NULL, bad options), -ENOMEM, or a
+ * libuv error when the uv loop cannot be initialised. */
+MM_EXTERN int mm_loop_new(mm_loop_t **loop, const mm_loop_options_t *o);
+
+/* Creates a loop on an existing libuv loop that the user keeps running with
+ * uv_run().  mm_loop_free() then closes the handles it added and runs uv
+ * until they are closed, so that uv_loop_close(uv) succeeds afterwards.
+ * Call it on the thread that runs uv.  Errors: -EINVAL, -ENOMEM. */
+MM_EXTERN int mm_loop_from_uv(mm_loop_t **loop, uv_loop_t *uv,
+                              const mm_loop_options_t *o);
+
+/* The libuv loop under loop (owned or borrowed); NULL if loop is NULL. */
+MM_EXTERN uv_loop_t *mm_loop_uv(mm_loop_t *loop);
+
+/* Runs the loop on the calling thread until no coroutine is left and no
+ * request is pending, or until mm_loop_stop().  May be called again later.
+ * Returns 0.  Errors: -EINVAL (NULL, borrowed loop), -EBUSY (already
+ * running on some thread, or started), -ESHUTDOWN (stopped), -EDEADLK
+ * (called from a coroutine or from inside another loop's run). */
+MM_EXTERN int mm_loop_run(mm_loop_t *loop);
+
+/* Runs the loop on a new background thread until it is stopped or freed.
+ * Errors: -EINVAL, -EBUSY (already running), -ESHUTDOWN, -EAGAIN (thread
+ * creation failed). */
+MM_EXTERN int mm_loop_start(mm_loop_t *loop);
+
+/* Stops the loop: final.  Any thread; asynchronous.  New requests (spawns)
+ * get -ESHUTDOWN from now on, live coroutines are cancelled, and the loop's
+ * run returns once they have finished.  Idempotent.  Errors: -EINVAL. */
+MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
+
+/* Shuts the loop down and frees it: stops it, cancels live coroutines and
+ * lets them finish (running the loop on the calling thread when nobody else
+ * does), joins the threads it started, reports through the log coroutine
+ * handles never joined, and releases everything.  Not from the loop's own
+ * thread while it runs (-EBUSY; the loop is left untouched).
+ * Handles of the loop's coroutines are invalid afterwards.
+ * Errors: -EINVAL, -EBUSY. */
+MM_EXTERN int mm_loop_free(mm_loop_t *loop);
+
+
+/* ---- Coroutines -------------------------------------------------------- */
+
+typedef struct mm_spawn_options {
+  const char *name;           /* copied; shown in diagnostics */
+  size_t      stack_size;     /* 0 = the loop's */
+  uint64_t    timeout_ms;     /* 0 = none; at the deadline the coroutine is
+                                 cancelled and its status is -ETIMEDOUT */
+} mm_spawn_options_t;
+
+/* Fills o with the defaults (all zero).  Any thread. */
+MM_EXTERN void mm_spawn_options_init(mm_spawn_options_t *o);
+
+/* Starts a coroutine running fn(arg) on loop.  Any thread.  If coro is not
+ * NULL it receives a handle that must be given to mm_join() or mm_detach()
+ * exactly once; if coro is NULL the coroutine is detached.  The coroutine
+ * starts with a copy of the spawner's locals and inherits nothing else.
+ * A coroutine cancelled before it first runs never runs; its status is
+ * -ECANCELED (or -ETIMEDOUT).
+ * Errors: -EINVAL (NULL loop or fn, bad options), -ESHUTDOWN (loop stopped
+ * or being freed), -ENOMEM (no memory for a stack). */
+MM_EXTERN int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro);
+MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
+                          const mm_spawn_options_t *o, mm_coro_t **coro);
+
+/* Waits for the coroutine to end and returns its status: fn's value, or
+ * -ECANCELED / -ETIMEDOUT if it was cancelled before it ran or timed out.
+ * Frees the handle (except when it returns -EINVAL or -EDEADLK).  Colour-blind: suspends a calling coroutine (of any
+ * loop), blocks a plain thread; a coroutine that has already ended is
+ * never waited for.  If the joining coroutine is cancelled, the joined one
+ * is cancelled too and waited for, then -ECANCELED is returned.
+ * Errors: -EINVAL (NULL, a detached or already joined handle as far as
+ * can be told), -EDEADLK (a coroutine joining itself, or a call on a
+ * loop's thread outside a coroutine: the handle is left untouched and may
+ * be joined later). */
+MM_EXTERN int mm_join(mm_coro_t *coro);
+
+/* Gives up the handle: the coroutine runs on and is freed when it ends.
+ * Any thread.  Errors: -EINVAL (NULL, already detached or joined). */
+MM_EXTERN int mm_detach(mm_coro_t *coro);
+
+/* Requests cancellation.  Any thread.  The coroutine's current suspension
+ * (mm_sleep, mm_join, mm_yield, ...) and every later one returns
+ * -ECANCELED at once; mm_cancelled() turns true.  Cancelling a coroutine
+ * that has ended, or twice, does nothing.  Errors: -EINVAL (NULL). */
+MM_EXTERN int mm_cancel(mm_coro_t *coro);
+
+/* The calling coroutine, or NULL on a plain thread / outside coroutines. */
+MM_EXTERN mm_coro_t *mm_current(void);
+
+/* The name given at spawn, or "" if none; NULL if coro is NULL. */
+MM_EXTERN const char *mm_coro_name(const mm_coro_t *coro);
+
+/* Lets the other ready coroutines of the loop run, then continues.
+ * In a coroutine: 0, or -ECANCELED once cancelled.  On a plain thread:
+ * sched_yield(), 0.  On a loop's thread outside coroutines: -EDEADLK. */
+MM_EXTERN int mm_yield(void);
+
+/* Waits ms milliseconds.  Colour-blind.  Returns 0, -ECANCELED or
+ * -ETIMEDOUT (the coroutine was cancelled or hit its deadline meanwhile),
+ * -EDEADLK (on a loop's thread outside a coroutine). */
+MM_EXTERN int mm_sleep(uint64_t ms);
+
+/* In a coroutine: whether its cancellation was requested.  Elsewhere:
+ * false. */
+MM_EXTERN bool mm_cancelled(void);
+
+
+/* ---- Locals ------------------------------------------------------------ */
+
+/* Stores value under the address key for the calling coroutine (its own;
+ * children spawned later start with a copy) or, on a plain thread, for that
+ * thread.  Storing NULL removes the key.
+ * Errors: -EINVAL (key NULL), -ENOMEM. */
+MM_EXTERN int mm_local_set(const void *key, void *value);
+
+/* The value stored under key, or NULL when unset. */
+MM_EXTERN void *mm_local_get(const void *key);
+
+
+/* ---- Diagnostics ------------------------------------------------------- */
+
+/* Sends the library's messages to fn (NULL restores the default: stderr,
+ * WARN and above).  Any thread; applies to all loops. */
+MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MIXMODE_H */

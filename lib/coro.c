@@ -1,0 +1,236 @@
+/* Coroutine handles: spawn, join, detach, cancel.
+ *
+ * The handle's life is the atomic word c->join (states in mm-internal.h):
+ *
+ *   NONE --CAS by mm_join----> &wait --exchange at the end--> ENDED
+ *   NONE --CAS by mm_detach--> DETACHED --exchange at the end: freed
+ *   NONE --exchange at the end--> ENDED --CAS by join/detach--> FREED
+ *
+ * The end of the coroutine (sched.c, finish) writes c->status and then
+ * exchanges ENDED in with acq_rel; a joiner that finds ENDED read it with
+ * acquire, so status is visible to it.  The first CAS on a state wins; a
+ * loser learns that the handle was already claimed (-EINVAL).  The
+ * coroutine's block is given back on its loop's thread (mm__loop_post with
+ * MM__REMOTE_RELEASE), never by a joiner on another thread.
+ *
+ * Colour-blindness comes from mm__wait_t: a join parks a coroutine or
+ * blocks a thread, and the end wakes either the same way.
+ */
+#include "mm-internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mm_spawn_options_init(mm_spawn_options_t *o) {
+  if (o != NULL)
+    memset(o, 0, sizeof(*o));
+}
+
+static const mm__locals_t *spawner_locals(void) {
+  mm_coro_t *c = mm_current();
+  return c != NULL ? &c->locals : &mm__tls.locals;
+}
+
+int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
+                const mm_spawn_options_t *o, mm_coro_t **out) {
+  mm_spawn_options_t opt;
+
+  if (out != NULL)
+    *out = NULL;
+  if (loop == NULL || fn == NULL)
+    return -EINVAL;
+  if (o != NULL)
+    opt = *o;
+  else
+    mm_spawn_options_init(&opt);
+  if (opt.stack_size > ((size_t) 1 << 30))
+    return -EINVAL;
+
+  /* Where the new coroutine is admitted: here if this thread drives the
+   * loop or nobody does (then holding mu throughout), else by the driver
+   * through the remote queue. */
+  bool local = mm__on_loop_thread(loop);
+  bool locked = false;
+  if (!local) {
+    pthread_mutex_lock(&loop->mu);
+    locked = true;
+    if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
+        MM__LOOP_OPEN) {
+      pthread_mutex_unlock(&loop->mu);
+      return -ESHUTDOWN;
+    }
+    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
+      local = true;
+    } else {
+      /* Counted before mu is released so that a free cannot finish
+       * before the spawn lands; see run_done() in loop.c. */
+      atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
+      pthread_mutex_unlock(&loop->mu);
+      locked = false;
+    }
+  } else if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
+             MM__LOOP_OPEN) {
+    return -ESHUTDOWN;
+  }
+
+  int r = -ENOMEM;
+  mm_coro_t *c = mm__coro_alloc(loop, opt.stack_size, local);
+  if (c == NULL)
+    goto err_undo;
+  c->loop = loop;
+  c->fn = fn;
+  c->arg = arg;
+  c->timeout_ms = opt.timeout_ms;
+  c->born = uv_hrtime();
+  if (opt.name != NULL && (c->name = strdup(opt.name)) == NULL)
+    goto err_block;
+  if (mm__locals_copy(&c->locals, spawner_locals()) != 0)
+    goto err_name;
+  atomic_init(&c->cancel_reason, 0);
+  atomic_init(&c->remote_bits, 0);
+  atomic_init(&c->join, out != NULL ? MM__JOIN_NONE : MM__JOIN_DETACHED);
+  atomic_fetch_add_explicit(&loop->coros_spawned, 1, memory_order_relaxed);
+
+  if (out != NULL)
+    *out = c;
+  if (locked && local) {
+    /* Nobody drives the loop: act as its driver while holding mu. */
+    mm_loop_t *saved = mm__tls.loop;
+    mm__tls.loop = loop;
+    mm__coro_admit(c);
+    mm__tls.loop = saved;
+    pthread_mutex_unlock(&loop->mu);
+  } else if (local) {
+    mm__coro_admit(c);
+  } else {
+    mm__loop_post_spawn(c);
+  }
+  return 0;
+
+err_name:
+  free(c->name);
+err_block:
+  if (local)
+    mm__coro_cache_put(loop, c);
+  else
+    mm__coro_unmap(c);
+err_undo:
+  if (locked)
+    pthread_mutex_unlock(&loop->mu);
+  if (!local) {
+    /* pending was counted for a spawn that will not come: undo, and poke
+     * the driver in case it waits for pending to drop. */
+    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
+    uv_async_send(&loop->async);
+  }
+  return r;
+}
+
+int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro) {
+  return mm_spawn_ex(loop, fn, arg, NULL, coro);
+}
+
+/* A join that is itself cancelled cancels the joined coroutine and keeps
+ * waiting for it. */
+typedef struct join_wait {
+  mm__wait_t w;
+  mm_coro_t *target;
+  int reason;               /* the joiner's cancellation, once seen */
+} join_wait_t;
+
+static void join_cancel(mm__wait_t *w, int reason) {
+  join_wait_t *jw = container_of(w, join_wait_t, w);
+  jw->reason = reason;
+  mm_cancel(jw->target);
+}
+
+/* The handle is ours and the coroutine has ended: give the block back. */
+static int take_status(mm_coro_t *c) {
+  int status = c->status;
+  atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
+  mm__loop_post(c, MM__REMOTE_RELEASE);
+  return status;
+}
+
+int mm_join(mm_coro_t *c) {
+  if (c == NULL)
+    return -EINVAL;
+  mm_coro_t *self = mm__tls.coro;
+  if (self == c)
+    return -EDEADLK;
+
+  join_wait_t jw;
+  int r = mm__wait_init(&jw.w);
+  if (r != 0)
+    return r;
+  jw.target = c;
+  jw.reason = 0;
+  jw.w.cancel = join_cancel;
+
+  uintptr_t expected = MM__JOIN_NONE;
+  if (!atomic_compare_exchange_strong_explicit(&c->join, &expected,
+                                               (uintptr_t) &jw.w,
+                                               memory_order_acq_rel,
+                                               memory_order_acquire)) {
+    if (expected == MM__JOIN_ENDED &&
+        atomic_compare_exchange_strong_explicit(
+            &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
+            memory_order_relaxed)) {
+      int status = c->status;
+      mm__loop_post(c, MM__REMOTE_RELEASE);
+      return status;
+    }
+    return -EINVAL;  /* detached, freed, or another joiner */
+  }
+
+  if (self != NULL && mm__coro_cancel_reason(self) != 0) {
+    /* Already cancelled: cancel the target and wait for it regardless. */
+    jw.reason = mm__coro_cancel_reason(self);
+    jw.w.cancellable = false;
+    mm_cancel(c);
+  }
+  int status = mm__wait_block(&jw.w);
+  take_status(c);
+  return jw.reason != 0 ? -jw.reason : status;
+}
+
+int mm_detach(mm_coro_t *c) {
+  if (c == NULL)
+    return -EINVAL;
+  uintptr_t expected = MM__JOIN_NONE;
+  if (atomic_compare_exchange_strong_explicit(&c->join, &expected,
+                                              MM__JOIN_DETACHED,
+                                              memory_order_acq_rel,
+                                              memory_order_acquire))
+    return 0;
+  if (expected == MM__JOIN_ENDED &&
+      atomic_compare_exchange_strong_explicit(&c->join, &expected,
+                                              MM__JOIN_FREED,
+                                              memory_order_acquire,
+                                              memory_order_relaxed)) {
+    mm__loop_post(c, MM__REMOTE_RELEASE);
+    return 0;
+  }
+  return -EINVAL;
+}
+
+int mm_cancel(mm_coro_t *c) {
+  if (c == NULL)
+    return -EINVAL;
+  int expected = 0;
+  /* Relaxed: the flag carries no data; the interrupt is ordered by the
+   * remote queue (or happens right here on the loop's thread). */
+  if (!atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
+                                               ECANCELED, memory_order_relaxed,
+                                               memory_order_relaxed))
+    return 0;
+  mm__loop_post(c, MM__REMOTE_CANCEL);
+  return 0;
+}
+
+const char *mm_coro_name(const mm_coro_t *c) {
+  if (c == NULL)
+    return NULL;
+  return c->name != NULL ? c->name : "";
+}

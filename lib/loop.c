@@ -1,0 +1,509 @@
+/* Loops: life cycle (new, run, start, stop, free), the drive loop, and the
+ * remote queue through which other threads reach a loop.
+ *
+ * The remote queue is a Treiber stack of coroutines (intrusive through
+ * remote_next) with the event bits kept on each coroutine:
+ *
+ *   post:  fetch_or(c->remote_bits, bits | QUEUED, acq_rel); only the
+ *          poster that set QUEUED pushes c, with a CAS on remote_head
+ *          (release: c's fields and bits written before are visible to the
+ *          drain), then sends the loop's uv_async (libuv coalesces sends).
+ *   drain: exchange(remote_head, NULL, acquire) takes the whole stack at
+ *          once; it is reversed into posting order; for each c the drain
+ *          reads remote_next first and then exchanges remote_bits to 0
+ *          (acq_rel).  After that exchange another poster may push c again,
+ *          which is why remote_next was read before.
+ *
+ * Only the drain pops, so ABA cannot occur.  A poster touches the loop
+ * after its push (the uv_async_send), so loop->posting counts posters in
+ * flight and mm_loop_free waits for it to drop to zero before the loop's
+ * memory goes.
+ *
+ * Locks: loop->mu protects driven, background and the state transitions;
+ * see mm-internal.h for the order.
+ */
+#include "mm-internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_STACK_SIZE (256 * 1024)
+#define MAX_STACK_SIZE ((size_t) 1 << 30)
+
+void mm_loop_options_init(mm_loop_options_t *o) {
+  if (o == NULL)
+    return;
+  memset(o, 0, sizeof(*o));
+  o->stack_size = DEFAULT_STACK_SIZE;
+  o->pool_max_threads = 64;
+  o->pool_idle_ms = 10000;
+  const char *dbg = getenv("MIXMODE_DEBUG");
+  if (dbg != NULL && strcmp(dbg, "1") == 0)
+    o->slow_step_ms = 100;
+}
+
+/* Whether this thread may touch the loop's internals directly.  An owned
+ * loop: this thread is inside drive() (or holds mu while nobody drives).
+ * A borrowed loop: this is the thread that runs the user's uv_run. */
+bool mm__on_loop_thread(const mm_loop_t *loop) {
+  if (loop->borrowed)
+    return pthread_equal(loop->owner, pthread_self());
+  return mm__tls.loop == loop;
+}
+
+/* ---- remote queue -------------------------------------------------------- */
+
+static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
+  if (bits & MM__REMOTE_SPAWN) {
+    mm__coro_admit(c);
+    /* After admit: nlive already counts c when pending drops. */
+    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
+  }
+  if (bits & MM__REMOTE_CANCEL)
+    mm__coro_interrupt(c);
+  if (bits & MM__REMOTE_WAKE)
+    mm__coro_wake_local(c, atomic_load_explicit(&c->remote_status,
+                                                memory_order_relaxed));
+  if (bits & MM__REMOTE_RELEASE)
+    mm__coro_release(c);
+}
+
+static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
+  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
+  unsigned prev = atomic_fetch_or_explicit(&c->remote_bits,
+                                           bits | MM__REMOTE_QUEUED,
+                                           memory_order_acq_rel);
+  if (!(prev & MM__REMOTE_QUEUED)) {
+    mm_coro_t *head = atomic_load_explicit(&loop->remote_head,
+                                           memory_order_relaxed);
+    do {
+      c->remote_next = head;
+    } while (!atomic_compare_exchange_weak_explicit(
+        &loop->remote_head, &head, c, memory_order_release,
+        memory_order_relaxed));
+    uv_async_send(&loop->async);
+  }
+  /* Pairs with the acquire load in wait_posters(): our last access to the
+   * loop happened before. */
+  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
+}
+
+static void drain_remote(mm_loop_t *loop) {
+  mm_coro_t *c = atomic_exchange_explicit(&loop->remote_head, NULL,
+                                          memory_order_acquire);
+  mm_coro_t *fifo = NULL;
+  while (c != NULL) {
+    mm_coro_t *next = c->remote_next;
+    c->remote_next = fifo;
+    fifo = c;
+    c = next;
+  }
+  while (fifo != NULL) {
+    c = fifo;
+    fifo = c->remote_next;
+    unsigned bits = atomic_exchange_explicit(&c->remote_bits, 0,
+                                             memory_order_acq_rel);
+    handle_bits(loop, c, bits);
+  }
+}
+
+/* Hands bits for c to its loop: handled here if this thread drives the
+ * loop, or if nobody does (then under mu); otherwise posted. */
+void mm__loop_post(mm_coro_t *c, unsigned bits) {
+  mm_loop_t *loop = c->loop;
+
+  if (mm__on_loop_thread(loop)) {
+    handle_bits(loop, c, bits);
+    return;
+  }
+  /* driven only turns false once the loop has nothing left that could be
+   * waiting for an event, or under mu below; reading it without the lock
+   * can only send us to the slower path. */
+  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
+    pthread_mutex_lock(&loop->mu);
+    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
+      mm_loop_t *saved = mm__tls.loop;
+      mm__tls.loop = loop;
+      handle_bits(loop, c, bits);
+      mm__tls.loop = saved;
+      pthread_mutex_unlock(&loop->mu);
+      return;
+    }
+    pthread_mutex_unlock(&loop->mu);
+  }
+  push_remote(loop, c, bits);
+}
+
+void mm__loop_post_spawn(mm_coro_t *c) {
+  push_remote(c->loop, c, MM__REMOTE_SPAWN);
+}
+
+/* ---- handles --------------------------------------------------------------- */
+
+static bool stopping(const mm_loop_t *loop) {
+  return atomic_load_explicit(&loop->state, memory_order_relaxed) !=
+         MM__LOOP_OPEN;
+}
+
+/* The async handle keeps uv_run going exactly while the loop has work:
+ * live coroutines, released handles owed, spawns in flight, or a
+ * background loop that has not been stopped. */
+void mm__loop_update_refs(mm_loop_t *loop) {
+  bool need = loop->nlive != 0 || loop->njoining != 0 ||
+              atomic_load_explicit(&loop->pending, memory_order_relaxed) ||
+              (loop->background && !stopping(loop));
+  if (need)
+    uv_ref((uv_handle_t *) &loop->async);
+  else
+    uv_unref((uv_handle_t *) &loop->async);
+  /* A borrowed loop's thread counts as "the loop's thread" for -EDEADLK
+   * exactly while the loop has work: then a blocking wait there could
+   * only end through the loop it blocks.  We cannot see the user's uv_run
+   * begin or end, so this is the sound approximation: once the work is
+   * done the thread may block again (join an ended coroutine, sleep). */
+  if (loop->borrowed) {
+    if (need)
+      mm__tls.loop = loop;
+    else if (mm__tls.loop == loop)
+      mm__tls.loop = NULL;
+  }
+}
+
+static void on_idle(uv_idle_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  mm__sched_run_ready(loop);
+}
+
+void mm__loop_wake_ready(mm_loop_t *loop) {
+  uv_idle_start(&loop->idle, on_idle);
+}
+
+static void process_stop(mm_loop_t *loop) {
+  if (!stopping(loop) || loop->stop_done)
+    return;
+  loop->stop_done = true;
+  mm__cancel_all(loop);
+}
+
+static void on_async(uv_async_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  drain_remote(loop);
+  process_stop(loop);
+  mm__loop_update_refs(loop);
+}
+
+/* ---- driving --------------------------------------------------------------- */
+
+static bool run_done(mm_loop_t *loop) {
+  return loop->nlive == 0 && loop->njoining == 0 &&
+         atomic_load_explicit(&loop->pending, memory_order_relaxed) == 0 &&
+         (!loop->background || stopping(loop));
+}
+
+/* Runs the loop on this thread until run_done().  loop->driven is set. */
+static void drive(mm_loop_t *loop) {
+  mm_loop_t *saved = mm__tls.loop;
+  mm__tls.loop = loop;
+  for (;;) {
+    drain_remote(loop);
+    process_stop(loop);
+    mm__loop_update_refs(loop);
+    if (run_done(loop))
+      break;
+    uv_run(loop->uv, UV_RUN_ONCE);
+  }
+  mm__tls.loop = saved;
+}
+
+static void set_driven(mm_loop_t *loop, bool on) {
+  /* Under mu.  Release pairs with the acquire load in mm__loop_post. */
+  atomic_store_explicit(&loop->driven, on, memory_order_release);
+  if (!on)
+    pthread_cond_broadcast(&loop->cv);
+}
+
+static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
+  if (o != NULL) {
+    loop->opt = *o;
+    if (loop->opt.stack_size == 0)
+      loop->opt.stack_size = DEFAULT_STACK_SIZE;
+    if (loop->opt.pool_max_threads == 0)
+      loop->opt.pool_max_threads = 64;
+    if (loop->opt.pool_idle_ms == 0)
+      loop->opt.pool_idle_ms = 10000;
+    const char *dbg = getenv("MIXMODE_DEBUG");
+    if (loop->opt.slow_step_ms == 0 && dbg != NULL && strcmp(dbg, "1") == 0)
+      loop->opt.slow_step_ms = 100;
+  } else {
+    mm_loop_options_init(&loop->opt);
+  }
+  if (loop->opt.stack_size > MAX_STACK_SIZE ||
+      loop->opt.pool_min_threads > loop->opt.pool_max_threads)
+    return -EINVAL;
+
+  mm__guard_install();
+  mm__list_init(&loop->ready);
+  mm__list_init(&loop->live);
+  mm__list_init(&loop->zombies);
+  mm__list_init(&loop->cache);
+  atomic_init(&loop->remote_head, NULL);
+  atomic_init(&loop->pending, 0);
+  atomic_init(&loop->posting, 0);
+  atomic_init(&loop->state, MM__LOOP_OPEN);
+  atomic_init(&loop->driven, false);
+
+  int r = uv_async_init(loop->uv, &loop->async, on_async);
+  if (r != 0)
+    return r;
+  loop->async.data = loop;
+  uv_unref((uv_handle_t *) &loop->async);
+  uv_idle_init(loop->uv, &loop->idle);
+  loop->idle.data = loop;
+  uv_unref((uv_handle_t *) &loop->idle);
+  mm__timers_init(loop);
+  pthread_mutex_init(&loop->mu, NULL);
+  pthread_cond_init(&loop->cv, NULL);
+  return 0;
+}
+
+int mm_loop_new(mm_loop_t **out, const mm_loop_options_t *o) {
+  if (out == NULL)
+    return -EINVAL;
+  *out = NULL;
+  mm_loop_t *loop = calloc(1, sizeof(*loop));
+  if (loop == NULL)
+    return -ENOMEM;
+  int r = uv_loop_init(&loop->own_uv);
+  if (r != 0)
+    goto err_free;
+  loop->uv = &loop->own_uv;
+  r = loop_init(loop, o);
+  if (r != 0)
+    goto err_uv;
+  *out = loop;
+  return 0;
+
+err_uv:
+  /* loop_init fails before adding a handle or after adding all; in the
+   * latter case it does not fail.  Only the uv loop remains. */
+  uv_loop_close(&loop->own_uv);
+err_free:
+  free(loop);
+  return r;
+}
+
+int mm_loop_from_uv(mm_loop_t **out, uv_loop_t *uv,
+                    const mm_loop_options_t *o) {
+  if (out == NULL)
+    return -EINVAL;
+  *out = NULL;
+  if (uv == NULL)
+    return -EINVAL;
+  mm_loop_t *loop = calloc(1, sizeof(*loop));
+  if (loop == NULL)
+    return -ENOMEM;
+  loop->uv = uv;
+  loop->borrowed = true;
+  int r = loop_init(loop, o);
+  if (r != 0) {
+    free(loop);
+    return r;
+  }
+  /* The user's uv_run drives a borrowed loop; we cannot see it start or
+   * end, so other threads always post to it.  This thread is taken to be
+   * the one that runs uv. */
+  atomic_store_explicit(&loop->driven, true, memory_order_relaxed);
+  loop->owner = pthread_self();
+  *out = loop;
+  return 0;
+}
+
+uv_loop_t *mm_loop_uv(mm_loop_t *loop) {
+  return loop != NULL ? loop->uv : NULL;
+}
+
+int mm_loop_run(mm_loop_t *loop) {
+  if (loop == NULL || loop->borrowed)
+    return -EINVAL;
+  if (mm__tls.coro != NULL)
+    return -EDEADLK;
+  if (mm__tls.loop == loop)
+    return -EBUSY;
+  if (mm__tls.loop != NULL)
+    return -EDEADLK;
+
+  pthread_mutex_lock(&loop->mu);
+  if (stopping(loop)) {
+    pthread_mutex_unlock(&loop->mu);
+    return -ESHUTDOWN;
+  }
+  if (atomic_load_explicit(&loop->driven, memory_order_relaxed) ||
+      loop->background) {
+    pthread_mutex_unlock(&loop->mu);
+    return -EBUSY;
+  }
+  set_driven(loop, true);
+  pthread_mutex_unlock(&loop->mu);
+
+  drive(loop);
+
+  pthread_mutex_lock(&loop->mu);
+  set_driven(loop, false);
+  pthread_mutex_unlock(&loop->mu);
+  return 0;
+}
+
+static void *background_main(void *arg) {
+  mm_loop_t *loop = arg;
+#ifdef HAVE_PTHREAD_SETNAME_NP
+  pthread_setname_np(pthread_self(), "mm-loop");
+#endif
+  drive(loop);
+  pthread_mutex_lock(&loop->mu);
+  set_driven(loop, false);
+  pthread_mutex_unlock(&loop->mu);
+  return NULL;
+}
+
+int mm_loop_start(mm_loop_t *loop) {
+  if (loop == NULL || loop->borrowed)
+    return -EINVAL;
+  pthread_mutex_lock(&loop->mu);
+  int r = 0;
+  if (stopping(loop))
+    r = -ESHUTDOWN;
+  else if (atomic_load_explicit(&loop->driven, memory_order_relaxed) ||
+           loop->background)
+    r = -EBUSY;
+  if (r == 0) {
+    loop->background = true;
+    set_driven(loop, true);
+    if (pthread_create(&loop->bg_thread, NULL, background_main, loop) != 0) {
+      loop->background = false;
+      set_driven(loop, false);
+      r = -EAGAIN;
+    }
+  }
+  pthread_mutex_unlock(&loop->mu);
+  return r;
+}
+
+int mm_loop_stop(mm_loop_t *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  pthread_mutex_lock(&loop->mu);
+  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_relaxed);
+  pthread_mutex_unlock(&loop->mu);
+  if (mm__on_loop_thread(loop)) {
+    process_stop(loop);
+    mm__loop_update_refs(loop);
+  } else {
+    /* The driver, if any, carries out the stop in on_async; otherwise the
+     * next drive (or mm_loop_free) does. */
+    uv_async_send(&loop->async);
+  }
+  return 0;
+}
+
+static void on_closed(uv_handle_t *h) {
+  mm_loop_t *loop = h->data;
+  loop->handles_closed++;
+}
+
+/* Reports and frees the handles nobody joined. */
+static void reap_zombies(mm_loop_t *loop) {
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->zombies) {
+    mm_coro_t *c = container_of(n, mm_coro_t, all);
+    mm__log(MM_LOG_WARN, "mm_loop_free: coroutine %" PRIu64 " '%s' ended "
+            "with status %d (%s) but was never joined or detached",
+            c->id, c->name != NULL ? c->name : "", c->status,
+            mm_strerror(c->status));
+    mm__list_remove(&c->all);
+    free(c->name);
+    mm__coro_unmap(c);
+  }
+}
+
+static void report_live(mm_loop_t *loop) {
+  if (loop->nlive != 0)
+    mm__log(MM_LOG_WARN, "mm_loop_free: cancelling %" PRIu64 " live "
+            "coroutine(s)", loop->nlive);
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->live) {
+    mm_coro_t *c = container_of(n, mm_coro_t, all);
+    mm__log(MM_LOG_INFO, "mm_loop_free: cancelling live coroutine %" PRIu64
+            " '%s'", c->id, c->name != NULL ? c->name : "");
+  }
+}
+
+int mm_loop_free(mm_loop_t *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (mm__tls.coro != NULL && mm__tls.coro->loop == loop)
+    return -EBUSY;
+  if (mm__tls.loop == loop && !loop->borrowed)
+    return -EBUSY;
+  if (loop->borrowed && !mm__on_loop_thread(loop))
+    return -EBUSY;
+
+  pthread_mutex_lock(&loop->mu);
+  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_relaxed);
+  bool bg = loop->background;
+  pthread_mutex_unlock(&loop->mu);
+
+  if (bg) {
+    uv_async_send(&loop->async);
+    pthread_join(loop->bg_thread, NULL);
+    pthread_mutex_lock(&loop->mu);
+    loop->background = false;
+    set_driven(loop, true);
+    pthread_mutex_unlock(&loop->mu);
+  } else if (!loop->borrowed) {
+    /* Wait for a mm_loop_run on another thread to see the stop and end. */
+    uv_async_send(&loop->async);
+    pthread_mutex_lock(&loop->mu);
+    while (atomic_load_explicit(&loop->driven, memory_order_relaxed))
+      pthread_cond_wait(&loop->cv, &loop->mu);
+    set_driven(loop, true);
+    pthread_mutex_unlock(&loop->mu);
+  }
+
+  /* Finish what is left on this thread: cancelled coroutines run to their
+   * end, owed releases arrive. */
+  report_live(loop);
+  drive(loop);
+
+  /* Posters still inside push_remote touch loop->async. */
+  while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
+    sched_yield();
+  mm__tls.loop = loop;
+  drain_remote(loop);
+  reap_zombies(loop);
+
+  uv_close((uv_handle_t *) &loop->async, on_closed);
+  uv_close((uv_handle_t *) &loop->idle, on_closed);
+  loop->uvtimer.data = loop;
+  mm__timers_close(loop, on_closed);
+  while (loop->handles_closed < 3)
+    uv_run(loop->uv, UV_RUN_NOWAIT);
+  mm__tls.loop = NULL;
+
+  mm__cache_free(loop);
+  mm__timers_free(loop);
+  if (!loop->borrowed) {
+    int r = uv_loop_close(&loop->own_uv);
+    if (r != 0)
+      mm__log(MM_LOG_WARN, "mm_loop_free: the uv loop still has handles "
+              "of the user's open (%s); they are leaked", uv_strerror(r));
+  }
+  pthread_mutex_destroy(&loop->mu);
+  pthread_cond_destroy(&loop->cv);
+  free(loop);
+  return 0;
+}

@@ -1,0 +1,334 @@
+/* Internal declarations shared by lib/ and bridge/ (the role of libuv's
+ * uv-common.h): helpers, the loop and coroutine structs, and the few
+ * primitives every waiting call is built from.
+ *
+ * Threads.  A loop is driven by one thread at a time: the thread inside
+ * mm_loop_run(), the loop's background thread (mm_loop_start), or, for a
+ * borrowed uv loop, the thread that runs uv_run().  Fields marked "loop
+ * thread" are touched only by that driver.  Other threads reach a loop
+ * through its remote queue (lock-free, see loop.c) or, for the few
+ * life-cycle fields, under loop->mu.
+ *
+ * Lock order: loop->mu, then a thread waiter's mu (waiter.c).  Nothing is
+ * called with either held that could take another.
+ */
+#ifndef MM_INTERNAL_H
+#define MM_INTERNAL_H
+
+#include "config.h"
+
+#include <mixmode.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "context.h"
+#include "list.h"
+
+#define container_of(ptr, type, member) \
+  ((type *) ((char *) (ptr) - offsetof(type, member)))
+#define MM__STATIC_ASSERT(e) _Static_assert(e, #e)
+#define MM__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Always on.  Prints the condition, file:line and the current coroutine. */
+__attribute__((noreturn)) void mm__assert_fail(const char *expr,
+                                               const char *file, int line);
+#define mm__assert(e) \
+  ((e) ? (void) 0 : mm__assert_fail(#e, __FILE__, __LINE__))
+
+#if defined(__SANITIZE_ADDRESS__)
+# define MM__ASAN 1
+#elif defined(__has_feature)
+# if __has_feature(address_sanitizer)
+#  define MM__ASAN 1
+# endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+# define MM__TSAN 1
+#elif defined(__has_feature)
+# if __has_feature(thread_sanitizer)
+#  define MM__TSAN 1
+# endif
+#endif
+
+/* ---- log.c --------------------------------------------------------------- */
+__attribute__((format(printf, 2, 3))) void mm__log(int level,
+                                                   const char *fmt, ...);
+
+/* ---- timer.c: a per-loop heap of timers driven by one uv_timer ---------- */
+typedef struct mm__timer mm__timer_t;
+typedef void (*mm__timer_fn)(mm__timer_t *t);
+struct mm__timer {
+  uint64_t due;       /* uv_now() milliseconds */
+  uint64_t seq;       /* equal deadlines fire in start order */
+  size_t idx;         /* slot in the heap; SIZE_MAX while not armed */
+  mm__timer_fn cb;    /* runs on the loop thread, timer already disarmed */
+};
+
+void mm__timer_init(mm__timer_t *t, mm__timer_fn cb);
+int  mm__timer_start(mm_loop_t *loop, mm__timer_t *t, uint64_t ms);
+void mm__timer_stop(mm_loop_t *loop, mm__timer_t *t);
+int  mm__timers_init(mm_loop_t *loop);
+void mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
+void mm__timers_free(mm_loop_t *loop);
+
+/* ---- local.c ------------------------------------------------------------- */
+typedef struct mm__local {
+  const void *key;
+  void *value;
+} mm__local_t;
+
+typedef struct mm__locals {
+  mm__local_t *v;     /* malloc'ed on first set; NULL while empty */
+  size_t n;
+  size_t cap;
+} mm__locals_t;
+
+int  mm__locals_copy(mm__locals_t *dst, const mm__locals_t *src);
+void mm__locals_free(mm__locals_t *l);
+
+/* ---- waiter.c: blocking a plain thread ----------------------------------- */
+
+/* Work handed to a thread while it waits (thread-sensitive calls).  Lives
+ * wherever its poster keeps it; run() is the waiter's last access. */
+typedef struct mm__task {
+  mm__list_t link;
+  void (*run)(struct mm__task *t);
+} mm__task_t;
+
+/* One per thread that ever waits, created on first use, freed at thread
+ * exit.  mu protects tasks and the done flags of the waits blocked on it. */
+typedef struct mm__waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  mm__list_t tasks;   /* mm__task_t, FIFO; protected by mu */
+} mm__waiter_t;
+
+mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
+void mm__waiter_post(mm__waiter_t *w, mm__task_t *t);  /* any thread */
+
+/* ---- the one suspension primitive ----------------------------------------
+ *
+ * mm__wait_t describes one wait of a coroutine (parked) or of a plain thread
+ * (blocked on its waiter).  It lives on the waiting side's stack.  Exactly
+ * one party completes it with mm__wait_wake(); that call is the waker's last
+ * access to the struct: for a thread it sets done under the waiter's mutex
+ * and the waiter cannot return before the mutex is released; for a
+ * coroutine, the wake makes it ready and it cannot run (and pop the struct)
+ * before the loop thread resumes it, after the waker is done.
+ *
+ * cancel (coroutine waits only, loop thread): called once when the
+ * coroutine is cancelled or reaches its deadline while parked here, with the
+ * reason (ECANCELED or ETIMEDOUT).  NULL means "wake me with -reason".  A
+ * wait whose waker may be another thread must provide cancel, so that the
+ * wait is not completed twice.
+ */
+typedef struct mm__wait mm__wait_t;
+struct mm__wait {
+  mm_coro_t *coro;            /* the parked coroutine, or NULL */
+  mm__waiter_t *thread;       /* the blocked thread's waiter, else NULL */
+  void (*cancel)(mm__wait_t *w, int reason);
+  bool cancellable;           /* false: cancellation never interrupts it */
+  bool cancel_seen;           /* cancel already called for this wait */
+  bool done;                  /* thread waits: protected by thread->mu */
+  int status;                 /* the value given to mm__wait_wake */
+};
+
+/* Prepares w for the calling context: the current coroutine (running on
+ * this thread) or this thread's waiter.  -ENOMEM if a waiter cannot be
+ * made, -EDEADLK on a loop's thread outside coroutines. */
+int  mm__wait_init(mm__wait_t *w);
+/* Suspends until woken; returns the status given to mm__wait_wake.  A
+ * coroutine whose cancellation is already requested returns -reason at
+ * once from a cancellable wait. */
+int  mm__wait_block(mm__wait_t *w);
+/* Any thread.  Completes w with status. */
+void mm__wait_wake(mm__wait_t *w, int status);
+
+/* ---- coroutines ---------------------------------------------------------- */
+
+enum mm__coro_state {
+  MM__CORO_READY,     /* in the loop's ready queue (or not yet admitted) */
+  MM__CORO_RUNNING,
+  MM__CORO_PARKED,    /* suspended in mm__wait_block */
+  MM__CORO_DONE
+};
+
+/* Handle states, c->join.  Any other value is the mm__wait_t of a joiner. */
+#define MM__JOIN_NONE     ((uintptr_t) 0)   /* nobody has claimed the handle */
+#define MM__JOIN_DETACHED ((uintptr_t) 1)
+#define MM__JOIN_ENDED    ((uintptr_t) 2)   /* ended; status readable */
+#define MM__JOIN_FREED    ((uintptr_t) 3)   /* handle given back */
+
+/* Events other threads post to a coroutine (c->remote_bits). */
+#define MM__REMOTE_QUEUED  1u   /* c is in (or being pushed on) remote queue */
+#define MM__REMOTE_SPAWN   2u   /* admit a coroutine spawned elsewhere */
+#define MM__REMOTE_CANCEL  4u   /* interrupt its current wait */
+#define MM__REMOTE_WAKE    8u   /* complete its wait with remote_status */
+#define MM__REMOTE_RELEASE 16u  /* its handle was given back: free it */
+
+/* A coroutine and its stack are one mmap'ed block (stack.c):
+ *
+ *     map                                             map + map_size
+ *     | guard page | stack, growing down <-------- | struct mm_coro |
+ *       PROT_NONE    stack_lo        stack_lo + stack_size
+ */
+struct mm_coro {
+  mm__ctx_t ctx;              /* saved context while not running */
+  mm_loop_t *loop;
+  mm_fn fn;
+  void *arg;
+  uint64_t id;                /* per loop, from 1 */
+  char *name;                 /* malloc'ed copy, or NULL */
+  int status;                 /* fn's value once DONE; written before the
+                                 release exchange on join */
+  enum mm__coro_state state;  /* loop thread */
+  bool started;               /* loop thread: fn has been entered */
+  bool admitted;              /* loop thread: counted in loop->live */
+  bool joiner_woken;          /* loop thread: counted in loop->njoining */
+  uint64_t born;              /* uv_hrtime() at spawn */
+
+  /* memory (stack.c) */
+  void *map;
+  size_t map_size;
+  char *stack_lo;
+  size_t stack_size;
+  unsigned vg_stack_id;
+  void *tsan_fiber;
+  void *asan_fake_stack;
+
+  mm__list_t link;            /* loop thread: ready queue or stack cache */
+  mm__list_t all;             /* loop thread: loop->live or loop->zombies */
+  mm__wait_t *wait;           /* loop thread: current wait while PARKED */
+  int wake_status;            /* loop thread: status for the next resume */
+
+  _Atomic int cancel_reason;  /* 0, ECANCELED or ETIMEDOUT; first CAS wins */
+  mm__timer_t sleep_timer;    /* loop thread */
+  mm__timer_t deadline;       /* loop thread: spawn timeout_ms */
+  uint64_t timeout_ms;
+
+  /* Handle state: MM__JOIN_* or a joiner's mm__wait_t.  The end of the
+   * coroutine exchanges in MM__JOIN_ENDED (acq_rel) after writing status;
+   * a joiner CASes NONE -> its wait (acq_rel), and the failure load
+   * (acquire) of ENDED makes status visible.  See coro.c. */
+  _Atomic uintptr_t join;
+
+  /* Remote queue link and events (loop.c). */
+  _Atomic unsigned remote_bits;
+  _Atomic int remote_status;  /* with MM__REMOTE_WAKE */
+  mm_coro_t *remote_next;
+
+  mm__locals_t locals;        /* own; touched by its own thread of control */
+};
+
+/* ---- loops --------------------------------------------------------------- */
+
+enum mm__loop_state {
+  MM__LOOP_OPEN,
+  MM__LOOP_STOPPING,          /* mm_loop_stop/free called: final */
+};
+
+struct mm_loop {
+  uv_loop_t *uv;              /* own_uv or the borrowed one */
+  uv_loop_t own_uv;
+  bool borrowed;
+  pthread_t owner;            /* borrowed: the thread that runs uv_run */
+  mm_loop_options_t opt;
+
+  /* handles; async is ref'd only while the loop has work (loop.c) */
+  uv_async_t async;
+  uv_idle_t idle;             /* active while coroutines are ready */
+  uv_timer_t uvtimer;         /* drives the timer heap (timer.c) */
+  unsigned handles_closed;
+
+  /* scheduler, loop thread */
+  mm__ctx_t sched_ctx;        /* the driver's context while a coroutine runs */
+  mm_coro_t *running;
+  mm__list_t ready;           /* mm_coro_t.link */
+  mm__list_t live;            /* mm_coro_t.all: admitted, not ended */
+  mm__list_t zombies;         /* mm_coro_t.all: ended, handle not given back */
+  uint64_t nlive;
+  uint64_t njoining;          /* zombies whose joiner was woken, not yet
+                                 released */
+  uint64_t next_id;
+  bool stop_done;             /* the stop has been carried out */
+  void *asan_sched_bottom;
+  size_t asan_sched_size;
+  void *tsan_sched_fiber;
+
+  /* timer heap, loop thread */
+  mm__timer_t **heap;
+  size_t heap_n;
+  size_t heap_cap;
+  uint64_t timer_seq;
+
+  /* stack cache, loop thread (or the thread holding mu while undriven) */
+  mm__list_t cache;           /* mm_coro_t.link */
+  size_t ncache;
+
+  /* remote queue: a Treiber stack of coroutines, see loop.c */
+  _Atomic(mm_coro_t *) remote_head;
+  _Atomic uint64_t pending;   /* foreign spawns accepted, not yet admitted;
+                                 incremented under mu */
+  _Atomic unsigned posting;   /* posters inside push_remote */
+
+  /* life cycle; protected by mu */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;          /* signalled when driven turns false */
+  _Atomic bool driven;        /* some thread drives the loop; written
+                                 under mu; always true when borrowed */
+  bool background;            /* mm_loop_start's thread exists */
+  pthread_t bg_thread;
+  _Atomic int state;          /* enum mm__loop_state; written under mu */
+
+  /* statistics */
+  _Atomic uint64_t coros_spawned;
+  uint64_t slow_steps;
+};
+
+/* Thread-local state of the calling thread. */
+typedef struct mm__tls {
+  mm_loop_t *loop;            /* loop this thread drives right now (an
+                                 owned loop: inside drive(); a borrowed
+                                 one: while it has work, see loop.c) */
+  mm_coro_t *coro;            /* coroutine running on this thread */
+  mm_coro_t *proxy;           /* coroutine on whose behalf this thread runs
+                                 a blocking call (bridge/) */
+  mm__locals_t locals;        /* plain-thread locals */
+} mm__tls_t;
+
+extern __thread mm__tls_t mm__tls;
+
+/* loop.c */
+void mm__loop_post(mm_coro_t *c, unsigned bits);   /* any thread */
+void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
+void mm__loop_update_refs(mm_loop_t *loop);
+void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
+bool mm__on_loop_thread(const mm_loop_t *loop);
+
+/* stack.c */
+mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);
+void mm__coro_unmap(mm_coro_t *c);
+void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
+void mm__cache_free(mm_loop_t *loop);
+size_t mm__page_size(void);
+
+/* guard.c */
+void mm__guard_install(void);   /* once per process */
+void mm__guard_thread(void);    /* once per thread that runs coroutines */
+
+/* sched.c */
+void mm__sched_run_ready(mm_loop_t *loop);
+void mm__coro_make_ready(mm_coro_t *c);            /* loop thread */
+void mm__coro_admit(mm_coro_t *c);                 /* loop thread */
+void mm__coro_interrupt(mm_coro_t *c);             /* loop thread */
+void mm__coro_wake_local(mm_coro_t *c, int status);
+void mm__coro_release(mm_coro_t *c);               /* loop thread */
+int  mm__coro_cancel_reason(const mm_coro_t *c);
+int  mm__park(mm__wait_t *w);                      /* coroutine */
+void mm__cancel_all(mm_loop_t *loop);
+
+#endif /* MM_INTERNAL_H */

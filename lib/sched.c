@@ -1,0 +1,372 @@
+/* The scheduler: running, parking and waking coroutines on their loop.
+ *
+ * Ready coroutines run from the loop's uv_idle callback, in FIFO order, up
+ * to a budget of steps per callback so that libuv still polls regularly.
+ * A coroutine always switches back to the scheduler context (the driver
+ * thread's stack inside that callback), never directly to another one.
+ * The sanitizer fiber annotations live only in the pair of functions
+ * around mm__ctx_switch below.
+ *
+ * Loop thread only, except mm_cancel's flag (an atomic CAS) and what it
+ * posts through loop.c.  Not done here: loop life cycle (loop.c), handles
+ * and join (coro.c), memory (stack.c).
+ */
+#include "mm-internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#ifdef MM__ASAN
+# include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef MM__TSAN
+# include <sanitizer/tsan_interface.h>
+#endif
+
+/* Coroutine steps per idle callback before libuv gets to poll again. */
+#define STEP_BUDGET 4096
+
+/* ---- the switch, with its sanitizer annotations ------------------------ */
+
+/* Scheduler -> coroutine. */
+static void switch_in(mm_loop_t *loop, mm_coro_t *c) {
+#ifdef MM__ASAN
+  void *fake = NULL;
+  __sanitizer_start_switch_fiber(&fake, c->stack_lo, c->stack_size);
+#endif
+#ifdef MM__TSAN
+  loop->tsan_sched_fiber = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(c->tsan_fiber, 0);
+#endif
+  mm__ctx_switch(&loop->sched_ctx, &c->ctx);
+#ifdef MM__ASAN
+  __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+/* Runs first thing on the coroutine's side after every switch in. */
+static void arrived(mm_coro_t *c) {
+#ifdef MM__ASAN
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(c->asan_fake_stack, &bottom, &size);
+  c->loop->asan_sched_bottom = (void *) bottom;
+  c->loop->asan_sched_size = size;
+#else
+  (void) c;
+#endif
+}
+
+/* Coroutine -> scheduler.  final: the coroutine will never run again. */
+static void switch_out(mm_coro_t *c, bool final) {
+  mm_loop_t *loop = c->loop;
+#ifdef MM__ASAN
+  __sanitizer_start_switch_fiber(final ? NULL : &c->asan_fake_stack,
+                                 loop->asan_sched_bottom,
+                                 loop->asan_sched_size);
+#endif
+#ifdef MM__TSAN
+  __tsan_switch_to_fiber(loop->tsan_sched_fiber, 0);
+#endif
+  (void) final;
+  mm__ctx_switch(&c->ctx, &loop->sched_ctx);
+  arrived(c);
+}
+
+static void coro_main(void *arg) {
+  mm_coro_t *c = arg;
+
+  c->asan_fake_stack = NULL;
+  arrived(c);
+  c->status = c->fn(c->arg);
+  c->state = MM__CORO_DONE;
+  switch_out(c, true);
+  mm__assert(!"a finished coroutine was resumed");
+}
+
+/* The port's "last word": entry functions never return. */
+void mm__ctx_entry_returned(void *arg) {
+  mm_coro_t *c = arg;
+  fprintf(stderr, "mixmode: coroutine %" PRIu64 " '%s' returned from its "
+          "context entry; the stack is corrupt\n",
+          c->id, c->name != NULL ? c->name : "");
+  abort();
+}
+
+/* ---- states ------------------------------------------------------------ */
+
+int mm__coro_cancel_reason(const mm_coro_t *c) {
+  /* Pairs with the CAS in mm_cancel / on_deadline: seeing the reason is
+   * all that is needed, no data travels with it. */
+  return atomic_load_explicit(&c->cancel_reason, memory_order_relaxed);
+}
+
+void mm__coro_make_ready(mm_coro_t *c) {
+  mm_loop_t *loop = c->loop;
+  c->state = MM__CORO_READY;
+  mm__list_push_back(&loop->ready, &c->link);
+  mm__loop_wake_ready(loop);
+}
+
+void mm__coro_wake_local(mm_coro_t *c, int status) {
+  mm__assert(c->state == MM__CORO_PARKED);
+  c->wait = NULL;
+  c->wake_status = status;
+  mm__coro_make_ready(c);
+}
+
+/* Delivers a requested cancellation to the coroutine's current wait, if it
+ * is parked in a cancellable one that has not seen it yet.  A coroutine
+ * not parked sees the request at its next suspension. */
+void mm__coro_interrupt(mm_coro_t *c) {
+  int reason = mm__coro_cancel_reason(c);
+  if (reason == 0 || c->state != MM__CORO_PARKED)
+    return;
+  mm__wait_t *w = c->wait;
+  if (!w->cancellable || w->cancel_seen)
+    return;
+  w->cancel_seen = true;
+  if (w->cancel != NULL)
+    w->cancel(w, reason);
+  else
+    mm__coro_wake_local(c, -reason);
+}
+
+static void on_deadline(mm__timer_t *t) {
+  mm_coro_t *c = container_of(t, mm_coro_t, deadline);
+  int expected = 0;
+  atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
+                                          ETIMEDOUT, memory_order_relaxed,
+                                          memory_order_relaxed);
+  mm__coro_interrupt(c);
+}
+
+static void on_sleep_timer(mm__timer_t *t) {
+  mm__coro_wake_local(container_of(t, mm_coro_t, sleep_timer), 0);
+}
+
+void mm__coro_admit(mm_coro_t *c) {
+  mm_loop_t *loop = c->loop;
+
+  c->id = ++loop->next_id;
+  c->admitted = true;
+  mm__timer_init(&c->sleep_timer, on_sleep_timer);
+  mm__timer_init(&c->deadline, on_deadline);
+  mm__list_push_back(&loop->live, &c->all);
+  loop->nlive++;
+  if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
+      MM__LOOP_OPEN) {
+    int expected = 0;
+    atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
+                                            ECANCELED, memory_order_relaxed,
+                                            memory_order_relaxed);
+  }
+  if (c->timeout_ms != 0 &&
+      mm__timer_start(loop, &c->deadline, c->timeout_ms) != 0) {
+    mm__log(MM_LOG_ERROR, "coroutine %" PRIu64 ": no memory for its "
+            "deadline timer; it times out at once", c->id);
+    on_deadline(&c->deadline);
+  }
+  mm__coro_make_ready(c);
+  mm__loop_update_refs(loop);
+}
+
+/* The coroutine has ended (or was cancelled before it ran): publish its
+ * status to the handle and wake a joiner.  Loop thread, scheduler side. */
+static void finish(mm_loop_t *loop, mm_coro_t *c) {
+  c->state = MM__CORO_DONE;
+  mm__timer_stop(loop, &c->sleep_timer);
+  mm__timer_stop(loop, &c->deadline);
+  if (mm__coro_cancel_reason(c) == ETIMEDOUT)
+    c->status = -ETIMEDOUT;
+#ifdef MM__TSAN
+  if (c->tsan_fiber != NULL) {
+    __tsan_destroy_fiber(c->tsan_fiber);
+    c->tsan_fiber = NULL;
+  }
+#endif
+  mm__locals_free(&c->locals);
+  mm__list_remove(&c->all);
+  loop->nlive--;
+
+  /* Pairs with the joiner's CAS (coro.c): status is written before. */
+  uintptr_t prev = atomic_exchange_explicit(&c->join, MM__JOIN_ENDED,
+                                            memory_order_acq_rel);
+  if (prev == MM__JOIN_DETACHED) {
+    atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
+    mm__coro_release(c);
+    return;
+  }
+  mm__list_push_back(&loop->zombies, &c->all);
+  if (prev != MM__JOIN_NONE) {
+    loop->njoining++;
+    c->joiner_woken = true;
+    mm__wait_wake((mm__wait_t *) prev, c->status);
+  }
+}
+
+/* Gives the coroutine's block back to the cache.  Its handle is gone. */
+void mm__coro_release(mm_coro_t *c) {
+  mm_loop_t *loop = c->loop;
+
+  /* An event still queued for c (a racing mm_cancel) must be drained
+   * before the block is reused: let the drain release it. */
+  unsigned bits = atomic_load_explicit(&c->remote_bits, memory_order_acquire);
+  if (bits & MM__REMOTE_QUEUED) {
+    atomic_fetch_or_explicit(&c->remote_bits, MM__REMOTE_RELEASE,
+                             memory_order_relaxed);
+    return;
+  }
+  mm__list_remove(&c->all);  /* from zombies, if there */
+  if (c->joiner_woken) {
+    c->joiner_woken = false;
+    loop->njoining--;
+  }
+  free(c->name);
+  c->name = NULL;
+  mm__coro_cache_put(loop, c);
+  mm__loop_update_refs(loop);
+}
+
+/* ---- running ----------------------------------------------------------- */
+
+static void resume(mm_loop_t *loop, mm_coro_t *c) {
+  if (!c->started) {
+    int reason = mm__coro_cancel_reason(c);
+    if (reason != 0) {
+      c->status = -reason;
+      finish(loop, c);
+      return;
+    }
+    c->started = true;
+    mm__guard_thread();
+    mm__ctx_make(&c->ctx, c->stack_lo, c->stack_size, coro_main, c);
+#ifdef MM__TSAN
+    c->tsan_fiber = __tsan_create_fiber(0);
+#endif
+  }
+
+  uint64_t t0 = loop->opt.slow_step_ms != 0 ? uv_hrtime() : 0;
+  c->state = MM__CORO_RUNNING;
+  loop->running = c;
+  mm__tls.coro = c;
+  switch_in(loop, c);
+  mm__tls.coro = NULL;
+  loop->running = NULL;
+
+  if (t0 != 0) {
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    if (ms >= loop->opt.slow_step_ms) {
+      loop->slow_steps++;
+      mm__log(MM_LOG_WARN, "coroutine %" PRIu64 " '%s' held the loop for "
+              "%" PRIu64 " ms without suspending (slow_step_ms = %u)",
+              c->id, c->name != NULL ? c->name : "", ms,
+              loop->opt.slow_step_ms);
+    }
+  }
+  if (c->state == MM__CORO_DONE)
+    finish(loop, c);
+}
+
+void mm__sched_run_ready(mm_loop_t *loop) {
+  for (unsigned n = 0; n < STEP_BUDGET; n++) {
+    mm__list_t *l = mm__list_pop_front(&loop->ready);
+    if (l == NULL)
+      break;
+    resume(loop, container_of(l, mm_coro_t, link));
+  }
+  if (mm__list_empty(&loop->ready))
+    uv_idle_stop(&loop->idle);
+  mm__loop_update_refs(loop);
+}
+
+/* ---- suspension -------------------------------------------------------- */
+
+int mm__park(mm__wait_t *w) {
+  mm_coro_t *c = w->coro;
+
+  if (w->cancellable) {
+    int reason = mm__coro_cancel_reason(c);
+    if (reason != 0)
+      return -reason;
+  }
+  c->wait = w;
+  c->state = MM__CORO_PARKED;
+  switch_out(c, false);
+  return c->wake_status;
+}
+
+void mm__cancel_all(mm_loop_t *loop) {
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->live) {
+    mm_coro_t *c = container_of(n, mm_coro_t, all);
+    int expected = 0;
+    atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
+                                            ECANCELED, memory_order_relaxed,
+                                            memory_order_relaxed);
+    mm__coro_interrupt(c);
+  }
+}
+
+/* ---- public calls of the running coroutine ----------------------------- */
+
+mm_coro_t *mm_current(void) {
+  return mm__tls.coro != NULL ? mm__tls.coro : mm__tls.proxy;
+}
+
+bool mm_cancelled(void) {
+  mm_coro_t *c = mm_current();
+  return c != NULL && mm__coro_cancel_reason(c) != 0;
+}
+
+int mm_yield(void) {
+  mm_coro_t *c = mm__tls.coro;
+
+  if (c == NULL) {
+    if (mm__tls.loop != NULL)
+      return -EDEADLK;
+    sched_yield();
+    return 0;
+  }
+  int reason = mm__coro_cancel_reason(c);
+  if (reason != 0)
+    return -reason;
+  mm__coro_make_ready(c);
+  switch_out(c, false);
+  reason = mm__coro_cancel_reason(c);
+  return reason != 0 ? -reason : 0;
+}
+
+static void sleep_cancel(mm__wait_t *w, int reason) {
+  mm_coro_t *c = w->coro;
+  mm__timer_stop(c->loop, &c->sleep_timer);
+  mm__coro_wake_local(c, -reason);
+}
+
+int mm_sleep(uint64_t ms) {
+  mm_coro_t *c = mm__tls.coro;
+
+  if (c == NULL) {
+    if (mm__tls.loop != NULL)
+      return -EDEADLK;
+    struct timespec ts = { (time_t) (ms / 1000), (long) (ms % 1000) * 1000000 };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+      ;
+    return 0;
+  }
+
+  mm__wait_t w;
+  int r = mm__wait_init(&w);
+  if (r != 0)
+    return r;
+  w.cancel = sleep_cancel;
+  int reason = mm__coro_cancel_reason(c);
+  if (reason != 0)
+    return -reason;
+  r = mm__timer_start(c->loop, &c->sleep_timer, ms);
+  if (r != 0)
+    return r;
+  return mm__wait_block(&w);
+}

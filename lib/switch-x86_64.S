@@ -1,0 +1,72 @@
+/* Context switch for x86-64, System V ABI.
+ *
+ * mm__ctx_switch(from, to) saves what the ABI says a callee must preserve
+ * -- rbx, rbp, r12-r15, the stack pointer, MXCSR's control bits and the x87
+ * control word -- on the running stack, stores the stack pointer in
+ * from->sp, loads to->sp and restores the same set from there.  Everything
+ * else is caller-saved, so the C compiler has already dealt with it.
+ *
+ * A suspended stack, from the saved sp upwards (8-byte slots):
+ *
+ *     sp + 0   MXCSR (4 bytes) | x87 control word (2 bytes) | unused
+ *     sp + 8   r15
+ *     sp + 16  r14
+ *     sp + 24  r13      (a fresh context: the entry's argument)
+ *     sp + 32  r12      (a fresh context: the entry function)
+ *     sp + 40  rbx
+ *     sp + 48  rbp
+ *     sp + 56  return address  (a fresh context: mm__ctx_trampoline)
+ *
+ * lib/context-asm.c builds that frame for a fresh context.
+ */
+        .text
+
+        .globl  mm__ctx_switch
+        .hidden mm__ctx_switch
+        .type   mm__ctx_switch, @function
+        .p2align 4
+mm__ctx_switch:
+        .cfi_startproc
+        pushq   %rbp
+        pushq   %rbx
+        pushq   %r12
+        pushq   %r13
+        pushq   %r14
+        pushq   %r15
+        subq    $8, %rsp
+        stmxcsr (%rsp)
+        fnstcw  4(%rsp)
+        movq    %rsp, (%rdi)
+        movq    (%rsi), %rsp
+        ldmxcsr (%rsp)
+        fldcw   4(%rsp)
+        addq    $8, %rsp
+        popq    %r15
+        popq    %r14
+        popq    %r13
+        popq    %r12
+        popq    %rbx
+        popq    %rbp
+        ret
+        .cfi_endproc
+        .size   mm__ctx_switch, .-mm__ctx_switch
+
+/* The first switch to a fresh context "returns" here with the stack
+ * 16-byte aligned.  entry(arg) must never return; if it does, the C side
+ * names the culprit and aborts. */
+        .globl  mm__ctx_trampoline
+        .hidden mm__ctx_trampoline
+        .type   mm__ctx_trampoline, @function
+        .p2align 4
+mm__ctx_trampoline:
+        .cfi_startproc
+        .cfi_undefined rip
+        movq    %r13, %rdi
+        callq   *%r12
+        movq    %r13, %rdi
+        callq   mm__ctx_entry_returned
+        ud2
+        .cfi_endproc
+        .size   mm__ctx_trampoline, .-mm__ctx_trampoline
+
+        .section .note.GNU-stack,"",@progbits

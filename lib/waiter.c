@@ -1,0 +1,122 @@
+/* Blocking a plain thread: the colour-blind half of every waiting call.
+ *
+ * Each thread that ever waits gets one mm__waiter_t (created on first use,
+ * freed by a pthread key destructor at thread exit).  A wait of that thread
+ * is an mm__wait_t on its stack whose done flag is protected by the
+ * waiter's mu.  While it waits, the thread also runs the tasks other threads
+ * post to it (thread-sensitive calls, bridge/), in order.
+ *
+ * Lock order: loop->mu may be held when a waiter's mu is taken, never the
+ * reverse.  Tasks and wakes are called without the mutex held.
+ */
+#include "mm-internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+__thread mm__tls_t mm__tls;
+static __thread mm__waiter_t *self_waiter;
+static pthread_key_t waiter_key;
+static pthread_once_t waiter_once = PTHREAD_ONCE_INIT;
+
+static void waiter_destroy(void *p) {
+  mm__waiter_t *w = p;
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  free(w);
+  mm__locals_free(&mm__tls.locals);
+}
+
+static void waiter_key_init(void) {
+  pthread_key_create(&waiter_key, waiter_destroy);
+}
+
+mm__waiter_t *mm__waiter_self(void) {
+  if (self_waiter != NULL)
+    return self_waiter;
+  pthread_once(&waiter_once, waiter_key_init);
+  mm__waiter_t *w = malloc(sizeof(*w));
+  if (w == NULL)
+    return NULL;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  mm__list_init(&w->tasks);
+  pthread_setspecific(waiter_key, w);
+  self_waiter = w;
+  return w;
+}
+
+void mm__waiter_post(mm__waiter_t *w, mm__task_t *t) {
+  pthread_mutex_lock(&w->mu);
+  mm__list_push_back(&w->tasks, &t->link);
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Blocks until w is done, running posted tasks meanwhile. */
+static int thread_block(mm__wait_t *w) {
+  mm__waiter_t *me = w->thread;
+
+  pthread_mutex_lock(&me->mu);
+  for (;;) {
+    if (w->done)
+      break;
+    mm__list_t *n = mm__list_pop_front(&me->tasks);
+    if (n != NULL) {
+      pthread_mutex_unlock(&me->mu);
+      mm__task_t *t = container_of(n, mm__task_t, link);
+      t->run(t);
+      pthread_mutex_lock(&me->mu);
+      continue;
+    }
+    pthread_cond_wait(&me->cv, &me->mu);
+  }
+  pthread_mutex_unlock(&me->mu);
+  return w->status;
+}
+
+int mm__wait_init(mm__wait_t *w) {
+  w->coro = mm__tls.coro;
+  w->thread = NULL;
+  w->cancel = NULL;
+  w->cancellable = true;
+  w->cancel_seen = false;
+  w->done = false;
+  w->status = 0;
+  if (w->coro != NULL)
+    return 0;
+  if (mm__tls.loop != NULL)
+    return -EDEADLK;
+  w->thread = mm__waiter_self();
+  return w->thread != NULL ? 0 : -ENOMEM;
+}
+
+int mm__wait_block(mm__wait_t *w) {
+  if (w->coro != NULL)
+    return mm__park(w);
+  return thread_block(w);
+}
+
+void mm__wait_wake(mm__wait_t *w, int status) {
+  mm_coro_t *c = w->coro;
+
+  if (c != NULL) {
+    /* The coroutine stays parked until its loop resumes it, so w is still
+     * valid while we look at it here. */
+    if (mm__on_loop_thread(c->loop)) {
+      mm__coro_wake_local(c, status);
+    } else {
+      /* Pairs with the acquire exchange of remote_bits in the drain. */
+      atomic_store_explicit(&c->remote_status, status, memory_order_relaxed);
+      mm__loop_post(c, MM__REMOTE_WAKE);
+    }
+    return;
+  }
+
+  mm__waiter_t *t = w->thread;
+  pthread_mutex_lock(&t->mu);
+  w->status = status;
+  w->done = true;        /* last access to w: the waiter needs t->mu */
+  pthread_cond_signal(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+}

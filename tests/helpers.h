@@ -1,0 +1,311 @@
+/* What every test program shares: cmocka, error asserts that explain
+ * themselves, a per-test watchdog, small synchronisation helpers that let
+ * threads and coroutines report to the test thread, and a fork helper for
+ * death tests.
+ *
+ * cmocka's asserts longjmp, so they are only called on the test's own
+ * thread.  Coroutines and helper threads record what they saw into structs
+ * the test owns; the test asserts after joining them.  Events are ordered
+ * with joins, latches and barriers, never with sleeps.
+ *
+ * Header-only and static: each test program is one translation unit.
+ */
+#ifndef MM_TEST_HELPERS_H
+#define MM_TEST_HELPERS_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <mixmode.h>
+
+/* ---- Asserts on library results ----------------------------------------- */
+
+/* Fails unless expr returns 0, naming the error it returned. */
+#define assert_mm_ok(expr)                                                    \
+  do {                                                                        \
+    int mm_t_r_ = (expr);                                                     \
+    if (mm_t_r_ != 0)                                                         \
+      fail_msg("%s returned %d (%s), expected 0", #expr, mm_t_r_,             \
+               mm_strerror(mm_t_r_));                                         \
+  } while (0)
+
+/* Fails unless expr returns exactly want (a negative errno value). */
+#define assert_mm_err(expr, want)                                             \
+  do {                                                                        \
+    int mm_t_r_ = (expr);                                                     \
+    int mm_t_w_ = (want);                                                     \
+    if (mm_t_r_ != mm_t_w_)                                                   \
+      fail_msg("%s returned %d (%s), expected %d (%s)", #expr, mm_t_r_,       \
+               mm_strerror(mm_t_r_), mm_t_w_, mm_strerror(mm_t_w_));          \
+  } while (0)
+
+/* Same for a status recorded earlier (by a coroutine or thread). */
+#define assert_status(got, want)                                              \
+  do {                                                                        \
+    int mm_t_g_ = (got);                                                      \
+    int mm_t_w_ = (want);                                                     \
+    if (mm_t_g_ != mm_t_w_)                                                   \
+      fail_msg("%s is %d (%s), expected %d (%s)", #got, mm_t_g_,              \
+               mm_strerror(mm_t_g_), mm_t_w_, mm_strerror(mm_t_w_));          \
+  } while (0)
+
+
+/* ---- Time ---------------------------------------------------------------- */
+
+static inline uint64_t mm_test_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Under Valgrind everything runs tens of times slower. */
+static inline int mm_test_under_valgrind(void) {
+  const char *p = getenv("LD_PRELOAD");
+  return p != NULL && strstr(p, "vgpreload") != NULL;
+}
+
+
+/* ---- Per-test watchdog ---------------------------------------------------- */
+
+/* A thread started by each test's setup waits for the teardown; if the test
+ * has not finished by the deadline (30 s, MM_TEST_TIMEOUT seconds if set,
+ * ten times longer under Valgrind) it names the test and aborts the
+ * program, so that a deadlock fails the run instead of hanging it. */
+typedef struct {
+  pthread_mutex_t mutex;
+  pthread_cond_t  cond;     /* signalled by the teardown */
+  int             done;     /* protected by mutex */
+  const char     *name;
+  unsigned        seconds;
+  pthread_t       thread;
+} mm_test_watchdog_t;
+
+static mm_test_watchdog_t mm_test_watchdog_ = {
+  PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, 0, 0
+};
+
+static void *mm_test_watchdog_main_(void *arg) {
+  mm_test_watchdog_t *w = arg;
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += w->seconds;
+  pthread_mutex_lock(&w->mutex);
+  int rc = 0;
+  while (!w->done && rc != ETIMEDOUT)
+    rc = pthread_cond_timedwait(&w->cond, &w->mutex, &deadline);
+  int fired = !w->done;
+  pthread_mutex_unlock(&w->mutex);
+  if (fired) {
+    fprintf(stderr, "watchdog: %s did not finish within %u s; aborting\n",
+            w->name, w->seconds);
+    fflush(stderr);
+    abort();
+  }
+  return NULL;
+}
+
+/* cmocka setup: *state is the test's name (see mm_test()). */
+static int mm_test_watchdog_start(void **state) {
+  mm_test_watchdog_t *w = &mm_test_watchdog_;
+  unsigned seconds = 30;
+  const char *env = getenv("MM_TEST_TIMEOUT");
+  if (env != NULL && atoi(env) > 0)
+    seconds = (unsigned)atoi(env);
+  else if (mm_test_under_valgrind())
+    seconds *= 10;
+  w->name = *state != NULL ? (const char *)*state : "?";
+  w->seconds = seconds;
+  w->done = 0;
+  if (pthread_create(&w->thread, NULL, mm_test_watchdog_main_, w) != 0)
+    return -1;
+  return 0;
+}
+
+/* cmocka teardown, also run after a failed test. */
+static int mm_test_watchdog_stop(void **state) {
+  mm_test_watchdog_t *w = &mm_test_watchdog_;
+  pthread_mutex_lock(&w->mutex);
+  w->done = 1;
+  pthread_cond_signal(&w->cond);
+  pthread_mutex_unlock(&w->mutex);
+  pthread_join(w->thread, NULL);
+  return 0;
+}
+
+/* A test under the watchdog.  The test's state argument is its name. */
+#define mm_test(f)                                                            \
+  cmocka_unit_test_prestate_setup_teardown(f, mm_test_watchdog_start,         \
+                                           mm_test_watchdog_stop, (void *)#f)
+
+
+/* Runs a program's tests; MM_TEST_FILTER=pattern (cmocka's '*' and '?')
+ * runs only the matching ones. */
+#define mm_run_tests(tests)                                                   \
+  (getenv("MM_TEST_FILTER") != NULL                                           \
+       ? cmocka_set_test_filter(getenv("MM_TEST_FILTER"))                     \
+       : (void)0,                                                             \
+   cmocka_run_group_tests(tests, NULL, NULL))
+
+
+/* ---- Latch: counts events, lets the test thread wait for a count ---------- */
+
+/* Safe to bump from coroutines (it holds its mutex for a few instructions,
+ * never while waiting) and from any thread. */
+typedef struct {
+  pthread_mutex_t mutex;
+  pthread_cond_t  cond;
+  int             count;    /* protected by mutex */
+} mm_test_latch_t;
+
+static inline void mm_test_latch_init(mm_test_latch_t *l) {
+  pthread_mutex_init(&l->mutex, NULL);
+  pthread_cond_init(&l->cond, NULL);
+  l->count = 0;
+}
+
+static inline void mm_test_latch_destroy(mm_test_latch_t *l) {
+  pthread_cond_destroy(&l->cond);
+  pthread_mutex_destroy(&l->mutex);
+}
+
+static inline void mm_test_latch_add(mm_test_latch_t *l, int n) {
+  pthread_mutex_lock(&l->mutex);
+  l->count += n;
+  pthread_cond_broadcast(&l->cond);
+  pthread_mutex_unlock(&l->mutex);
+}
+
+/* Blocks a plain thread until the count reaches n.  Never from a
+ * coroutine: it would block the loop. */
+static inline void mm_test_latch_wait(mm_test_latch_t *l, int n) {
+  pthread_mutex_lock(&l->mutex);
+  while (l->count < n)
+    pthread_cond_wait(&l->cond, &l->mutex);
+  pthread_mutex_unlock(&l->mutex);
+}
+
+
+/* ---- Log capture --------------------------------------------------------- */
+
+/* Collects what the library logs; install with
+ * mm_set_log(mm_test_log_fn, &log), restore with mm_set_log(NULL, NULL). */
+typedef struct {
+  pthread_mutex_t mutex;
+  int             count;           /* messages received */
+  int             max_level;       /* highest level seen, -1 when none */
+  char            text[8192];      /* "LEVEL msg\n" lines, truncated */
+  size_t          len;
+} mm_test_log_t;
+
+static inline void mm_test_log_init(mm_test_log_t *log) {
+  memset(log, 0, sizeof *log);
+  pthread_mutex_init(&log->mutex, NULL);
+  log->max_level = -1;
+}
+
+static inline void mm_test_log_destroy(mm_test_log_t *log) {
+  pthread_mutex_destroy(&log->mutex);
+}
+
+__attribute__((unused))
+static void mm_test_log_fn(int level, const char *msg, void *data) {
+  mm_test_log_t *log = data;
+  pthread_mutex_lock(&log->mutex);
+  log->count++;
+  if (level > log->max_level)
+    log->max_level = level;
+  if (log->len < sizeof log->text - 1) {
+    int n = snprintf(log->text + log->len, sizeof log->text - log->len,
+                     "%d %s\n", level, msg != NULL ? msg : "(null)");
+    if (n > 0)
+      log->len += (size_t)n;
+    if (log->len > sizeof log->text - 1)
+      log->len = sizeof log->text - 1;
+  }
+  pthread_mutex_unlock(&log->mutex);
+}
+
+
+/* ---- Death tests ------------------------------------------------------------ */
+
+/* How a child ended, and what it wrote to stdout and stderr. */
+typedef struct {
+  int  exited;        /* 1: exit code in code; 0: killed by signal */
+  int  code;          /* exit status or signal number */
+  char out[16384];    /* its output, NUL-terminated, truncated */
+} mm_test_child_t;
+
+/* Runs fn(arg) in a forked child with stdout and stderr captured; the child
+ * exits 0 if fn returns, and is killed by SIGALRM if it runs over 60 s.
+ * Returns 0, or -1 if the child could not be started. */
+__attribute__((unused))
+static int mm_test_fork(void (*fn)(void *), void *arg, mm_test_child_t *res) {
+  int fds[2];
+  memset(res, 0, sizeof *res);
+  if (pipe(fds) != 0)
+    return -1;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    alarm(mm_test_under_valgrind() ? 300 : 60);
+    fn(arg);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(0);
+  }
+  close(fds[1]);
+  size_t len = 0;
+  for (;;) {
+    char buf[4096];
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    size_t room = sizeof res->out - 1 - len;
+    size_t take = (size_t)n < room ? (size_t)n : room;
+    memcpy(res->out + len, buf, take);
+    len += take;
+  }
+  res->out[len] = '\0';
+  close(fds[0]);
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return -1;
+  if (WIFEXITED(status)) {
+    res->exited = 1;
+    res->code = WEXITSTATUS(status);
+  } else {
+    res->exited = 0;
+    res->code = WIFSIGNALED(status) ? WTERMSIG(status) : -1;
+  }
+  return 0;
+}
+
+#endif /* MM_TEST_HELPERS_H */

@@ -1,0 +1,450 @@
+/* White-box tests of the context-switch port (lib/context.h): whichever
+ * backend configure chose, mm__ctx_make/mm__ctx_switch must start a
+ * context on its own stack, bounce between contexts, and keep each
+ * context's callee-saved registers and floating-point control state its
+ * own.  No loops, no coroutines: just the port, on stacks mmap'ed here.
+ *
+ * The sanitizer and Valgrind annotations that sched.c wraps around every
+ * switch are repeated here in switch_to(), so that the suite runs clean
+ * under memcheck, ASan and TSan too.
+ */
+#include "config.h"
+
+#include <fenv.h>
+#include <stdint.h>
+#include <sys/mman.h>
+
+#include "helpers.h"
+#include "context.h"
+#include "mm-internal.h"   /* the port's last word names an mm_coro_t */
+
+#ifdef HAVE_VALGRIND_VALGRIND_H
+# include <valgrind/valgrind.h>
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+# define TEST_ASAN 1
+#elif defined(__has_feature)
+# if __has_feature(address_sanitizer)
+#  define TEST_ASAN 1
+# endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+# define TEST_TSAN 1
+#elif defined(__has_feature)
+# if __has_feature(thread_sanitizer)
+#  define TEST_TSAN 1
+# endif
+#endif
+#ifdef TEST_ASAN
+# include <sanitizer/common_interface_defs.h>
+#endif
+#ifdef TEST_TSAN
+# include <sanitizer/tsan_interface.h>
+#endif
+
+#define STACK_SIZE (64 * 1024)
+
+/* A context with its own stack, or the test thread's own (stack NULL). */
+typedef struct {
+  mm__ctx_t ctx;
+  void     *stack;
+  size_t    size;
+  unsigned  vg_id;
+#ifdef TEST_TSAN
+  void     *fiber;
+#endif
+} tctx_t;
+
+static void tctx_init_main(tctx_t *t) {
+  memset(t, 0, sizeof *t);
+#ifdef TEST_TSAN
+  t->fiber = __tsan_get_current_fiber();
+#endif
+}
+
+static int tctx_init(tctx_t *t, mm__ctx_entry_fn entry, void *arg) {
+  memset(t, 0, sizeof *t);
+  t->size = STACK_SIZE;
+  t->stack = mmap(NULL, t->size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (t->stack == MAP_FAILED)
+    return -1;
+#ifdef HAVE_VALGRIND_VALGRIND_H
+  t->vg_id = VALGRIND_STACK_REGISTER(t->stack, (char *)t->stack + t->size);
+#endif
+#ifdef TEST_TSAN
+  t->fiber = __tsan_create_fiber(0);
+#endif
+  mm__ctx_make(&t->ctx, t->stack, t->size, entry, arg);
+  return 0;
+}
+
+static void tctx_destroy(tctx_t *t) {
+  if (t->stack == NULL)
+    return;
+#ifdef TEST_TSAN
+  __tsan_destroy_fiber(t->fiber);
+#endif
+#ifdef HAVE_VALGRIND_VALGRIND_H
+  VALGRIND_STACK_DEREGISTER(t->vg_id);
+#endif
+  munmap(t->stack, t->size);
+  t->stack = NULL;
+}
+
+/* mm__ctx_switch with the annotations a sanitizer needs (as in sched.c).
+ * The ASan bookkeeping needs the bounds of the stack being switched to;
+ * the test thread's own stack is reported as unknown (NULL, 0), which
+ * ASan accepts for the main stack. */
+static void switch_to(tctx_t *from, tctx_t *to) {
+#ifdef TEST_ASAN
+  void *fake = NULL;
+  __sanitizer_start_switch_fiber(&fake, to->stack, to->stack ? to->size : 0);
+#endif
+#ifdef TEST_TSAN
+  __tsan_switch_to_fiber(to->fiber, 0);
+#endif
+  mm__ctx_switch(&from->ctx, &to->ctx);
+#ifdef TEST_ASAN
+  __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+
+/* ---- Start and bounce ------------------------------------------------------ */
+
+typedef struct {
+  tctx_t    main;
+  tctx_t    co;
+  void     *arg_seen;
+  uintptr_t local_addr;     /* address of a local of entry */
+  int       steps;
+} bounce_t;
+
+static void bounce_entry(void *arg) {
+  bounce_t *b = arg;
+  int local = 0;
+  b->arg_seen = arg;
+  b->local_addr = (uintptr_t)&local;
+  for (;;) {
+    b->steps++;
+    switch_to(&b->co, &b->main);
+  }
+}
+
+static void test_ctx_make_runs_entry_with_its_arg_on_the_given_stack(
+    void **state) {
+  bounce_t b;
+  memset(&b, 0, sizeof b);
+  tctx_init_main(&b.main);
+  assert_int_equal(tctx_init(&b.co, bounce_entry, &b), 0);
+  switch_to(&b.main, &b.co);
+  assert_ptr_equal(b.arg_seen, &b);
+  assert_true(b.local_addr >= (uintptr_t)b.co.stack);
+  assert_true(b.local_addr < (uintptr_t)b.co.stack + b.co.size);
+  assert_int_equal(b.steps, 1);
+  tctx_destroy(&b.co);
+}
+
+static void test_ctx_switch_resumes_where_each_context_left_off(void **state) {
+  bounce_t b;
+  memset(&b, 0, sizeof b);
+  tctx_init_main(&b.main);
+  assert_int_equal(tctx_init(&b.co, bounce_entry, &b), 0);
+  for (int i = 1; i <= 10000; i++) {
+    switch_to(&b.main, &b.co);
+    if (b.steps != i)
+      fail_msg("after switch %d the context made %d steps", i, b.steps);
+  }
+  tctx_destroy(&b.co);
+}
+
+
+/* ---- A ring of contexts ------------------------------------------------------ */
+
+#define RING 8
+#define ROUNDS 500
+
+typedef struct ring ring_t;
+typedef struct {
+  ring_t *ring;
+  int     index;
+} ring_member_t;
+
+struct ring {
+  tctx_t        main;
+  tctx_t        co[RING];
+  ring_member_t member[RING];
+  int           order[RING * ROUNDS];   /* who ran, in order */
+  int           n;
+};
+
+static void ring_entry(void *arg) {
+  ring_member_t *m = arg;
+  ring_t *r = m->ring;
+  for (int round = 0; round < ROUNDS; round++) {
+    r->order[r->n++] = m->index;
+    /* Each context passes control to the next one; the last one of a
+     * round goes back to the test for a check, which restarts at 0. */
+    if (m->index + 1 < RING)
+      switch_to(&r->co[m->index], &r->co[m->index + 1]);
+    else
+      switch_to(&r->co[m->index], &r->main);
+  }
+  switch_to(&r->co[m->index], &r->main);
+  abort();  /* never resumed */
+}
+
+static void test_ctx_switch_passes_control_around_a_ring_of_contexts(
+    void **state) {
+  ring_t *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  tctx_init_main(&r->main);
+  for (int i = 0; i < RING; i++) {
+    r->member[i].ring = r;
+    r->member[i].index = i;
+    assert_int_equal(tctx_init(&r->co[i], ring_entry, &r->member[i]), 0);
+  }
+  for (int round = 0; round < ROUNDS; round++)
+    switch_to(&r->main, &r->co[0]);
+  assert_int_equal(r->n, RING * ROUNDS);
+  for (int i = 0; i < RING * ROUNDS; i++)
+    if (r->order[i] != i % RING)
+      fail_msg("step %d ran context %d, expected %d", i, r->order[i],
+               i % RING);
+  for (int i = 0; i < RING; i++)
+    tctx_destroy(&r->co[i]);
+  free(r);
+}
+
+
+/* ---- Callee-saved registers ---------------------------------------------- */
+
+#ifdef __x86_64__
+
+typedef struct {
+  tctx_t main;
+  tctx_t co;
+} clobber_t;
+
+/* Overwrites every callee-saved register the port must preserve, then
+ * switches back with the garbage still in them. */
+static void clobber_entry(void *arg) {
+  clobber_t *c = arg;
+  for (;;) {
+    __asm__ volatile(
+        "movabs $0xdeaddeaddeaddead, %%rbx\n\t"
+        "movabs $0xdeaddeaddeaddead, %%r12\n\t"
+        "movabs $0xdeaddeaddeaddead, %%r13\n\t"
+        "movabs $0xdeaddeaddeaddead, %%r14\n\t"
+        "movabs $0xdeaddeaddeaddead, %%r15\n\t"
+        ::: "rbx", "r12", "r13", "r14", "r15", "memory");
+    switch_to(&c->co, &c->main);
+  }
+}
+
+static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
+  static clobber_t c;
+  memset(&c, 0, sizeof c);
+  tctx_init_main(&c.main);
+  assert_int_equal(tctx_init(&c.co, clobber_entry, &c), 0);
+  uint64_t got[5];
+  for (int round = 0; round < 3; round++) {
+    register uint64_t rbx __asm__("rbx") = 0x1111111111111111u + round;
+    register uint64_t r12 __asm__("r12") = 0x1212121212121212u + round;
+    register uint64_t r13 __asm__("r13") = 0x1313131313131313u + round;
+    register uint64_t r14 __asm__("r14") = 0x1414141414141414u + round;
+    register uint64_t r15 __asm__("r15") = 0x1515151515151515u + round;
+    /* The empty asm pins the values in their registers up to the call;
+     * the second one reads them from the same registers after it. */
+    __asm__ volatile("" : "+r"(rbx), "+r"(r12), "+r"(r13), "+r"(r14),
+                          "+r"(r15));
+    switch_to(&c.main, &c.co);
+    __asm__ volatile("" : "+r"(rbx), "+r"(r12), "+r"(r13), "+r"(r14),
+                          "+r"(r15));
+    got[0] = rbx;
+    got[1] = r12;
+    got[2] = r13;
+    got[3] = r14;
+    got[4] = r15;
+    static const char *names[5] = { "rbx", "r12", "r13", "r14", "r15" };
+    static const uint64_t base[5] = {
+      0x1111111111111111u, 0x1212121212121212u, 0x1313131313131313u,
+      0x1414141414141414u, 0x1515151515151515u,
+    };
+    for (int i = 0; i < 5; i++)
+      if (got[i] != base[i] + (uint64_t)round)
+        fail_msg("round %d: %s is %#llx after the switch, expected %#llx",
+                 round, names[i], (unsigned long long)got[i],
+                 (unsigned long long)(base[i] + (uint64_t)round));
+  }
+  tctx_destroy(&c.co);
+}
+
+#else
+
+static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
+  skip();
+}
+
+#endif
+
+
+/* ---- Floating-point control state ------------------------------------------ */
+
+#ifdef __x86_64__
+static unsigned get_mxcsr(void) {
+  unsigned v;
+  __asm__ volatile("stmxcsr %0" : "=m"(v));
+  return v;
+}
+
+static void set_mxcsr(unsigned v) {
+  __asm__ volatile("ldmxcsr %0" :: "m"(v));
+}
+
+static unsigned short get_x87_cw(void) {
+  unsigned short v;
+  __asm__ volatile("fnstcw %0" : "=m"(v));
+  return v;
+}
+
+static void set_x87_cw(unsigned short v) {
+  __asm__ volatile("fldcw %0" :: "m"(v));
+}
+#endif
+
+/* The main context runs with rounding DOWNWARD everywhere; the other one
+ * with MXCSR rounding UP and, on x86-64, the x87 unit rounding toward zero,
+ * so that the two units' control state is seen to be saved separately.
+ * (Precision control and FTZ/DAZ are left alone: Valgrind does not model
+ * them.) */
+typedef struct {
+  tctx_t   main;
+  tctx_t   co;
+  int      co_bad;           /* times the context found another mode */
+  int      rounds;
+} fpctx_t;
+
+#ifdef __x86_64__
+# define MXCSR_RC_MASK 0x6000u
+# define MXCSR_RC_DOWN 0x2000u
+# define MXCSR_RC_UP   0x4000u
+# define X87_RC_MASK   0x0c00u
+# define X87_RC_DOWN   0x0400u
+# define X87_RC_ZERO   0x0c00u
+
+static void set_co_mode(void) {
+  set_mxcsr((get_mxcsr() & ~MXCSR_RC_MASK) | MXCSR_RC_UP);
+  set_x87_cw((unsigned short)((get_x87_cw() & ~X87_RC_MASK) | X87_RC_ZERO));
+}
+
+static int co_mode_ok(void) {
+  return (get_mxcsr() & MXCSR_RC_MASK) == MXCSR_RC_UP &&
+         (get_x87_cw() & X87_RC_MASK) == X87_RC_ZERO;
+}
+
+static int main_mode_ok(void) {
+  return fegetround() == FE_DOWNWARD &&
+         (get_mxcsr() & MXCSR_RC_MASK) == MXCSR_RC_DOWN &&
+         (get_x87_cw() & X87_RC_MASK) == X87_RC_DOWN;
+}
+#else
+static void set_co_mode(void) { fesetround(FE_UPWARD); }
+static int co_mode_ok(void) { return fegetround() == FE_UPWARD; }
+static int main_mode_ok(void) { return fegetround() == FE_DOWNWARD; }
+#endif
+
+/* Rounds 1/3 with the current SSE mode: tells UP from DOWN in practice. */
+static double third(void) {
+  volatile double one = 1.0, three = 3.0;
+  return one / three;
+}
+
+static void fp_entry(void *arg) {
+  fpctx_t *f = arg;
+  set_co_mode();
+  for (;;) {
+    switch_to(&f->co, &f->main);
+    f->rounds++;
+    if (!co_mode_ok())
+      f->co_bad++;
+  }
+}
+
+static void test_ctx_switch_keeps_each_contexts_rounding_mode(void **state) {
+  static fpctx_t f;
+  memset(&f, 0, sizeof f);
+  int saved = fegetround();
+  fesetround(FE_DOWNWARD);
+  double down = third();
+  tctx_init_main(&f.main);
+  assert_int_equal(tctx_init(&f.co, fp_entry, &f), 0);
+  int main_bad = 0, main_value_bad = 0;
+  for (int i = 0; i < 1000; i++) {
+    switch_to(&f.main, &f.co);
+    if (!main_mode_ok())
+      main_bad++;
+    if (third() != down)
+      main_value_bad++;
+  }
+  /* Restore the test thread's mode before any assert can longjmp. */
+  fesetround(saved);
+  tctx_destroy(&f.co);
+
+  assert_int_equal(f.rounds, 999);
+  assert_int_equal(main_bad, 0);
+  assert_int_equal(main_value_bad, 0);
+  assert_int_equal(f.co_bad, 0);
+}
+
+
+/* ---- An entry that returns ---------------------------------------------------- */
+
+static tctx_t ret_main, ret_co;
+
+static void returning_entry(void *arg) {
+  /* Returns: the port must stop the program with a message. */
+}
+
+/* The assembly port hands the entry's argument to the library's last-word
+ * handler, which takes it for the coroutine that owns the context; give it
+ * one to name. */
+static void run_returning_entry(void *arg) {
+  mm_coro_t *c = calloc(1, sizeof *c);
+  if (c == NULL)
+    _exit(3);
+  c->name = "ctx-test-entry";
+  tctx_init_main(&ret_main);
+  if (tctx_init(&ret_co, returning_entry, c) != 0)
+    _exit(3);
+  switch_to(&ret_main, &ret_co);
+  _exit(4);   /* resumed after the entry returned: the port failed */
+}
+
+static void test_ctx_entry_that_returns_stops_the_program(void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(run_returning_entry, NULL, &child), 0);
+  if (child.exited && (child.code == 0 || child.code == 3 || child.code == 4))
+    fail_msg("child exited with %d instead of being stopped; output:\n%s",
+             child.code, child.out);
+  /* Stopped with a message naming the culprit, not by whatever the
+   * garbage return address happened to do. */
+  if (strstr(child.out, "ctx-test-entry") == NULL)
+    fail_msg("the message does not name the context; output:\n%s",
+             child.out);
+}
+
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    mm_test(test_ctx_make_runs_entry_with_its_arg_on_the_given_stack),
+    mm_test(test_ctx_switch_resumes_where_each_context_left_off),
+    mm_test(test_ctx_switch_passes_control_around_a_ring_of_contexts),
+    mm_test(test_ctx_switch_preserves_callee_saved_registers),
+    mm_test(test_ctx_switch_keeps_each_contexts_rounding_mode),
+    mm_test(test_ctx_entry_that_returns_stops_the_program),
+  };
+  return mm_run_tests(tests);
+}
