@@ -4,6 +4,7 @@
 #include "mm-internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #define MM__ERRORS(X)                                                        \
@@ -21,20 +22,28 @@
   X(EPERM, "not allowed from this kind of thread")
 
 const char *mm_strerror(int err) {
-  switch (-err) {
+  switch (err) {
 #define X(code, text) \
-  case code:          \
+  case -code:         \
     return #code ": " text;
     MM__ERRORS(X)
 #undef X
   case 0:
     return "success";
   }
-  if (err < 0 && err > -4096) {
-    /* A system or libuv error passed through unchanged. */
-    const char *s = uv_strerror(err);
-    if (s != NULL && strncmp(s, "Unknown system error", 20) != 0)
+  if (err < 0) {
+#ifdef HAVE_STRERRORDESC_NP
+    /* A system error passed through unchanged: its static description. */
+    const char *s = err > INT_MIN ? strerrordesc_np(-err) : NULL;
+    if (s != NULL)
       return s;
+#endif
+    /* libuv's own codes (getaddrinfo, EOF, charset).  uv_strerror mallocs
+     * a string for codes it does not know, so ask only about these. */
+    bool eai = err <= UV_EAI_ADDRFAMILY && err >= UV_EAI_PROTOCOL &&
+               err != -3012;  /* the one unassigned code in that range */
+    if (eai || err == UV_EOF || err == UV_ECHARSET)
+      return uv_strerror(err);
   }
   return "unknown error";
 }

@@ -18,6 +18,11 @@ static mm__locals_t *table(void) {
   return c != NULL ? &c->locals : &mm__tls.locals;
 }
 
+/* A plain thread's table is freed with its waiter at thread exit. */
+static bool table_owned(mm__locals_t *l) {
+  return l != &mm__tls.locals || mm__waiter_self() != NULL;
+}
+
 int mm_local_set(const void *key, void *value) {
   if (key == NULL)
     return -EINVAL;
@@ -35,6 +40,8 @@ int mm_local_set(const void *key, void *value) {
   if (value == NULL)
     return 0;
   if (l->n == l->cap) {
+    if (!table_owned(l))
+      return -ENOMEM;
     size_t cap = l->cap ? 2 * l->cap : 4;
     mm__local_t *v = realloc(l->v, cap * sizeof(*v));
     if (v == NULL)

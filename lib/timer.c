@@ -106,6 +106,9 @@ int mm__timer_start(mm_loop_t *loop, mm__timer_t *t, uint64_t ms) {
     loop->heap = h;
     loop->heap_cap = cap;
   }
+  /* uv_now() is the time the current loop iteration began; coroutines
+   * may have run for a while since.  Deadlines count from the real now. */
+  uv_update_time(loop->uv);
   uint64_t now = uv_now(loop->uv);
   t->due = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
   t->seq = loop->timer_seq++;

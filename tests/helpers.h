@@ -65,6 +65,25 @@
   } while (0)
 
 
+/* ---- Sanitizers ---------------------------------------------------------- */
+
+/* TSan makes each coroutine a fiber that costs milliseconds to create and
+ * counts against its limit of 8128 threads: tests that spawn by the
+ * thousand scale down under it (the races they look for need no crowd). */
+#if defined(__SANITIZE_THREAD__)
+# define MM_TEST_TSAN 1
+#elif defined(__has_feature)
+# if __has_feature(thread_sanitizer)
+#  define MM_TEST_TSAN 1
+# endif
+#endif
+#ifdef MM_TEST_TSAN
+# define MM_TEST_SCALE(n, under_tsan) (under_tsan)
+#else
+# define MM_TEST_SCALE(n, under_tsan) (n)
+#endif
+
+
 /* ---- Time ---------------------------------------------------------------- */
 
 static inline uint64_t mm_test_now_ms(void) {

@@ -37,6 +37,7 @@
 # endif
 #endif
 #ifdef TEST_ASAN
+# include <sanitizer/asan_interface.h>
 # include <sanitizer/common_interface_defs.h>
 #endif
 #ifdef TEST_TSAN
@@ -51,6 +52,8 @@ typedef struct {
   void     *stack;
   size_t    size;
   unsigned  vg_id;
+  const void *asan_bottom;   /* the stack ASan is told about */
+  size_t      asan_size;
 #ifdef TEST_TSAN
   void     *fiber;
 #endif
@@ -83,6 +86,11 @@ static int tctx_init(tctx_t *t, mm__ctx_entry_fn entry, void *arg) {
 static void tctx_destroy(tctx_t *t) {
   if (t->stack == NULL)
     return;
+#ifdef TEST_ASAN
+  /* The frames left on it were never returned from: clear their poison
+   * before the next mmap hands out the same addresses. */
+  ASAN_UNPOISON_MEMORY_REGION(t->stack, t->size);
+#endif
 #ifdef TEST_TSAN
   __tsan_destroy_fiber(t->fiber);
 #endif
@@ -94,13 +102,19 @@ static void tctx_destroy(tctx_t *t) {
 }
 
 /* mm__ctx_switch with the annotations a sanitizer needs (as in sched.c).
- * The ASan bookkeeping needs the bounds of the stack being switched to;
- * the test thread's own stack is reported as unknown (NULL, 0), which
- * ASan accepts for the main stack. */
+ * ASan wants the bounds of the stack being switched to; the test thread's
+ * own are learnt from the first switch away from it (entered()). */
+#ifdef TEST_ASAN
+static tctx_t *asan_from;
+#endif
+
 static void switch_to(tctx_t *from, tctx_t *to) {
 #ifdef TEST_ASAN
   void *fake = NULL;
-  __sanitizer_start_switch_fiber(&fake, to->stack, to->stack ? to->size : 0);
+  asan_from = from;
+  __sanitizer_start_switch_fiber(&fake, to->stack ? to->stack
+                                                  : to->asan_bottom,
+                                 to->stack ? to->size : to->asan_size);
 #endif
 #ifdef TEST_TSAN
   __tsan_switch_to_fiber(to->fiber, 0);
@@ -108,6 +122,15 @@ static void switch_to(tctx_t *from, tctx_t *to) {
   mm__ctx_switch(&from->ctx, &to->ctx);
 #ifdef TEST_ASAN
   __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+}
+
+/* First thing in every entry function: completes the switch that
+ * started it. */
+static void entered(void) {
+#ifdef TEST_ASAN
+  tctx_t *from = asan_from;
+  __sanitizer_finish_switch_fiber(NULL, &from->asan_bottom, &from->asan_size);
 #endif
 }
 
@@ -123,6 +146,7 @@ typedef struct {
 } bounce_t;
 
 static void bounce_entry(void *arg) {
+  entered();
   bounce_t *b = arg;
   int local = 0;
   b->arg_seen = arg;
@@ -181,6 +205,7 @@ struct ring {
 };
 
 static void ring_entry(void *arg) {
+  entered();
   ring_member_t *m = arg;
   ring_t *r = m->ring;
   for (int round = 0; round < ROUNDS; round++) {
@@ -231,6 +256,7 @@ typedef struct {
 /* Overwrites every callee-saved register the port must preserve, then
  * switches back with the garbage still in them. */
 static void clobber_entry(void *arg) {
+  entered();
   clobber_t *c = arg;
   for (;;) {
     __asm__ volatile(
@@ -363,6 +389,7 @@ static double third(void) {
 }
 
 static void fp_entry(void *arg) {
+  entered();
   fpctx_t *f = arg;
   set_co_mode();
   for (;;) {
@@ -405,6 +432,7 @@ static void test_ctx_switch_keeps_each_contexts_rounding_mode(void **state) {
 static tctx_t ret_main, ret_co;
 
 static void returning_entry(void *arg) {
+  entered();
   /* Returns: the port must stop the program with a message. */
 }
 

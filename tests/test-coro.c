@@ -279,7 +279,7 @@ static void test_spawn_without_a_handle_detaches(void **state) {
 /* ---- Many threads ------------------------------------------------------------ */
 
 #define THREADS 4
-#define PER_THREAD 200
+#define PER_THREAD MM_TEST_SCALE(200, 50)
 
 typedef struct {
   mm_loop_t         *loop;
@@ -877,18 +877,7 @@ static void test_rounding_mode_is_kept_on_a_started_loop(void **state) {
 
 /* ---- 10,000 live coroutines ----------------------------------------------------- */
 
-/* TSan makes each coroutine a fiber that counts as a thread, and stops
- * the program past 8128 of them: it gets a smaller crowd. */
-#if defined(__SANITIZE_THREAD__)
-# define MANY 1000
-#elif defined(__has_feature)
-# if __has_feature(thread_sanitizer)
-#  define MANY 1000
-# endif
-#endif
-#ifndef MANY
-# define MANY 10000
-#endif
+#define MANY MM_TEST_SCALE(10000, 200)   /* see helpers.h */
 #define SMALL_STACK (16 * 1024)
 
 /* Coroutine i joins coroutine i + 1; the last one waits until all have
@@ -1042,6 +1031,24 @@ static void test_deep_recursion_inside_the_stack_limit(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+static void test_loop_stack_size_option_sets_its_coroutines_default(
+    void **state) {
+  mm_loop_options_t lo;
+  mm_loop_options_init(&lo);
+  lo.stack_size = 1024 * 1024;
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, &lo));
+  deep_t d;
+  memset(&d, 0, sizeof d);
+  d.depth = 600;   /* ~620 KiB: past the 256 KiB default, inside 1 MiB */
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, recurse_deep, &d, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(c));
+  assert_int_equal(d.result, d.depth + 1);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void test_small_stacks_hold_modest_frames(void **state) {
   mm_loop_t *loop = new_loop();
   deep_t d[8];
@@ -1142,6 +1149,7 @@ int main(void) {
     mm_test(test_10000_live_coroutines_wait_at_once),
     mm_test(test_10000_sleeping_coroutines_are_each_cancelled),
     mm_test(test_deep_recursion_inside_the_stack_limit),
+    mm_test(test_loop_stack_size_option_sets_its_coroutines_default),
     mm_test(test_small_stacks_hold_modest_frames),
     mm_test(test_stack_overflow_is_stopped_by_the_guard_page),
     mm_test(test_stack_overflow_message_names_the_coroutine),

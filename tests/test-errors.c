@@ -149,6 +149,46 @@ static void test_loop_options_init_fills_defaults(void **state) {
 }
 
 
+static void test_loop_new_with_bad_options_returns_einval_and_no_loop(
+    void **state) {
+  mm_loop_options_t o;
+  mm_loop_t *loop = (mm_loop_t *)&loop;
+  mm_loop_options_init(&o);
+  o.stack_size = (size_t)1 << 40;   /* over the 1 GiB limit */
+  assert_mm_err(mm_loop_new(&loop, &o), -EINVAL);
+  assert_null(loop);
+
+  mm_loop_options_init(&o);
+  o.pool_min_threads = 8;           /* more kept than allowed */
+  o.pool_max_threads = 4;
+  loop = (mm_loop_t *)&loop;
+  assert_mm_err(mm_loop_new(&loop, &o), -EINVAL);
+  assert_null(loop);
+
+  uv_loop_t uv;
+  assert_int_equal(uv_loop_init(&uv), 0);
+  o.stack_size = (size_t)1 << 40;
+  o.pool_min_threads = 0;
+  loop = (mm_loop_t *)&loop;
+  assert_mm_err(mm_loop_from_uv(&loop, &uv, &o), -EINVAL);
+  assert_null(loop);
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
+static void test_spawn_with_a_stack_over_1_gib_returns_einval(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  mm_spawn_options_t o;
+  mm_spawn_options_init(&o);
+  o.stack_size = (size_t)1 << 40;
+  mm_coro_t *c = (mm_coro_t *)&c;
+  assert_mm_err(mm_spawn_ex(loop, return_zero, NULL, &o, &c), -EINVAL);
+  assert_null(c);
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+
 /* ---- NULL handles -------------------------------------------------------- */
 
 static void test_handle_functions_reject_a_null_handle(void **state) {
@@ -248,6 +288,8 @@ int main(void) {
     mm_test(test_spawn_with_a_null_fn_returns_einval_and_no_handle),
     mm_test(test_spawn_options_init_fills_zeros),
     mm_test(test_loop_options_init_fills_defaults),
+    mm_test(test_loop_new_with_bad_options_returns_einval_and_no_loop),
+    mm_test(test_spawn_with_a_stack_over_1_gib_returns_einval),
     mm_test(test_handle_functions_reject_a_null_handle),
     mm_test(test_double_join_returns_einval),
     mm_test(test_coroutine_joining_itself_returns_edeadlk),

@@ -424,8 +424,9 @@ static void test_loop_free_reports_a_finished_coroutine_never_joined(
   mm_spawn_options_t o;
   mm_spawn_options_init(&o);
   o.name = "forgotten-coroutine";
+  ran_t ran = { 0 };
   assert_mm_ok(mm_loop_new(&loop, NULL));
-  assert_mm_ok(mm_spawn_ex(loop, mark_ran, &(ran_t){ 0 }, &o, &c));
+  assert_mm_ok(mm_spawn_ex(loop, mark_ran, &ran, &o, &c));
   assert_mm_ok(mm_loop_run(loop));
   mm_set_log(mm_test_log_fn, &log);
   int rc = mm_loop_free(loop);
@@ -445,8 +446,9 @@ static void test_loop_free_is_silent_when_every_coroutine_was_joined(
   mm_test_log_t log;
   mm_test_log_init(&log);
   assert_mm_ok(mm_loop_new(&loop, NULL));
-  assert_mm_ok(mm_spawn(loop, mark_ran, &(ran_t){ 0 }, &c));
-  assert_mm_ok(mm_spawn(loop, mark_ran, &(ran_t){ 0 }, NULL));
+  ran_t ran[2] = { { 0 }, { 0 } };
+  assert_mm_ok(mm_spawn(loop, mark_ran, &ran[0], &c));
+  assert_mm_ok(mm_spawn(loop, mark_ran, &ran[1], NULL));
   assert_mm_ok(mm_loop_run(loop));
   assert_mm_ok(mm_join(c));
   mm_set_log(mm_test_log_fn, &log);
