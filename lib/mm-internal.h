@@ -247,6 +247,10 @@ struct mm_loop {
   /* scheduler, loop thread */
   mm__ctx_t sched_ctx;        /* the driver's context while a coroutine runs */
   mm_coro_t *running;
+  mm_coro_t *back;            /* the coroutine that last switched to sched */
+  mm_coro_t *switch_from;     /* who made the latest switch (NULL: sched) */
+  unsigned budget;            /* steps left before libuv polls again */
+  uint64_t step_start;        /* uv_hrtime() at the step's start, if timed */
   mm__list_t ready;           /* mm_coro_t.link */
   mm__list_t live;            /* mm_coro_t.all: admitted, not ended */
   mm__list_t zombies;         /* mm_coro_t.all: ended, handle not given back */
@@ -255,6 +259,7 @@ struct mm_loop {
                                  released */
   uint64_t next_id;
   bool stop_done;             /* the stop has been carried out */
+  void *asan_sched_fake;
   void *asan_sched_bottom;
   size_t asan_sched_size;
   void *tsan_sched_fiber;
@@ -300,7 +305,10 @@ typedef struct mm__tls {
   mm__locals_t locals;        /* plain-thread locals */
 } mm__tls_t;
 
-extern __thread mm__tls_t mm__tls;
+/* initial-exec: a plain %fs-relative access, no __tls_get_addr call on
+ * every switch (the library is not meant to be dlopen'ed late; glibc keeps
+ * static TLS room for such libraries if it is). */
+extern __thread mm__tls_t mm__tls __attribute__((tls_model("initial-exec")));
 
 /* loop.c */
 void mm__loop_post(mm_coro_t *c, unsigned bits);   /* any thread */
@@ -329,6 +337,7 @@ void mm__coro_wake_local(mm_coro_t *c, int status);
 void mm__coro_release(mm_coro_t *c);               /* loop thread */
 int  mm__coro_cancel_reason(const mm_coro_t *c);
 int  mm__park(mm__wait_t *w);                      /* coroutine */
+void mm__coro_suspend(mm_coro_t *c);               /* coroutine */
 void mm__cancel_all(mm_loop_t *loop);
 
 #endif /* MM_INTERNAL_H */

@@ -28,61 +28,67 @@
 /* Coroutine steps per idle callback before libuv gets to poll again. */
 #define STEP_BUDGET 4096
 
-/* ---- the switch, with its sanitizer annotations ------------------------ */
+/* ---- the switch, with its sanitizer annotations -------------------------
+ *
+ * A step ends when the running coroutine suspends.  The thread then goes
+ * straight to the next ready coroutine (one context switch per yield), or
+ * back to the scheduler -- the driver's own stack inside the uv_idle
+ * callback -- when nothing is ready, the budget is spent, or the coroutine
+ * has ended (its block cannot be given back while we stand on it).
+ * fiber_switch() is the one place that tells ASan and TSan about it.
+ */
 
-/* Scheduler -> coroutine. */
-static void switch_in(mm_loop_t *loop, mm_coro_t *c) {
+/* from, to: coroutines, or NULL for the scheduler.  final: from has ended
+ * and will never be resumed. */
+static void fiber_switch(mm_loop_t *loop, mm_coro_t *from, mm_coro_t *to,
+                         bool final) {
+  mm__ctx_t *from_ctx = from != NULL ? &from->ctx : &loop->sched_ctx;
+  mm__ctx_t *to_ctx = to != NULL ? &to->ctx : &loop->sched_ctx;
 #ifdef MM__ASAN
-  void *fake = NULL;
-  __sanitizer_start_switch_fiber(&fake, c->stack_lo, c->stack_size);
+  void **fake = from != NULL ? &from->asan_fake_stack : &loop->asan_sched_fake;
+  __sanitizer_start_switch_fiber(final ? NULL : fake,
+                                 to != NULL ? to->stack_lo
+                                            : loop->asan_sched_bottom,
+                                 to != NULL ? to->stack_size
+                                            : loop->asan_sched_size);
 #endif
 #ifdef MM__TSAN
-  loop->tsan_sched_fiber = __tsan_get_current_fiber();
-  __tsan_switch_to_fiber(c->tsan_fiber, 0);
-#endif
-  mm__ctx_switch(&loop->sched_ctx, &c->ctx);
-#ifdef MM__ASAN
-  __sanitizer_finish_switch_fiber(fake, NULL, NULL);
-#endif
-}
-
-/* Runs first thing on the coroutine's side after every switch in. */
-static void arrived(mm_coro_t *c) {
-#ifdef MM__ASAN
-  const void *bottom;
-  size_t size;
-  __sanitizer_finish_switch_fiber(c->asan_fake_stack, &bottom, &size);
-  c->loop->asan_sched_bottom = (void *) bottom;
-  c->loop->asan_sched_size = size;
-#else
-  (void) c;
-#endif
-}
-
-/* Coroutine -> scheduler.  final: the coroutine will never run again. */
-static void switch_out(mm_coro_t *c, bool final) {
-  mm_loop_t *loop = c->loop;
-#ifdef MM__ASAN
-  __sanitizer_start_switch_fiber(final ? NULL : &c->asan_fake_stack,
-                                 loop->asan_sched_bottom,
-                                 loop->asan_sched_size);
-#endif
-#ifdef MM__TSAN
-  __tsan_switch_to_fiber(loop->tsan_sched_fiber, 0);
+  if (from == NULL)
+    loop->tsan_sched_fiber = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(to != NULL ? to->tsan_fiber : loop->tsan_sched_fiber,
+                         0);
 #endif
   (void) final;
-  mm__ctx_switch(&c->ctx, &loop->sched_ctx);
-  arrived(c);
+  loop->switch_from = from;
+  mm__ctx_switch(from_ctx, to_ctx);
+#ifdef MM__ASAN
+  /* Back on from's stack.  Whoever switched here set switch_from; when it
+   * was the scheduler, ASan just told us the scheduler's stack bounds,
+   * which the next switch back to it needs. */
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(*fake, &bottom, &size);
+  if (loop->switch_from == NULL) {
+    loop->asan_sched_bottom = (void *) bottom;
+    loop->asan_sched_size = size;
+  }
+#endif
 }
 
 static void coro_main(void *arg) {
   mm_coro_t *c = arg;
-
-  c->asan_fake_stack = NULL;
-  arrived(c);
+#ifdef MM__ASAN
+  const void *bottom;
+  size_t size;
+  __sanitizer_finish_switch_fiber(NULL, &bottom, &size);
+  if (c->loop->switch_from == NULL) {
+    c->loop->asan_sched_bottom = (void *) bottom;
+    c->loop->asan_sched_size = size;
+  }
+#endif
   c->status = c->fn(c->arg);
   c->state = MM__CORO_DONE;
-  switch_out(c, true);
+  mm__coro_suspend(c);
   mm__assert(!"a finished coroutine was resumed");
 }
 
@@ -232,6 +238,77 @@ void mm__coro_release(mm_coro_t *c) {
 
 /* ---- running ----------------------------------------------------------- */
 
+/* Sets c up for its first step. */
+static void first_run(mm_coro_t *c) {
+  c->started = true;
+  mm__guard_thread();
+  mm__ctx_make(&c->ctx, c->stack_lo, c->stack_size, coro_main, c);
+#ifdef MM__TSAN
+  c->tsan_fiber = __tsan_create_fiber(0);
+#endif
+}
+
+static void step_begin(mm_loop_t *loop, mm_coro_t *c) {
+  c->state = MM__CORO_RUNNING;
+  loop->running = c;
+  mm__tls.coro = c;
+  if (loop->opt.slow_step_ms != 0)
+    loop->step_start = uv_hrtime();
+}
+
+static void step_end(mm_loop_t *loop, mm_coro_t *c) {
+  if (loop->opt.slow_step_ms == 0)
+    return;
+  uint64_t ms = (uv_hrtime() - loop->step_start) / 1000000;
+  if (ms >= loop->opt.slow_step_ms) {
+    loop->slow_steps++;
+    mm__log(MM_LOG_WARN, "coroutine %" PRIu64 " '%s' held the loop for "
+            "%" PRIu64 " ms without suspending (slow_step_ms = %u)",
+            c->id, c->name != NULL ? c->name : "", ms,
+            loop->opt.slow_step_ms);
+  }
+}
+
+/* The ready coroutine to hand the thread to directly, or NULL for "go back
+ * to the scheduler".  One not yet started but already cancelled is left
+ * to the scheduler, which ends it without running it. */
+static mm_coro_t *next_direct(mm_loop_t *loop) {
+  if (loop->budget == 0 || mm__list_empty(&loop->ready))
+    return NULL;
+  mm_coro_t *c = container_of(loop->ready.next, mm_coro_t, link);
+  if (!c->started) {
+    if (mm__coro_cancel_reason(c) != 0)
+      return NULL;
+    first_run(c);
+  }
+  mm__list_remove(&c->link);
+  loop->budget--;
+  return c;
+}
+
+/* The running coroutine c ends its step; its state already says why
+ * (READY: yielded, PARKED, DONE).  Returns when c runs again. */
+void mm__coro_suspend(mm_coro_t *c) {
+  mm_loop_t *loop = c->loop;
+  bool final = c->state == MM__CORO_DONE;
+
+  step_end(loop, c);
+  mm_coro_t *next = final ? NULL : next_direct(loop);
+  if (next == c) {          /* yielded with nobody else ready */
+    step_begin(loop, c);
+    return;
+  }
+  if (next != NULL) {
+    step_begin(loop, next);
+  } else {
+    loop->back = c;
+    loop->running = NULL;
+    mm__tls.coro = NULL;
+  }
+  fiber_switch(loop, c, next, final);
+}
+
+/* Scheduler side: runs c for a step (and whatever it hands over to). */
 static void resume(mm_loop_t *loop, mm_coro_t *c) {
   if (!c->started) {
     int reason = mm__coro_cancel_reason(c);
@@ -240,43 +317,25 @@ static void resume(mm_loop_t *loop, mm_coro_t *c) {
       finish(loop, c);
       return;
     }
-    c->started = true;
-    mm__guard_thread();
-    mm__ctx_make(&c->ctx, c->stack_lo, c->stack_size, coro_main, c);
-#ifdef MM__TSAN
-    c->tsan_fiber = __tsan_create_fiber(0);
-#endif
+    first_run(c);
   }
-
-  uint64_t t0 = loop->opt.slow_step_ms != 0 ? uv_hrtime() : 0;
-  c->state = MM__CORO_RUNNING;
-  loop->running = c;
-  mm__tls.coro = c;
-  switch_in(loop, c);
-  mm__tls.coro = NULL;
-  loop->running = NULL;
-
-  if (t0 != 0) {
-    uint64_t ms = (uv_hrtime() - t0) / 1000000;
-    if (ms >= loop->opt.slow_step_ms) {
-      loop->slow_steps++;
-      mm__log(MM_LOG_WARN, "coroutine %" PRIu64 " '%s' held the loop for "
-              "%" PRIu64 " ms without suspending (slow_step_ms = %u)",
-              c->id, c->name != NULL ? c->name : "", ms,
-              loop->opt.slow_step_ms);
-    }
-  }
-  if (c->state == MM__CORO_DONE)
-    finish(loop, c);
+  step_begin(loop, c);
+  fiber_switch(loop, NULL, c, false);
+  mm_coro_t *back = loop->back;
+  if (back->state == MM__CORO_DONE)
+    finish(loop, back);
 }
 
 void mm__sched_run_ready(mm_loop_t *loop) {
-  for (unsigned n = 0; n < STEP_BUDGET; n++) {
+  loop->budget = STEP_BUDGET;
+  while (loop->budget > 0) {
     mm__list_t *l = mm__list_pop_front(&loop->ready);
     if (l == NULL)
       break;
+    loop->budget--;
     resume(loop, container_of(l, mm_coro_t, link));
   }
+  loop->budget = 0;
   if (mm__list_empty(&loop->ready))
     uv_idle_stop(&loop->idle);
   mm__loop_update_refs(loop);
@@ -294,7 +353,7 @@ int mm__park(mm__wait_t *w) {
   }
   c->wait = w;
   c->state = MM__CORO_PARKED;
-  switch_out(c, false);
+  mm__coro_suspend(c);
   return c->wake_status;
 }
 
@@ -334,7 +393,7 @@ int mm_yield(void) {
   if (reason != 0)
     return -reason;
   mm__coro_make_ready(c);
-  switch_out(c, false);
+  mm__coro_suspend(c);
   reason = mm__coro_cancel_reason(c);
   return reason != 0 ? -reason : 0;
 }

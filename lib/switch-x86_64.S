@@ -6,9 +6,13 @@
  * from->sp, loads to->sp and restores the same set from there.  Everything
  * else is caller-saved, so the C compiler has already dealt with it.
  *
+ * Loading MXCSR and the x87 control word is slow (fldcw is microcoded),
+ * and nearly always the two contexts hold the same values, so they are
+ * compared as one 8-byte word and loaded only when they differ.
+ *
  * A suspended stack, from the saved sp upwards (8-byte slots):
  *
- *     sp + 0   MXCSR (4 bytes) | x87 control word (2 bytes) | unused
+ *     sp + 0   MXCSR (4 bytes) | x87 control word (2 bytes) | 0 (2 bytes)
  *     sp + 8   r15
  *     sp + 16  r14
  *     sp + 24  r13      (a fresh context: the entry's argument)
@@ -33,14 +37,16 @@ mm__ctx_switch:
         pushq   %r13
         pushq   %r14
         pushq   %r15
-        subq    $8, %rsp
+        pushq   $0                      /* the FP slot, top bytes zero */
         stmxcsr (%rsp)
         fnstcw  4(%rsp)
+        movq    (%rsp), %rax            /* rax, rdx: caller-saved scratch */
         movq    %rsp, (%rdi)
         movq    (%rsi), %rsp
-        ldmxcsr (%rsp)
-        fldcw   4(%rsp)
-        addq    $8, %rsp
+        movq    (%rsp), %rdx
+        cmpq    %rax, %rdx
+        jne     2f
+1:      addq    $8, %rsp
         popq    %r15
         popq    %r14
         popq    %r13
@@ -48,6 +54,9 @@ mm__ctx_switch:
         popq    %rbx
         popq    %rbp
         ret
+2:      ldmxcsr (%rsp)
+        fldcw   4(%rsp)
+        jmp     1b
         .cfi_endproc
         .size   mm__ctx_switch, .-mm__ctx_switch
 

@@ -14,7 +14,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-__thread mm__tls_t mm__tls;
+__thread mm__tls_t mm__tls __attribute__((tls_model("initial-exec")));
 static __thread mm__waiter_t *self_waiter;
 static pthread_key_t waiter_key;
 static pthread_once_t waiter_once = PTHREAD_ONCE_INIT;

@@ -33,7 +33,7 @@
 
 #include <mixmode.h>
 
-/* ---- Asserts on library results ----------------------------------------- */
+/* ---- Asserts on library results --------------------------------------- */
 
 /* Fails unless expr returns 0, naming the error it returned. */
 #define assert_mm_ok(expr)                                                    \
@@ -65,7 +65,7 @@
   } while (0)
 
 
-/* ---- Sanitizers ---------------------------------------------------------- */
+/* ---- Sanitizers ------------------------------------------------------- */
 
 /* TSan makes each coroutine a fiber that costs milliseconds to create and
  * counts against its limit of 8128 threads: tests that spawn by the
@@ -84,7 +84,7 @@
 #endif
 
 
-/* ---- Time ---------------------------------------------------------------- */
+/* ---- Time ------------------------------------------------------------- */
 
 static inline uint64_t mm_test_now_ms(void) {
   struct timespec ts;
@@ -99,7 +99,7 @@ static inline int mm_test_under_valgrind(void) {
 }
 
 
-/* ---- Per-test watchdog ---------------------------------------------------- */
+/* ---- Per-test watchdog ------------------------------------------------ */
 
 /* A thread started by each test's setup waits for the teardown; if the test
  * has not finished by the deadline (30 s, MM_TEST_TIMEOUT seconds if set,
@@ -181,7 +181,7 @@ static int mm_test_watchdog_stop(void **state) {
    cmocka_run_group_tests(tests, NULL, NULL))
 
 
-/* ---- Latch: counts events, lets the test thread wait for a count ---------- */
+/* ---- Latch: counts events, lets the test thread wait for a count ------ */
 
 /* Safe to bump from coroutines (it holds its mutex for a few instructions,
  * never while waiting) and from any thread. */
@@ -219,7 +219,7 @@ static inline void mm_test_latch_wait(mm_test_latch_t *l, int n) {
 }
 
 
-/* ---- Log capture --------------------------------------------------------- */
+/* ---- Log capture ------------------------------------------------------ */
 
 /* Collects what the library logs; install with
  * mm_set_log(mm_test_log_fn, &log), restore with mm_set_log(NULL, NULL). */
@@ -260,7 +260,7 @@ static void mm_test_log_fn(int level, const char *msg, void *data) {
 }
 
 
-/* ---- Death tests ------------------------------------------------------------ */
+/* ---- Death tests ------------------------------------------------------ */
 
 /* How a child ended, and what it wrote to stdout and stderr. */
 typedef struct {

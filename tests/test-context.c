@@ -135,7 +135,7 @@ static void entered(void) {
 }
 
 
-/* ---- Start and bounce ------------------------------------------------------ */
+/* ---- Start and bounce ------------------------------------------------- */
 
 typedef struct {
   tctx_t    main;
@@ -185,7 +185,7 @@ static void test_ctx_switch_resumes_where_each_context_left_off(void **state) {
 }
 
 
-/* ---- A ring of contexts ------------------------------------------------------ */
+/* ---- A ring of contexts ----------------------------------------------- */
 
 #define RING 8
 #define ROUNDS 500
@@ -244,7 +244,7 @@ static void test_ctx_switch_passes_control_around_a_ring_of_contexts(
 }
 
 
-/* ---- Callee-saved registers ---------------------------------------------- */
+/* ---- Callee-saved registers ------------------------------------------- */
 
 #ifdef __x86_64__
 
@@ -317,7 +317,7 @@ static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
 #endif
 
 
-/* ---- Floating-point control state ------------------------------------------ */
+/* ---- Floating-point control state ------------------------------------- */
 
 #ifdef __x86_64__
 static unsigned get_mxcsr(void) {
@@ -427,7 +427,7 @@ static void test_ctx_switch_keeps_each_contexts_rounding_mode(void **state) {
 }
 
 
-/* ---- An entry that returns ---------------------------------------------------- */
+/* ---- An entry that returns -------------------------------------------- */
 
 static tctx_t ret_main, ret_co;
 

@@ -58,7 +58,7 @@ static mm_loop_t *new_loop(void) {
 }
 
 
-/* ---- Spawn and join --------------------------------------------------------- */
+/* ---- Spawn and join --------------------------------------------------- */
 
 static void test_spawn_runs_fn_with_its_arg(void **state) {
   mm_loop_t *loop = new_loop();
@@ -276,7 +276,7 @@ static void test_spawn_without_a_handle_detaches(void **state) {
 }
 
 
-/* ---- Many threads ------------------------------------------------------------ */
+/* ---- Many threads ----------------------------------------------------- */
 
 #define THREADS 4
 #define PER_THREAD MM_TEST_SCALE(200, 50)
@@ -375,7 +375,7 @@ static void test_spawn_from_another_thread_wakes_a_running_loop(
 }
 
 
-/* ---- Cancel --------------------------------------------------------------------- */
+/* ---- Cancel ----------------------------------------------------------- */
 
 typedef struct {
   mm_test_latch_t *entered;
@@ -575,7 +575,7 @@ static void test_coroutine_cancelled_while_joining_cancels_the_joined_one(
 }
 
 
-/* ---- Timeouts ---------------------------------------------------------------------- */
+/* ---- Timeouts --------------------------------------------------------- */
 
 static void test_spawn_timeout_cancels_with_etimedout(void **state) {
   mm_loop_t *loop = new_loop();
@@ -646,7 +646,7 @@ static void test_spawn_timeout_before_first_run_means_it_never_runs(
 }
 
 
-/* ---- Names, current ------------------------------------------------------------------ */
+/* ---- Names, current --------------------------------------------------- */
 
 typedef struct {
   char      name[64];
@@ -713,7 +713,7 @@ static void test_current_is_the_coroutine_inside_one_and_null_outside(
 }
 
 
-/* ---- Yield and sleep ----------------------------------------------------------------------- */
+/* ---- Yield and sleep -------------------------------------------------- */
 
 static void test_yield_and_sleep_on_a_plain_thread(void **state) {
   assert_mm_ok(mm_yield());
@@ -799,7 +799,7 @@ static void test_sleep_in_a_coroutine_lets_others_run_meanwhile(void **state) {
 }
 
 
-/* ---- Floating-point control state ------------------------------------------ */
+/* ---- Floating-point control state ------------------------------------- */
 
 typedef struct {
   int    mode;
@@ -875,7 +875,7 @@ static void test_rounding_mode_is_kept_on_a_started_loop(void **state) {
 }
 
 
-/* ---- 10,000 live coroutines ----------------------------------------------------- */
+/* ---- 10,000 live coroutines ------------------------------------------- */
 
 #define MANY MM_TEST_SCALE(10000, 200)   /* see helpers.h */
 #define SMALL_STACK (16 * 1024)
@@ -976,7 +976,7 @@ static void test_10000_sleeping_coroutines_are_each_cancelled(void **state) {
 }
 
 
-/* ---- Stacks ----------------------------------------------------------------------- */
+/* ---- Stacks ----------------------------------------------------------- */
 
 #define FRAME_BYTES 1024
 

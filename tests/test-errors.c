@@ -12,7 +12,7 @@ static int return_zero(void *arg) {
 }
 
 
-/* ---- mm_strerror, mm_version -------------------------------------------- */
+/* ---- mm_strerror, mm_version ------------------------------------------ */
 
 static void test_strerror_never_returns_null(void **state) {
   for (int e = -4200; e <= 200; e++) {
@@ -76,7 +76,7 @@ static void test_version_is_built_from_the_version_macros(void **state) {
 }
 
 
-/* ---- NULL loops ------------------------------------------------------------ */
+/* ---- NULL loops ------------------------------------------------------- */
 
 static void test_loop_functions_reject_a_null_loop(void **state) {
   assert_mm_err(mm_loop_new(NULL, NULL), -EINVAL);
@@ -189,7 +189,7 @@ static void test_spawn_with_a_stack_over_1_gib_returns_einval(void **state) {
 }
 
 
-/* ---- NULL handles -------------------------------------------------------- */
+/* ---- NULL handles ----------------------------------------------------- */
 
 static void test_handle_functions_reject_a_null_handle(void **state) {
   assert_mm_err(mm_join(NULL), -EINVAL);
@@ -199,7 +199,7 @@ static void test_handle_functions_reject_a_null_handle(void **state) {
 }
 
 
-/* ---- Double join, joining itself ------------------------------------------ */
+/* ---- Double join, joining itself -------------------------------------- */
 
 static void test_double_join_returns_einval(void **state) {
   mm_loop_t *loop;
@@ -230,7 +230,7 @@ static void test_coroutine_joining_itself_returns_edeadlk(void **state) {
 }
 
 
-/* ---- After stop -------------------------------------------------------------- */
+/* ---- After stop ------------------------------------------------------- */
 
 static void test_calls_after_stop_return_eshutdown(void **state) {
   mm_loop_t *loop;
@@ -262,7 +262,7 @@ static void test_calls_after_stop_of_a_started_loop_return_eshutdown(
 }
 
 
-/* ---- Options ------------------------------------------------------------- */
+/* ---- Options ---------------------------------------------------------- */
 
 static void test_spawn_with_null_options_uses_defaults(void **state) {
   mm_loop_t *loop;

@@ -7,7 +7,7 @@ static char key_a, key_b, key_c;   /* their addresses are the keys */
 static int value_1 = 1, value_2 = 2, value_3 = 3;
 
 
-/* ---- Plain threads ----------------------------------------------------------- */
+/* ---- Plain threads ---------------------------------------------------- */
 
 static void test_local_set_then_get_on_a_plain_thread(void **state) {
   assert_null(mm_local_get(&key_a));
@@ -89,7 +89,7 @@ static void test_locals_are_per_thread(void **state) {
 }
 
 
-/* ---- Coroutines ------------------------------------------------------------------ */
+/* ---- Coroutines ------------------------------------------------------- */
 
 /* What one coroutine saw of key_a, step by step. */
 typedef struct {

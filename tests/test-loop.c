@@ -9,7 +9,7 @@
 #define FOREVER_MS 100000000u
 
 
-/* ---- Coroutine bodies -------------------------------------------------------- */
+/* ---- Coroutine bodies ------------------------------------------------- */
 
 /* Counts that it ran and on which thread. */
 typedef struct {
@@ -51,7 +51,7 @@ static int sleep_forever(void *arg) {
 }
 
 
-/* ---- New, free, uv ------------------------------------------------------------ */
+/* ---- New, free, uv ---------------------------------------------------- */
 
 static void test_loop_new_and_free_without_coroutines(void **state) {
   mm_loop_t *loop = NULL;
@@ -92,7 +92,7 @@ static void test_many_loops_can_be_created_started_and_freed(void **state) {
 }
 
 
-/* ---- Run ------------------------------------------------------------------------ */
+/* ---- Run -------------------------------------------------------------- */
 
 static void test_loop_run_with_nothing_to_do_returns_at_once(void **state) {
   mm_loop_t *loop;
@@ -161,7 +161,7 @@ static void test_loop_run_from_a_coroutine_returns_edeadlk(void **state) {
 }
 
 
-/* ---- Start ----------------------------------------------------------------------- */
+/* ---- Start ------------------------------------------------------------ */
 
 static void test_loop_start_runs_coroutines_on_a_background_thread(
     void **state) {
@@ -210,7 +210,7 @@ static void test_started_loop_keeps_running_when_idle(void **state) {
 }
 
 
-/* ---- Stop -------------------------------------------------------------------------- */
+/* ---- Stop ------------------------------------------------------------- */
 
 typedef struct {
   mm_loop_t *loop;
@@ -282,7 +282,7 @@ static void test_loop_stop_of_a_started_loop_cancels_live_coroutines(
 }
 
 
-/* ---- Free ------------------------------------------------------------------------------ */
+/* ---- Free ------------------------------------------------------------- */
 
 static void test_loop_free_cancels_a_sleeping_coroutine_quickly(void **state) {
   mm_loop_t *loop;
@@ -461,7 +461,7 @@ static void test_loop_free_is_silent_when_every_coroutine_was_joined(
 }
 
 
-/* ---- Borrowed uv loops and raw callbacks -------------------------------------------- */
+/* ---- Borrowed uv loops and raw callbacks ------------------------------ */
 
 static void test_loop_from_uv_runs_coroutines_under_uv_run(void **state) {
   uv_loop_t uv;
@@ -596,7 +596,7 @@ static void test_raw_uv_callback_on_an_owned_loop_gets_edeadlk(void **state) {
 }
 
 
-/* ---- Two loops ------------------------------------------------------------------------- */
+/* ---- Two loops -------------------------------------------------------- */
 
 static void *run_loop_thread(void *arg) {
   return (void *)(intptr_t)mm_loop_run(arg);
