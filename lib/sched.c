@@ -187,12 +187,6 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   mm__timer_stop(loop, &c->deadline);
   if (mm__coro_cancel_reason(c) == ETIMEDOUT)
     c->status = -ETIMEDOUT;
-#ifdef MM__TSAN
-  if (c->tsan_fiber != NULL) {
-    __tsan_destroy_fiber(c->tsan_fiber);
-    c->tsan_fiber = NULL;
-  }
-#endif
   mm__locals_free(&c->locals);
   mm__list_remove(&c->all);
   loop->nlive--;
@@ -244,7 +238,9 @@ static void first_run(mm_coro_t *c) {
   mm__guard_thread();
   mm__ctx_make(&c->ctx, c->stack_lo, c->stack_size, coro_main, c);
 #ifdef MM__TSAN
-  c->tsan_fiber = __tsan_create_fiber(0);
+  /* Kept with the block (stack.c): creating a TSan fiber is slow. */
+  if (c->tsan_fiber == NULL)
+    c->tsan_fiber = __tsan_create_fiber(0);
 #endif
 }
 

@@ -24,6 +24,9 @@
 #ifdef MM__ASAN
 # include <sanitizer/asan_interface.h>
 #endif
+#ifdef MM__TSAN
+# include <sanitizer/tsan_interface.h>
+#endif
 
 /* At most this many free blocks are kept per loop. */
 #define CACHE_MAX 64
@@ -47,6 +50,7 @@ static void coro_reset(mm_coro_t *c) {
   char *stack_lo = c->stack_lo;
   size_t stack_size = c->stack_size;
   unsigned vg = c->vg_stack_id;
+  void *fiber = c->tsan_fiber;
 
   memset(c, 0, sizeof(*c));
   c->map = map;
@@ -54,6 +58,7 @@ static void coro_reset(mm_coro_t *c) {
   c->stack_lo = stack_lo;
   c->stack_size = stack_size;
   c->vg_stack_id = vg;
+  c->tsan_fiber = fiber;
   mm__list_init(&c->link);
   mm__list_init(&c->all);
 #ifdef MM__ASAN
@@ -105,6 +110,10 @@ mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached) {
 }
 
 void mm__coro_unmap(mm_coro_t *c) {
+#ifdef MM__TSAN
+  if (c->tsan_fiber != NULL)
+    __tsan_destroy_fiber(c->tsan_fiber);
+#endif
   VALGRIND_STACK_DEREGISTER(c->vg_stack_id);
   munmap(c->map, c->map_size);
 }
