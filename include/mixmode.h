@@ -42,8 +42,11 @@ extern "C" {
 
 enum { MM_LOG_DEBUG, MM_LOG_INFO, MM_LOG_WARN, MM_LOG_ERROR };
 
+enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2 };
+
 typedef struct mm_loop mm_loop_t;
 typedef struct mm_coro mm_coro_t;
+typedef struct mm_lane mm_lane_t;
 
 /* The one function type for coroutine bodies and blocking functions.
  * Returns 0 or a negative errno value. */
@@ -186,6 +189,60 @@ MM_EXTERN int mm_sleep(uint64_t ms);
 /* In a coroutine: whether its cancellation was requested.  Elsewhere:
  * false. */
 MM_EXTERN bool mm_cancelled(void);
+
+
+/* ---- The bridges ------------------------------------------------------- */
+
+typedef struct mm_sync_options {
+  int        affinity;          /* MM_AFFINITY_*; default POOL */
+  mm_lane_t *lane;              /* with MM_AFFINITY_LANE */
+  uint64_t   timeout_ms;        /* 0 = none; acts as a cancel of this call
+                                   with -ETIMEDOUT at the deadline */
+  bool       abandon_on_cancel; /* a running call cancelled: return at once,
+                                   let it finish on its own */
+  void     (*cleanup)(void *arg, int status);  /* runs when an abandoned
+                                   call ends, on its thread; may be NULL */
+} mm_sync_options_t;
+
+/* Fills o with the defaults (all zero).  Any thread. */
+MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
+
+/* Runs the blocking or CPU-bound fn(arg) off the loop and returns its
+ * value.
+ *
+ * In a coroutine: the call goes to the loop's worker pool (or to a lane),
+ * the coroutine is suspended and the loop serves the others meanwhile.
+ * No memory is allocated per call (except with abandon_on_cancel).
+ * Inside fn, mm_current() is the awaiting coroutine, its locals are
+ * visible, mm_cancelled() tells whether it (or this call) was cancelled,
+ * and a nested mm_run_sync runs inline.
+ * On a plain thread (and in a worker): fn runs inline -- the thread may
+ * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
+ * and this thread waits.
+ *
+ * Cancellation of the coroutine (or the deadline, timeout_ms): a call
+ * still queued is removed and never runs (-ECANCELED / -ETIMEDOUT); a call
+ * running is waited for and its value returned, the coroutine's
+ * cancellation staying pending -- unless abandon_on_cancel, which returns
+ * -ECANCELED / -ETIMEDOUT at once and calls cleanup(arg, status) when fn
+ * ends.  Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK
+ * (on a loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT,
+ * -ENOMEM, -EAGAIN (no worker thread could be started), -ENOTSUP
+ * (MM_AFFINITY_CALLER: not available yet). */
+MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
+MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
+
+/* A lane: one thread of its own that runs the calls sent to it
+ * (MM_AFFINITY_LANE) one at a time, in order -- for resources that must
+ * stay on one thread.  The thread is named "mm-lane-NAME".
+ * Errors: -EINVAL, -ESHUTDOWN (loop stopping), -ENOMEM, -EAGAIN. */
+MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
+
+/* Waits for the lane's queued calls to finish, then ends its thread.
+ * Colour-blind (in a coroutine the wait goes to the pool).  Errors:
+ * -EINVAL, -EDEADLK (from the lane's own thread, or a loop's thread
+ * outside coroutines), -ECANCELED (the lane is left as it was). */
+MM_EXTERN int mm_lane_free(mm_lane_t *lane);
 
 
 /* ---- Locals ------------------------------------------------------------ */

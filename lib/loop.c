@@ -148,6 +148,25 @@ static bool stopping(const mm_loop_t *loop) {
          MM__LOOP_OPEN;
 }
 
+bool mm__loop_stopping(const mm_loop_t *loop) {
+  return stopping(loop);
+}
+
+void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
+                          void (*bridge_free)(mm_loop_t *, void *)) {
+  pthread_mutex_lock(&loop->mu);
+  void *cur = atomic_load_explicit(&loop->bridge, memory_order_relaxed);
+  if (cur == NULL) {
+    loop->bridge_free = bridge_free;
+    /* Release: the bridge's fields are visible to whoever loads it with
+     * acquire (the bridge layer's fast path). */
+    atomic_store_explicit(&loop->bridge, bridge, memory_order_release);
+    cur = bridge;
+  }
+  pthread_mutex_unlock(&loop->mu);
+  return cur;
+}
+
 /* The async handle keeps uv_run going exactly while the loop has work:
  * live coroutines, released handles owed, spawns in flight, or a
  * background loop that has not been stopped. */
@@ -485,6 +504,9 @@ int mm_loop_free(mm_loop_t *loop) {
   mm__tls.loop = loop;
   drain_remote(loop);
   reap_zombies(loop);
+  void *bridge = atomic_load_explicit(&loop->bridge, memory_order_acquire);
+  if (bridge != NULL)
+    loop->bridge_free(loop, bridge);
 
   uv_close((uv_handle_t *) &loop->async, on_closed);
   uv_close((uv_handle_t *) &loop->idle, on_closed);

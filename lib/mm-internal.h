@@ -289,6 +289,12 @@ struct mm_loop {
   pthread_t bg_thread;
   _Atomic int state;          /* enum mm__loop_state; written under mu */
 
+  /* The bridge layer's per-loop state (bridge/), made on first use and
+   * torn down by bridge_free from mm_loop_free once no coroutine is left.
+   * lib/ only stores and calls them.  Set with mm__loop_set_bridge. */
+  _Atomic(void *) bridge;
+  void (*bridge_free)(mm_loop_t *loop, void *bridge);
+
   /* statistics */
   _Atomic uint64_t coros_spawned;
   uint64_t slow_steps;
@@ -302,6 +308,7 @@ typedef struct mm__tls {
   mm_coro_t *coro;            /* coroutine running on this thread */
   mm_coro_t *proxy;           /* coroutine on whose behalf this thread runs
                                  a blocking call (bridge/) */
+  _Atomic int *proxy_cancel;  /* that call's own cancellation, or NULL */
   mm__locals_t locals;        /* plain-thread locals */
 } mm__tls_t;
 
@@ -316,6 +323,12 @@ void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
 bool mm__on_loop_thread(const mm_loop_t *loop);
+
+/* Installs the bridge state if none is there yet; returns the one in
+ * place (ours or an earlier one).  Any thread. */
+void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
+                          void (*bridge_free)(mm_loop_t *, void *));
+bool mm__loop_stopping(const mm_loop_t *loop);
 
 /* stack.c */
 mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);

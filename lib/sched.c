@@ -372,6 +372,11 @@ mm_coro_t *mm_current(void) {
 }
 
 bool mm_cancelled(void) {
+  /* In a blocking call run for a coroutine, the call itself may have been
+   * cancelled (its deadline) without the coroutine being cancelled. */
+  if (mm__tls.proxy_cancel != NULL &&
+      atomic_load_explicit(mm__tls.proxy_cancel, memory_order_relaxed) != 0)
+    return true;
   mm_coro_t *c = mm_current();
   return c != NULL && mm__coro_cancel_reason(c) != 0;
 }

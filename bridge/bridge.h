@@ -1,0 +1,85 @@
+/* Internal declarations of the bridge layer: worker pools (pool.c) and the
+ * run_sync request that travels between a coroutine and a worker
+ * (run-sync.c).  Built on lib/'s primitives: mm__wait_t to park and wake,
+ * the loop's bridge slot for per-loop state.
+ *
+ * Lock order: a pool's mu is taken alone; nothing else is locked while it
+ * is held, except that lib/ may take a thread waiter's mu inside a wake
+ * (never done here under pool->mu).
+ */
+#ifndef MM_BRIDGE_H
+#define MM_BRIDGE_H
+
+#include "mm-internal.h"
+
+enum mm__sync_state {
+  MM__SYNC_QUEUED,            /* in a pool's queue */
+  MM__SYNC_RUNNING,           /* a worker runs fn */
+  MM__SYNC_DONE,              /* fn returned and the waiter was woken */
+  MM__SYNC_CANCELLED,         /* removed from the queue before it ran */
+  MM__SYNC_ABANDONED          /* the waiter left; the worker cleans up */
+};
+
+/* One run_sync call, shared by the caller and the worker that runs it.
+ *
+ * Lifetime.  It lives on the calling coroutine's stack, unless the call
+ * may be abandoned (abandon_on_cancel): then it is malloc'ed, because the
+ * caller may return before the function does.  QUEUED -> RUNNING happens
+ * under pool->mu (so a cancel, also under mu, sees one or the other);
+ * RUNNING -> DONE and RUNNING -> ABANDONED are CASes (acq_rel) on state.
+ * The worker that wins DONE calls mm__wait_wake(wait, status) as its last
+ * access to the request and to the waiter; the loop that wins ABANDONED
+ * wakes the caller at once, and then the worker alone owns the request:
+ * it calls cleanup(arg, status) and frees it. */
+typedef struct mm__sync_req {
+  mm__list_t link;            /* pool queue; protected by pool->mu */
+  mm_fn fn;
+  void *arg;
+  mm_coro_t *coro;            /* the awaiting coroutine, or NULL: a thread */
+  mm__wait_t *wait;           /* the waiter's wait (on the waiter's stack) */
+  _Atomic int state;          /* enum mm__sync_state */
+  _Atomic int cancel;         /* this call's own cancellation reason;
+                                 mm_cancelled() reads it in the worker */
+  bool on_heap;
+  void (*cleanup)(void *arg, int status);
+} mm__sync_req_t;
+
+/* A pool of worker threads with one FIFO queue.  The loop's pool grows on
+ * demand up to max and shrinks to min after idle_ms; a lane is a pool of
+ * exactly one thread that never idles out. */
+typedef struct mm__pool mm__pool_t;
+
+mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
+                         unsigned idle_ms, bool lane);
+/* Runs every queued call, stops and joins the threads, frees the pool. */
+void mm__pool_free(mm__pool_t *pool);
+/* Queues req (state QUEUED).  -ESHUTDOWN once the pool stops, -EAGAIN if
+ * no thread could be started for an empty pool. */
+int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
+/* Removes req if it is still queued; true if it was. */
+bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
+/* Whether the calling thread is one of pool's threads. */
+bool mm__pool_is_self(const mm__pool_t *pool);
+void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
+                    uint64_t *queued, uint64_t *running);
+
+/* Runs req on this thread (a worker) and completes it. */
+void mm__sync_execute(mm__sync_req_t *req);
+
+/* Per-loop bridge state, made on first use (run-sync.c). */
+typedef struct mm__bridge {
+  mm__pool_t *pool;
+  pthread_mutex_t mu;
+  mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
+  _Atomic uint64_t sync_calls;
+} mm__bridge_t;
+
+mm__bridge_t *mm__bridge_of(mm_loop_t *loop);   /* NULL: out of memory */
+
+struct mm_lane {
+  mm__list_t link;            /* bridge->lanes */
+  mm_loop_t *loop;
+  mm__pool_t *pool;
+};
+
+#endif /* MM_BRIDGE_H */

@@ -1,0 +1,314 @@
+/* mm_run_sync: a coroutine hands a blocking call to a worker thread and is
+ * resumed when it returns; the loop serves other coroutines meanwhile.
+ *
+ *   coroutine C                          worker W
+ *   request R (C's stack), push ──────►  pop R (QUEUED -> RUNNING, pool mu)
+ *   park C                               proxy = C; status = fn(arg)
+ *   ◄── C's loop: remote WAKE(status) ── CAS RUNNING -> DONE, wake C
+ *
+ * Cancellation and deadlines reach the call through the wait's cancel
+ * callback, on the loop thread: a queued call is taken out of the queue
+ * and never runs; a running one is waited for (its value is returned, the
+ * cancellation stays pending on the coroutine), unless abandon_on_cancel:
+ * then the caller leaves at once and the worker runs cleanup(arg, status)
+ * when the function ends.  The request's lifetime rules are beside
+ * mm__sync_req_t in bridge.h.
+ *
+ * Also here: the per-loop bridge state and lanes.
+ */
+#include "bridge.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- per-loop state ---------------------------------------------------- */
+
+static void bridge_free(mm_loop_t *loop, void *p) {
+  mm__bridge_t *b = p;
+  mm__list_t *n;
+  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
+    mm_lane_t *lane = container_of(n, mm_lane_t, link);
+    mm__log(MM_LOG_WARN, "mm_loop_free: a lane was never freed; freeing it");
+    mm__pool_free(lane->pool);
+    free(lane);
+  }
+  mm__pool_free(b->pool);
+  pthread_mutex_destroy(&b->mu);
+  free(b);
+}
+
+mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
+  mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
+  if (b != NULL)
+    return b;
+  b = calloc(1, sizeof(*b));
+  if (b == NULL)
+    return NULL;
+  b->pool = mm__pool_new("", loop->opt.pool_min_threads,
+                         loop->opt.pool_max_threads, loop->opt.pool_idle_ms,
+                         false);
+  if (b->pool == NULL) {
+    free(b);
+    return NULL;
+  }
+  pthread_mutex_init(&b->mu, NULL);
+  mm__list_init(&b->lanes);
+  mm__bridge_t *cur = mm__loop_set_bridge(loop, b, bridge_free);
+  if (cur != b)
+    bridge_free(loop, b);   /* another thread was first */
+  return cur;
+}
+
+/* ---- the worker side --------------------------------------------------- */
+
+void mm__sync_execute(mm__sync_req_t *req) {
+  mm_coro_t *saved_proxy = mm__tls.proxy;
+  _Atomic int *saved_cancel = mm__tls.proxy_cancel;
+
+  mm__tls.proxy = req->coro;
+  mm__tls.proxy_cancel = &req->cancel;
+  int status = req->fn(req->arg);
+  mm__tls.proxy = saved_proxy;
+  mm__tls.proxy_cancel = saved_cancel;
+
+  mm__wait_t *w = req->wait;
+  int expected = MM__SYNC_RUNNING;
+  if (atomic_compare_exchange_strong_explicit(&req->state, &expected,
+                                              MM__SYNC_DONE,
+                                              memory_order_acq_rel,
+                                              memory_order_acquire)) {
+    mm__wait_wake(w, status);   /* last access to req and w */
+    return;
+  }
+  /* ABANDONED: the caller is gone; the request is ours. */
+  if (req->cleanup != NULL)
+    req->cleanup(req->arg, status);
+  free(req);
+}
+
+/* ---- the caller side --------------------------------------------------- */
+
+/* The caller's part of a call: its wait and deadline live on its stack
+ * even when the request itself is on the heap, so that nothing of the
+ * caller is touched after an abandon. */
+typedef struct sync_wait {
+  mm__wait_t w;
+  mm__timer_t deadline;
+  mm__sync_req_t *req;
+  mm__pool_t *pool;
+  bool abandonable;
+  bool abandoned;
+  bool armed;
+} sync_wait_t;
+
+/* Loop thread, the caller parked.  reason: ECANCELED or ETIMEDOUT. */
+static void sync_cancel(sync_wait_t *sw, int reason) {
+  mm__sync_req_t *req = sw->req;
+
+  if (sw->armed) {
+    mm__timer_stop(sw->w.coro->loop, &sw->deadline);
+    sw->armed = false;
+  }
+  int expected = 0;
+  atomic_compare_exchange_strong_explicit(&req->cancel, &expected, reason,
+                                          memory_order_relaxed,
+                                          memory_order_relaxed);
+  if (mm__pool_unqueue(sw->pool, req)) {
+    mm__coro_wake_local(sw->w.coro, -reason);   /* it never runs */
+    return;
+  }
+  if (!sw->abandonable)
+    return;                                     /* waited for */
+  int running = MM__SYNC_RUNNING;
+  if (atomic_compare_exchange_strong_explicit(&req->state, &running,
+                                              MM__SYNC_ABANDONED,
+                                              memory_order_acq_rel,
+                                              memory_order_acquire)) {
+    sw->abandoned = true;
+    mm__coro_wake_local(sw->w.coro, -reason);
+  }
+  /* else DONE: the worker's wake is on its way. */
+}
+
+static void on_cancel(mm__wait_t *w, int reason) {
+  sync_cancel(container_of(w, sync_wait_t, w), reason);
+}
+
+static void on_deadline(mm__timer_t *t) {
+  sync_wait_t *sw = container_of(t, sync_wait_t, deadline);
+  sw->armed = false;
+  sync_cancel(sw, ETIMEDOUT);
+}
+
+static int check_options(const mm_sync_options_t *o) {
+  if (o == NULL)
+    return 0;
+  switch (o->affinity) {
+  case MM_AFFINITY_POOL:
+    return 0;
+  case MM_AFFINITY_LANE:
+    return o->lane != NULL ? 0 : -EINVAL;
+  case MM_AFFINITY_CALLER:
+    return -ENOTSUP;  /* TODO(#4): caller threads come with mm_run_async */
+  default:
+    return -EINVAL;
+  }
+}
+
+/* A lane call from a plain thread: the lane's thread is the point, so the
+ * call goes there and this thread blocks (inline if it is that thread). */
+static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
+  if (mm__pool_is_self(lane->pool))
+    return fn(arg);
+  mm__wait_t w;
+  int r = mm__wait_init(&w);
+  if (r != 0)
+    return r;
+  mm__sync_req_t req = { .fn = fn, .arg = arg, .wait = &w };
+  atomic_init(&req.cancel, 0);
+  r = mm__pool_submit(lane->pool, &req);
+  if (r != 0)
+    return r;
+  return mm__wait_block(&w);
+}
+
+int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
+  if (fn == NULL)
+    return -EINVAL;
+  int r = check_options(o);
+  if (r != 0)
+    return r;
+
+  mm_coro_t *c = mm__tls.coro;
+  if (c == NULL) {
+    if (mm__tls.loop != NULL)
+      return -EDEADLK;            /* would block the loop's own thread */
+    if (o != NULL && o->affinity == MM_AFFINITY_LANE)
+      return lane_from_thread(o->lane, fn, arg);
+    return fn(arg);               /* a plain thread may block: inline */
+  }
+
+  int reason = mm__coro_cancel_reason(c);
+  if (reason != 0)
+    return -reason;
+  mm__bridge_t *b = mm__bridge_of(c->loop);
+  if (b == NULL)
+    return -ENOMEM;
+
+  sync_wait_t sw;
+  r = mm__wait_init(&sw.w);
+  if (r != 0)
+    return r;
+  sw.w.cancel = on_cancel;
+  sw.pool = o != NULL && o->affinity == MM_AFFINITY_LANE ? o->lane->pool
+                                                         : b->pool;
+  sw.abandonable = o != NULL && o->abandon_on_cancel;
+  sw.abandoned = false;
+  sw.armed = false;
+
+  mm__sync_req_t local;
+  mm__sync_req_t *req = &local;
+  if (sw.abandonable && (req = malloc(sizeof(*req))) == NULL)
+    return -ENOMEM;
+  memset(req, 0, sizeof(*req));
+  req->fn = fn;
+  req->arg = arg;
+  req->coro = c;
+  req->wait = &sw.w;
+  req->on_heap = sw.abandonable;
+  req->cleanup = o != NULL ? o->cleanup : NULL;
+  atomic_init(&req->cancel, 0);
+  sw.req = req;
+
+  if (o != NULL && o->timeout_ms != 0) {
+    mm__timer_init(&sw.deadline, on_deadline);
+    r = mm__timer_start(c->loop, &sw.deadline, o->timeout_ms);
+    if (r != 0)
+      goto err_req;
+    sw.armed = true;
+  }
+  r = mm__pool_submit(sw.pool, req);
+  if (r != 0)
+    goto err_timer;
+  atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
+
+  int status = mm__wait_block(&sw.w);
+  if (sw.armed)
+    mm__timer_stop(c->loop, &sw.deadline);
+  if (!sw.abandoned && req->on_heap)
+    free(req);
+  return status;
+
+err_timer:
+  if (sw.armed)
+    mm__timer_stop(c->loop, &sw.deadline);
+err_req:
+  if (req != &local)
+    free(req);
+  return r;
+}
+
+void mm_sync_options_init(mm_sync_options_t *o) {
+  if (o != NULL)
+    memset(o, 0, sizeof(*o));
+}
+
+int mm_run_sync(mm_fn fn, void *arg) {
+  return mm_run_sync_ex(fn, arg, NULL);
+}
+
+/* ---- lanes ------------------------------------------------------------- */
+
+int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
+  if (out == NULL)
+    return -EINVAL;
+  *out = NULL;
+  if (loop == NULL)
+    return -EINVAL;
+  if (mm__loop_stopping(loop))
+    return -ESHUTDOWN;
+  mm__bridge_t *b = mm__bridge_of(loop);
+  if (b == NULL)
+    return -ENOMEM;
+  mm_lane_t *lane = calloc(1, sizeof(*lane));
+  if (lane == NULL)
+    return -ENOMEM;
+  lane->loop = loop;
+  lane->pool = mm__pool_new(name, 1, 1, 0, true);
+  if (lane->pool == NULL) {
+    free(lane);
+    return -EAGAIN;
+  }
+  pthread_mutex_lock(&b->mu);
+  mm__list_push_back(&b->lanes, &lane->link);
+  pthread_mutex_unlock(&b->mu);
+  *out = lane;
+  return 0;
+}
+
+static int lane_close(void *arg) {
+  mm_lane_t *lane = arg;
+  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
+                                         memory_order_acquire);
+  pthread_mutex_lock(&b->mu);
+  mm__list_remove(&lane->link);
+  pthread_mutex_unlock(&b->mu);
+  mm__pool_free(lane->pool);   /* runs what is queued, joins the thread */
+  free(lane);
+  return 0;
+}
+
+int mm_lane_free(mm_lane_t *lane) {
+  if (lane == NULL)
+    return -EINVAL;
+  if (mm__pool_is_self(lane->pool))
+    return -EDEADLK;             /* the lane would join itself */
+  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
+    return -EDEADLK;
+  /* Waiting for the lane's queue is blocking work: in a coroutine it goes
+   * to the pool like any other, on a plain thread it runs here.  A
+   * cancelled coroutine gets -ECANCELED and the lane stays (mm_loop_free
+   * frees it with a warning). */
+  return mm_run_sync(lane_close, lane);
+}
