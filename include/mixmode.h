@@ -259,6 +259,20 @@ MM_EXTERN void *mm_local_get(const void *key);
 
 /* ---- Diagnostics ------------------------------------------------------- */
 
+typedef struct mm_stats {
+  uint64_t coros_live, coros_spawned;
+  uint64_t sync_calls;          /* mm_run_sync calls sent to the pool */
+  uint64_t sync_queued;         /* waiting in the pool's queue now */
+  uint64_t sync_running;        /* running on a worker now */
+  uint64_t async_calls;         /* mm_run_async calls (not yet available) */
+  unsigned pool_threads, pool_idle;
+  uint64_t slow_steps;          /* steps longer than slow_step_ms */
+} mm_stats_t;
+
+/* Fills st with the loop's counters.  Any thread.  Each counter is exact
+ * when read, the set is not one snapshot.  Errors: -EINVAL. */
+MM_EXTERN int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st);
+
 /* Sends the library's messages to fn (NULL restores the default: stderr,
  * WARN and above).  Any thread; applies to all loops. */
 MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);

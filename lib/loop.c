@@ -171,7 +171,7 @@ void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
  * live coroutines, released handles owed, spawns in flight, or a
  * background loop that has not been stopped. */
 void mm__loop_update_refs(mm_loop_t *loop) {
-  bool need = loop->nlive != 0 || loop->njoining != 0 ||
+  bool need = mm__counter_get(&loop->nlive) != 0 || loop->njoining != 0 ||
               atomic_load_explicit(&loop->pending, memory_order_relaxed) ||
               (loop->background && !stopping(loop));
   if (need)
@@ -219,7 +219,7 @@ static void on_async(uv_async_t *h) {
 /* ---- driving --------------------------------------------------------------- */
 
 static bool run_done(mm_loop_t *loop) {
-  return loop->nlive == 0 && loop->njoining == 0 &&
+  return mm__counter_get(&loop->nlive) == 0 && loop->njoining == 0 &&
          atomic_load_explicit(&loop->pending, memory_order_relaxed) == 0 &&
          (!loop->background || stopping(loop));
 }
@@ -450,9 +450,10 @@ static void reap_zombies(mm_loop_t *loop) {
 }
 
 static void report_live(mm_loop_t *loop) {
-  if (loop->nlive != 0)
+  uint64_t live = mm__counter_get(&loop->nlive);
+  if (live != 0)
     mm__log(MM_LOG_WARN, "mm_loop_free: cancelling %" PRIu64 " live "
-            "coroutine(s)", loop->nlive);
+            "coroutine(s)", live);
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);

@@ -254,7 +254,8 @@ struct mm_loop {
   mm__list_t ready;           /* mm_coro_t.link */
   mm__list_t live;            /* mm_coro_t.all: admitted, not ended */
   mm__list_t zombies;         /* mm_coro_t.all: ended, handle not given back */
-  uint64_t nlive;
+  _Atomic uint64_t nlive;     /* written by the loop thread only; read
+                                 anywhere (mm_loop_stats) */
   uint64_t njoining;          /* zombies whose joiner was woken, not yet
                                  released */
   uint64_t next_id;
@@ -297,7 +298,7 @@ struct mm_loop {
 
   /* statistics */
   _Atomic uint64_t coros_spawned;
-  uint64_t slow_steps;
+  _Atomic uint64_t slow_steps;  /* like nlive */
 };
 
 /* Thread-local state of the calling thread. */
@@ -329,6 +330,16 @@ bool mm__on_loop_thread(const mm_loop_t *loop);
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
                           void (*bridge_free)(mm_loop_t *, void *));
 bool mm__loop_stopping(const mm_loop_t *loop);
+
+/* A counter with one writer (the loop thread) and readers anywhere: a
+ * relaxed load and store, no locked instruction. */
+static inline void mm__counter_add(_Atomic uint64_t *c, int64_t d) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) +
+                               (uint64_t) d, memory_order_relaxed);
+}
+static inline uint64_t mm__counter_get(_Atomic uint64_t *c) {
+  return atomic_load_explicit(c, memory_order_relaxed);
+}
 
 /* stack.c */
 mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);

@@ -161,7 +161,7 @@ void mm__coro_admit(mm_coro_t *c) {
   mm__timer_init(&c->sleep_timer, on_sleep_timer);
   mm__timer_init(&c->deadline, on_deadline);
   mm__list_push_back(&loop->live, &c->all);
-  loop->nlive++;
+  mm__counter_add(&loop->nlive, 1);
   if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
       MM__LOOP_OPEN) {
     int expected = 0;
@@ -189,7 +189,7 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
     c->status = -ETIMEDOUT;
   mm__locals_free(&c->locals);
   mm__list_remove(&c->all);
-  loop->nlive--;
+  mm__counter_add(&loop->nlive, -1);
 
   /* Pairs with the joiner's CAS (coro.c): status is written before. */
   uintptr_t prev = atomic_exchange_explicit(&c->join, MM__JOIN_ENDED,
@@ -257,7 +257,7 @@ static void step_end(mm_loop_t *loop, mm_coro_t *c) {
     return;
   uint64_t ms = (uv_hrtime() - loop->step_start) / 1000000;
   if (ms >= loop->opt.slow_step_ms) {
-    loop->slow_steps++;
+    mm__counter_add(&loop->slow_steps, 1);
     mm__log(MM_LOG_WARN, "coroutine %" PRIu64 " '%s' held the loop for "
             "%" PRIu64 " ms without suspending (slow_step_ms = %u)",
             c->id, c->name != NULL ? c->name : "", ms,

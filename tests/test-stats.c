@@ -1,0 +1,141 @@
+/* mm_loop_stats: the counters of the core and the pool, and bad input. */
+#include "helpers.h"
+
+#include <time.h>
+
+static int return_zero(void *arg) {
+  return 0;
+}
+
+static int sleep_long(void *arg) {
+  return mm_sleep(100000);
+}
+
+static void test_stats_with_null_arguments_return_einval(void **state) {
+  mm_loop_t *loop;
+  mm_stats_t st;
+  assert_mm_err(mm_loop_stats(NULL, &st), -EINVAL);
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_err(mm_loop_stats(loop, NULL), -EINVAL);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+static void test_stats_of_a_new_loop_are_zero(void **state) {
+  mm_loop_t *loop;
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  memset(&st, 0xff, sizeof st);
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.coros_live, 0);
+  assert_int_equal(st.coros_spawned, 0);
+  assert_int_equal(st.sync_calls, 0);
+  assert_int_equal(st.pool_threads, 0);
+  assert_int_equal(st.slow_steps, 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+static void test_stats_count_spawned_and_live_coroutines(void **state) {
+  mm_loop_t *loop;
+  mm_coro_t *c[3], *quick;
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_loop_start(loop));
+  for (int i = 0; i < 3; i++)
+    assert_mm_ok(mm_spawn(loop, sleep_long, NULL, &c[i]));
+  assert_mm_ok(mm_spawn(loop, return_zero, NULL, &quick));
+  assert_mm_ok(mm_join(quick));
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.coros_spawned, 4);
+  assert_int_equal(st.coros_live, 3);   /* the sleepers */
+  for (int i = 0; i < 3; i++)
+    assert_mm_ok(mm_cancel(c[i]));
+  for (int i = 0; i < 3; i++)
+    assert_status(mm_join(c[i]), -ECANCELED);
+  /* A joined coroutine has ended: it is no longer counted. */
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.coros_live, 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+typedef struct {
+  mm_stats_t inside;
+  mm_loop_t *loop;
+} seen_t;
+
+static int record_stats(void *arg) {
+  seen_t *s = arg;
+  return mm_loop_stats(s->loop, &s->inside);
+}
+
+static int call_and_record(void *arg) {
+  return mm_run_sync(record_stats, arg);
+}
+
+static void test_stats_count_run_sync_calls_and_workers(void **state) {
+  mm_loop_t *loop;
+  mm_stats_t st;
+  seen_t seen = { .loop = NULL };
+  mm_coro_t *c;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  seen.loop = loop;
+  assert_mm_ok(mm_spawn(loop, call_and_record, &seen, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(c));
+  /* Seen from inside the call: it is running, on a worker. */
+  assert_int_equal(seen.inside.sync_running, 1);
+  assert_true(seen.inside.pool_threads >= 1);
+  assert_int_equal(seen.inside.coros_live, 1);
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.sync_calls, 1);
+  assert_int_equal(st.sync_running, 0);
+  assert_int_equal(st.sync_queued, 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+static int hold_the_loop(void *arg) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000
+         < 30);
+  return 0;
+}
+
+static void test_a_step_longer_than_slow_step_ms_is_counted_and_logged(
+    void **state) {
+  mm_loop_t *loop;
+  mm_loop_options_t o;
+  mm_stats_t st;
+  mm_test_log_t log;
+  mm_loop_options_init(&o);
+  o.slow_step_ms = 5;
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  so.name = "hog";
+  assert_mm_ok(mm_loop_new(&loop, &o));
+  assert_mm_ok(mm_spawn_ex(loop, hold_the_loop, NULL, &so, NULL));
+  mm_test_log_init(&log);
+  mm_set_log(mm_test_log_fn, &log);
+  int rc = mm_loop_run(loop);
+  mm_set_log(NULL, NULL);
+  assert_mm_ok(rc);
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.slow_steps, 1);
+  assert_true(log.max_level >= MM_LOG_WARN);
+  if (strstr(log.text, "hog") == NULL)
+    fail_msg("the warning does not name the coroutine:\n%s", log.text);
+  mm_test_log_destroy(&log);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    mm_test(test_stats_with_null_arguments_return_einval),
+    mm_test(test_stats_of_a_new_loop_are_zero),
+    mm_test(test_stats_count_spawned_and_live_coroutines),
+    mm_test(test_stats_count_run_sync_calls_and_workers),
+    mm_test(test_a_step_longer_than_slow_step_ms_is_counted_and_logged),
+  };
+  return mm_run_tests(tests);
+}
