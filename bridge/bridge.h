@@ -72,6 +72,7 @@ typedef struct mm__bridge {
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
   _Atomic uint64_t sync_calls;
+  _Atomic uint64_t async_calls;
 } mm__bridge_t;
 
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop);   /* NULL: out of memory */

@@ -18,6 +18,8 @@ int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st) {
   if (b != NULL) {
     st->sync_calls = atomic_load_explicit(&b->sync_calls,
                                           memory_order_relaxed);
+    st->async_calls = atomic_load_explicit(&b->async_calls,
+                                           memory_order_relaxed);
     mm__pool_stats(b->pool, &st->pool_threads, &st->pool_idle,
                    &st->sync_queued, &st->sync_running);
   }

@@ -232,6 +232,32 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
+typedef struct mm_async_options {
+  const char *name;             /* the coroutine's name, for diagnostics */
+  uint64_t    timeout_ms;       /* 0 = none; then the coroutine is
+                                   cancelled, waited for, -ETIMEDOUT */
+} mm_async_options_t;
+
+/* Fills o with the defaults (all zero).  Any thread. */
+MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
+
+/* Runs fn(arg) as a coroutine of loop and returns its status.
+ *
+ * On a plain thread (a worker and a lane included): the call is posted to
+ * the loop and this thread blocks until the coroutine ends; no memory is
+ * allocated per call.  If the loop has not run for a second meanwhile, a
+ * warning is logged (the call keeps waiting).  The coroutine starts with
+ * a copy of this thread's locals.
+ * In a coroutine: spawn and join -- no thread hop on the same loop, a
+ * suspension until the other loop's coroutine ends otherwise.
+ * Errors: -EINVAL (NULL loop or fn), -EDEADLK (on a loop's thread outside
+ * coroutines), -ESHUTDOWN (the loop is stopping, was stopped or freed
+ * while the call waited: every waiting caller is answered), -ETIMEDOUT,
+ * -ECANCELED (a calling coroutine was cancelled), -ENOMEM. */
+MM_EXTERN int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg);
+MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
+                              const mm_async_options_t *o);
+
 /* A lane: one thread of its own that runs the calls sent to it
  * (MM_AFFINITY_LANE) one at a time, in order -- for resources that must
  * stay on one thread.  The thread is named "mm-lane-NAME".
@@ -264,7 +290,7 @@ typedef struct mm_stats {
   uint64_t sync_calls;          /* mm_run_sync calls sent to the pool */
   uint64_t sync_queued;         /* waiting in the pool's queue now */
   uint64_t sync_running;        /* running on a worker now */
-  uint64_t async_calls;         /* mm_run_async calls (not yet available) */
+  uint64_t async_calls;         /* mm_run_async calls made */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps longer than slow_step_ms */
 } mm_stats_t;

@@ -32,8 +32,10 @@ static const mm__locals_t *spawner_locals(void) {
   return c != NULL ? &c->locals : &mm__tls.locals;
 }
 
-int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
-                const mm_spawn_options_t *o, mm_coro_t **out) {
+/* w: spawned for that wait (mm__spawn_for), no handle; else out. */
+static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
+                 const mm_spawn_options_t *o, mm_coro_t **out,
+                 mm__wait_t *w, const mm__locals_t *locals) {
   mm_spawn_options_t opt;
 
   if (out != NULL)
@@ -85,11 +87,17 @@ int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   c->born = uv_hrtime();
   if (opt.name != NULL && (c->name = strdup(opt.name)) == NULL)
     goto err_block;
-  if (mm__locals_copy(&c->locals, spawner_locals()) != 0)
+  if (mm__locals_copy(&c->locals,
+                      locals != NULL ? locals : spawner_locals()) != 0)
     goto err_name;
   atomic_init(&c->cancel_reason, 0);
   atomic_init(&c->remote_bits, 0);
-  atomic_init(&c->join, out != NULL ? MM__JOIN_NONE : MM__JOIN_DETACHED);
+  if (w != NULL) {
+    atomic_init(&c->join, (uintptr_t) w);
+    c->auto_release = true;
+  } else {
+    atomic_init(&c->join, out != NULL ? MM__JOIN_NONE : MM__JOIN_DETACHED);
+  }
   atomic_fetch_add_explicit(&loop->coros_spawned, 1, memory_order_relaxed);
 
   if (out != NULL)
@@ -125,6 +133,18 @@ err_undo:
     uv_async_send(&loop->async);
   }
   return r;
+}
+
+int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
+                const mm_spawn_options_t *o, mm_coro_t **out) {
+  return spawn(loop, fn, arg, o, out, NULL, NULL);
+}
+
+int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
+                  const mm_spawn_options_t *o, mm__wait_t *w,
+                  const mm__locals_t *locals) {
+  mm__assert(mm__on_loop_thread(loop));
+  return spawn(loop, fn, arg, o, NULL, w, locals);
 }
 
 int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro) {

@@ -54,6 +54,11 @@ bool mm__on_loop_thread(const mm_loop_t *loop) {
   return mm__tls.loop == loop;
 }
 
+static bool stopping(const mm_loop_t *loop) {
+  return atomic_load_explicit(&loop->state, memory_order_relaxed) !=
+         MM__LOOP_OPEN;
+}
+
 /* ---- remote queue -------------------------------------------------------- */
 
 static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
@@ -91,7 +96,53 @@ static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
 }
 
+static void drain_tasks(mm_loop_t *loop) {
+  mm__loop_task_t *t = atomic_exchange_explicit(&loop->tasks, NULL,
+                                                memory_order_acquire);
+  mm__loop_task_t *fifo = NULL;
+  while (t != NULL) {
+    mm__loop_task_t *next = t->next;
+    t->next = fifo;
+    fifo = t;
+    t = next;
+  }
+  bool shutdown = stopping(loop);
+  while (fifo != NULL) {
+    t = fifo;
+    fifo = t->next;
+    t->run(t, loop, shutdown);  /* may be the last access: read next first */
+    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
+  }
+}
+
+int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
+  pthread_mutex_lock(&loop->mu);
+  if (stopping(loop)) {
+    pthread_mutex_unlock(&loop->mu);
+    return -ESHUTDOWN;
+  }
+  /* Counted under mu, as a foreign spawn is: free cannot finish before
+   * the task has run (run_done). */
+  atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
+  pthread_mutex_unlock(&loop->mu);
+  mm__loop_task_t *head = atomic_load_explicit(&loop->tasks,
+                                               memory_order_relaxed);
+  do {
+    t->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(
+      &loop->tasks, &head, t, memory_order_release, memory_order_relaxed));
+  uv_async_send(&loop->async);
+  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
+  return 0;
+}
+
+bool mm__loop_driven(const mm_loop_t *loop) {
+  return atomic_load_explicit(&loop->driven, memory_order_relaxed);
+}
+
 static void drain_remote(mm_loop_t *loop) {
+  drain_tasks(loop);
   mm_coro_t *c = atomic_exchange_explicit(&loop->remote_head, NULL,
                                           memory_order_acquire);
   mm_coro_t *fifo = NULL;
@@ -143,10 +194,6 @@ void mm__loop_post_spawn(mm_coro_t *c) {
 
 /* ---- handles --------------------------------------------------------------- */
 
-static bool stopping(const mm_loop_t *loop) {
-  return atomic_load_explicit(&loop->state, memory_order_relaxed) !=
-         MM__LOOP_OPEN;
-}
 
 bool mm__loop_stopping(const mm_loop_t *loop) {
   return stopping(loop);
@@ -271,6 +318,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   mm__list_init(&loop->zombies);
   mm__list_init(&loop->cache);
   atomic_init(&loop->remote_head, NULL);
+  atomic_init(&loop->tasks, NULL);
   atomic_init(&loop->pending, 0);
   atomic_init(&loop->posting, 0);
   atomic_init(&loop->state, MM__LOOP_OPEN);

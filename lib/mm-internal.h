@@ -145,6 +145,9 @@ int  mm__wait_init(mm__wait_t *w);
  * coroutine whose cancellation is already requested returns -reason at
  * once from a cancellable wait. */
 int  mm__wait_block(mm__wait_t *w);
+/* A thread wait that gives up after ms: 0 and *status once woken, or
+ * -ETIMEDOUT with w still pending (block on it again). */
+int  mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status);
 /* Any thread.  Completes w with status. */
 void mm__wait_wake(mm__wait_t *w, int status);
 
@@ -189,6 +192,7 @@ struct mm_coro {
   bool started;               /* loop thread: fn has been entered */
   bool admitted;              /* loop thread: counted in loop->live */
   bool joiner_woken;          /* loop thread: counted in loop->njoining */
+  bool auto_release;          /* made by mm__spawn_for: no handle */
   uint64_t born;              /* uv_hrtime() at spawn */
 
   /* memory (stack.c) */
@@ -223,6 +227,8 @@ struct mm_coro {
 
   mm__locals_t locals;        /* own; touched by its own thread of control */
 };
+
+typedef struct mm__loop_task mm__loop_task_t;
 
 /* ---- loops --------------------------------------------------------------- */
 
@@ -280,6 +286,7 @@ struct mm_loop {
   _Atomic uint64_t pending;   /* foreign spawns accepted, not yet admitted;
                                  incremented under mu */
   _Atomic unsigned posting;   /* posters inside push_remote */
+  _Atomic(mm__loop_task_t *) tasks;  /* Treiber stack, like remote_head */
 
   /* life cycle; protected by mu */
   pthread_mutex_t mu;
@@ -324,6 +331,28 @@ void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
 bool mm__on_loop_thread(const mm_loop_t *loop);
+
+/* Work for the loop's thread posted from anywhere (the run_async inbox).
+ * run is called on the loop's thread; with shutdown set, the loop is
+ * stopping and the task must only answer its poster.  The task lives
+ * wherever the poster keeps it; run is the loop's last access. */
+struct mm__loop_task {
+  mm__loop_task_t *next;
+  void (*run)(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown);
+};
+/* Any thread.  -ESHUTDOWN once the loop is stopping (then run is never
+ * called).  Runs t->run on the loop's thread in posting order. */
+int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t);
+/* Whether some thread drives the loop (or the user's uv_run does). */
+bool mm__loop_driven(const mm_loop_t *loop);
+
+/* Loop thread.  Spawns fn(arg) for w, which is woken with the status when
+ * it ends; no handle exists, so nobody else can cancel or join it (the
+ * loop's stop or free still cancels it).  The coroutine starts with a copy
+ * of locals (the blocked caller's). */
+int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
+                  const mm_spawn_options_t *o, mm__wait_t *w,
+                  const mm__locals_t *locals);
 
 /* Installs the bridge state if none is there yet; returns the one in
  * place (ours or an earlier one).  Any thread. */

@@ -199,6 +199,15 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
     mm__coro_release(c);
     return;
   }
+  if (c->auto_release) {
+    /* Spawned for a waiter that wants only the status (mm__spawn_for):
+     * nobody holds a handle, so the block goes back at once. */
+    atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
+    int status = c->status;
+    mm__coro_release(c);
+    mm__wait_wake((mm__wait_t *) prev, status);
+    return;
+  }
   mm__list_push_back(&loop->zombies, &c->all);
   if (prev != MM__JOIN_NONE) {
     loop->njoining++;

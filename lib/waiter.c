@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 
 __thread mm__tls_t mm__tls __attribute__((tls_model("initial-exec")));
 static __thread mm__waiter_t *self_waiter;
@@ -53,8 +54,10 @@ void mm__waiter_post(mm__waiter_t *w, mm__task_t *t) {
   pthread_mutex_unlock(&w->mu);
 }
 
-/* Blocks until w is done, running posted tasks meanwhile. */
-static int thread_block(mm__wait_t *w) {
+/* Blocks until w is done (or, with a deadline, until then), running
+ * posted tasks meanwhile. */
+static int thread_block(mm__wait_t *w, const struct timespec *deadline,
+                        int *status) {
   mm__waiter_t *me = w->thread;
 
   pthread_mutex_lock(&me->mu);
@@ -69,10 +72,30 @@ static int thread_block(mm__wait_t *w) {
       pthread_mutex_lock(&me->mu);
       continue;
     }
-    pthread_cond_wait(&me->cv, &me->mu);
+    if (deadline == NULL) {
+      pthread_cond_wait(&me->cv, &me->mu);
+    } else if (pthread_cond_timedwait(&me->cv, &me->mu, deadline) ==
+               ETIMEDOUT && !w->done) {
+      pthread_mutex_unlock(&me->mu);
+      return -ETIMEDOUT;
+    }
   }
   pthread_mutex_unlock(&me->mu);
-  return w->status;
+  *status = w->status;
+  return 0;
+}
+
+int mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += (time_t) (ms / 1000);
+  ts.tv_nsec += (long) (ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  int r = thread_block(w, &ts, status);
+  return r;
 }
 
 int mm__wait_init(mm__wait_t *w) {
@@ -94,7 +117,9 @@ int mm__wait_init(mm__wait_t *w) {
 int mm__wait_block(mm__wait_t *w) {
   if (w->coro != NULL)
     return mm__park(w);
-  return thread_block(w);
+  int status;
+  thread_block(w, NULL, &status);
+  return status;
 }
 
 void mm__wait_wake(mm__wait_t *w, int status) {

@@ -1,0 +1,110 @@
+/* mm_run_async: a plain thread blocks on a coroutine that the loop runs
+ * for it, and gets its status.
+ *
+ *   thread T                              loop L
+ *   request Q on T's stack, submit ──────► drain tasks: spawn K(fn, arg)
+ *   block on T's waiter                    from L's stack cache; K's joiner
+ *                                          is Q's wait, K has no handle
+ *   ◄──────────── K ends: L releases K's block and wakes Q's wait
+ *
+ * No malloc and no mmap per call: Q is on T's stack and K's block comes
+ * from the loop's cache.  From a coroutine the call is a spawn and a join
+ * (no thread hop on the same loop; across loops the joiner is parked).
+ *
+ * Not done yet: running MM_AFFINITY_CALLER calls on T while it waits
+ * (TODO(#4)); the waiter already serves posted tasks while it blocks.
+ */
+#include "bridge.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* How long a caller waits for a loop nobody runs before it says so. */
+#define NOT_RUNNING_WARN_MS 1000
+
+typedef struct async_req {
+  mm__loop_task_t task;       /* in the loop's task inbox */
+  mm_fn fn;
+  void *arg;
+  mm_spawn_options_t so;
+  const mm__locals_t *locals; /* the caller's, read while it blocks */
+  mm__wait_t w;               /* the caller's wait; K's joiner */
+} async_req_t;
+
+/* Loop thread.  Every path ends in exactly one wake of q->w: here, or at
+ * K's end (sched.c, finish). */
+static void async_start(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
+  async_req_t *q = container_of(t, async_req_t, task);
+  if (shutdown) {
+    mm__wait_wake(&q->w, -ESHUTDOWN);
+    return;
+  }
+  int r = mm__spawn_for(loop, q->fn, q->arg, &q->so, &q->w, q->locals);
+  if (r != 0)
+    mm__wait_wake(&q->w, r);
+}
+
+void mm_async_options_init(mm_async_options_t *o) {
+  if (o != NULL)
+    memset(o, 0, sizeof(*o));
+}
+
+/* A coroutine the stop cancelled: its caller learns why. */
+static int shutdown_status(mm_loop_t *loop, int status) {
+  if (status == -ECANCELED && mm__loop_stopping(loop) && !mm_cancelled())
+    return -ESHUTDOWN;
+  return status;
+}
+
+int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
+                    const mm_async_options_t *o) {
+  if (loop == NULL || fn == NULL)
+    return -EINVAL;
+  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
+    return -EDEADLK;          /* a loop's thread outside coroutines */
+  mm__bridge_t *b = mm__bridge_of(loop);
+  if (b == NULL)
+    return -ENOMEM;
+  atomic_fetch_add_explicit(&b->async_calls, 1, memory_order_relaxed);
+
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  if (o != NULL) {
+    so.name = o->name;
+    so.timeout_ms = o->timeout_ms;
+  }
+
+  if (mm__tls.coro != NULL) {
+    mm_coro_t *k;
+    int r = mm_spawn_ex(loop, fn, arg, &so, &k);
+    if (r != 0)
+      return r;
+    return shutdown_status(loop, mm_join(k));
+  }
+
+  async_req_t q;
+  q.task.run = async_start;
+  q.fn = fn;
+  q.arg = arg;
+  q.so = so;
+  q.locals = &mm__tls.locals;
+  int r = mm__wait_init(&q.w);
+  if (r != 0)
+    return r;
+  r = mm__loop_submit(loop, &q.task);
+  if (r != 0)
+    return r;
+  int status;
+  if (mm__wait_block_for(&q.w, NOT_RUNNING_WARN_MS, &status) != 0) {
+    if (!mm__loop_driven(loop))
+      mm__log(MM_LOG_WARN, "mm_run_async: the loop has not run for %d ms; "
+              "the call waits until it does (mm_loop_run, mm_loop_start)",
+              NOT_RUNNING_WARN_MS);
+    status = mm__wait_block(&q.w);
+  }
+  return shutdown_status(loop, status);
+}
+
+int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg) {
+  return mm_run_async_ex(loop, fn, arg, NULL);
+}
