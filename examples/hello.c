@@ -1,63 +1,55 @@
-/* hello: three coroutines on a mixmode loop.
+/* hello: both bridges in one small program.
  *
- * The loop runs on a background thread.  Each coroutine naps a few times,
- * yielding to the others in between, and prints as it goes.  The main
- * thread is a plain thread: mm_join() blocks it until a coroutine ends,
- * while inside a coroutine the same call would suspend only that coroutine.
+ * The loop runs on a background thread.  One coroutine hands a blocking
+ * call (a stand-in for a legacy database driver) to a worker thread with
+ * mm_run_sync, while another coroutine keeps ticking on the loop.  The main
+ * thread, a plain thread, calls into the loop with mm_run_async and blocks
+ * until the coroutine it asked for is done.
  */
 #include <mixmode.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
-struct greeter {
-  const char *name;
-  int naps;           /* how many naps to take */
-  uint64_t nap_ms;    /* how long each one is */
-  int naps_taken;     /* the result, read after the join */
-};
+static int slow_query(void *arg) {   /* blocking: runs on a worker thread */
+  usleep(50 * 1000);
+  return *(int *) arg * 2;
+}
 
-static int greet(void *arg) {
-  struct greeter *g = arg;
-  for (int i = 1; i <= g->naps; i++) {
-    int err = mm_sleep(g->nap_ms);   /* suspends this coroutine only */
-    if (err < 0)
-      return err;                    /* -ECANCELED, for instance */
-    printf("%-8s nap %d of %d (%s)\n", g->name, i, g->naps,
-           mm_coro_name(mm_current()));
-    g->naps_taken++;
-    mm_yield();                      /* let the others run */
+static int ticker(void *arg) {       /* keeps the loop busy meanwhile */
+  int *ticks = arg;
+  for (int i = 0; i < 5; i++) {
+    if (mm_sleep(10) < 0)
+      break;
+    ++*ticks;
   }
   return 0;
 }
 
+static int handler(void *arg) {      /* a coroutine on the loop */
+  mm_loop_t *loop = arg;
+  int ticks = 0, input = 21;
+  mm_coro_t *t;
+  int err = mm_spawn(loop, ticker, &ticks, &t);
+  if (err < 0)
+    return err;
+  int answer = mm_run_sync(slow_query, &input);   /* suspends only us */
+  mm_join(t);
+  printf("query answered %d; the loop ticked %d times meanwhile\n",
+         answer, ticks);
+  return answer;
+}
+
 int main(void) {
-  struct greeter greeters[] = {
-    { "hello", 3, 10, 0 }, { "world", 2, 20, 0 }, { "mixmode", 1, 40, 0 },
-  };
-  enum { N = sizeof greeters / sizeof greeters[0] };
-  mm_coro_t *coros[N];
-  mm_loop_t *loop = NULL;
-  int err;
-
-  if ((err = mm_loop_new(&loop, NULL)) < 0 || (err = mm_loop_start(loop)) < 0)
-    goto fail;
-  for (int i = 0; i < N; i++) {
-    mm_spawn_options_t o;
-    mm_spawn_options_init(&o);
-    o.name = greeters[i].name;       /* shown in diagnostics */
-    if ((err = mm_spawn_ex(loop, greet, &greeters[i], &o, &coros[i])) < 0)
-      goto fail;
+  mm_loop_t *loop;
+  int err = mm_loop_new(&loop, NULL);
+  if (err < 0 || (err = mm_loop_start(loop)) < 0) {
+    fprintf(stderr, "hello: %s\n", mm_strerror(err));
+    return EXIT_FAILURE;
   }
-  for (int i = 0; i < N; i++) {
-    int status = mm_join(coros[i]);  /* blocks this plain thread */
-    printf("%-8s status %d (%s), naps taken: %d\n", greeters[i].name, status,
-           mm_strerror(status), greeters[i].naps_taken);
-  }
-  return mm_loop_free(loop) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-
-fail:
-  fprintf(stderr, "hello: %s\n", mm_strerror(err));
-  if (loop != NULL)
-    mm_loop_free(loop);
-  return EXIT_FAILURE;
+  int status = mm_run_async(loop, handler, loop);   /* blocks this thread */
+  printf("mm_run_async returned %d (%s)\n", status,
+         status < 0 ? mm_strerror(status) : "the handler's value");
+  return mm_loop_free(loop) == 0 && status == 42 ? EXIT_SUCCESS
+                                                  : EXIT_FAILURE;
 }
