@@ -1,8 +1,8 @@
 /* Loops: life cycle (new, run, start, stop, free), the drive loop, and the
  * remote queue through which other threads reach a loop.
  *
- * The remote queue is a Treiber stack of coroutines (intrusive through
- * remote_next) with the event bits kept on each coroutine:
+ * The remote queue is an mm__mpsc stack of coroutines (mm-internal.h) with
+ * the event bits kept on each coroutine:
  *
  *   post:  fetch_or(c->remote_bits, bits | QUEUED, acq_rel); only the
  *          poster that set QUEUED pushes c, with a CAS on remote_head
@@ -10,9 +10,9 @@
  *          drain), then sends the loop's uv_async (libuv coalesces sends).
  *   drain: exchange(remote_head, NULL, acquire) takes the whole stack at
  *          once; it is reversed into posting order; for each c the drain
- *          reads remote_next first and then exchanges remote_bits to 0
+ *          reads remote.next first and then exchanges remote_bits to 0
  *          (acq_rel).  After that exchange another poster may push c again,
- *          which is why remote_next was read before.
+ *          which is why remote.next was read before.
  *
  * Only the drain pops, so ABA cannot occur.  A poster touches the loop
  * after its push (the uv_async_send), so loop->posting counts posters in
@@ -82,13 +82,7 @@ static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
                                            bits | MM__REMOTE_QUEUED,
                                            memory_order_acq_rel);
   if (!(prev & MM__REMOTE_QUEUED)) {
-    mm_coro_t *head = atomic_load_explicit(&loop->remote_head,
-                                           memory_order_relaxed);
-    do {
-      c->remote_next = head;
-    } while (!atomic_compare_exchange_weak_explicit(
-        &loop->remote_head, &head, c, memory_order_release,
-        memory_order_relaxed));
+    mm__mpsc_push(&loop->remote_head, &c->remote);
     uv_async_send(&loop->async);
   }
   /* Pairs with the acquire load in wait_posters(): our last access to the
@@ -97,20 +91,12 @@ static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
 }
 
 static void drain_tasks(mm_loop_t *loop) {
-  mm__loop_task_t *t = atomic_exchange_explicit(&loop->tasks, NULL,
-                                                memory_order_acquire);
-  mm__loop_task_t *fifo = NULL;
-  while (t != NULL) {
-    mm__loop_task_t *next = t->next;
-    t->next = fifo;
-    fifo = t;
-    t = next;
-  }
+  mm__mpsc_node_t *fifo = mm__mpsc_take(&loop->tasks);
   bool shutdown = stopping(loop);
   while (fifo != NULL) {
-    t = fifo;
-    fifo = t->next;
-    t->run(t, loop, shutdown);  /* may be the last access: read next first */
+    mm__loop_task_t *t = container_of(fifo, mm__loop_task_t, node);
+    fifo = fifo->next;          /* before run: it may be the last access */
+    t->run(t, loop, shutdown);
     atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
   }
 }
@@ -126,12 +112,7 @@ int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
   atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
   pthread_mutex_unlock(&loop->mu);
-  mm__loop_task_t *head = atomic_load_explicit(&loop->tasks,
-                                               memory_order_relaxed);
-  do {
-    t->next = head;
-  } while (!atomic_compare_exchange_weak_explicit(
-      &loop->tasks, &head, t, memory_order_release, memory_order_relaxed));
+  mm__mpsc_push(&loop->tasks, &t->node);
   uv_async_send(&loop->async);
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
@@ -143,18 +124,10 @@ bool mm__loop_driven(const mm_loop_t *loop) {
 
 static void drain_remote(mm_loop_t *loop) {
   drain_tasks(loop);
-  mm_coro_t *c = atomic_exchange_explicit(&loop->remote_head, NULL,
-                                          memory_order_acquire);
-  mm_coro_t *fifo = NULL;
-  while (c != NULL) {
-    mm_coro_t *next = c->remote_next;
-    c->remote_next = fifo;
-    fifo = c;
-    c = next;
-  }
+  mm__mpsc_node_t *fifo = mm__mpsc_take(&loop->remote_head);
   while (fifo != NULL) {
-    c = fifo;
-    fifo = c->remote_next;
+    mm_coro_t *c = container_of(fifo, mm_coro_t, remote);
+    fifo = fifo->next;
     unsigned bits = atomic_exchange_explicit(&c->remote_bits, 0,
                                              memory_order_acq_rel);
     handle_bits(loop, c, bits);

@@ -54,6 +54,41 @@ __attribute__((noreturn)) void mm__assert_fail(const char *expr,
 # endif
 #endif
 
+/* ---- a multi-producer, single-consumer stack ----------------------------
+ *
+ * Intrusive.  Producers push with a CAS on the head (release: what they
+ * wrote into the node before is visible to the consumer); the one consumer
+ * takes everything at once with an exchange (acquire) and gets it back in
+ * push order.  Only the consumer removes nodes, and it removes them all,
+ * so ABA cannot occur.  Used by the loop's remote queue and task inbox. */
+typedef struct mm__mpsc_node {
+  struct mm__mpsc_node *next;
+} mm__mpsc_node_t;
+
+static inline void mm__mpsc_push(_Atomic(mm__mpsc_node_t *) *head,
+                                 mm__mpsc_node_t *n) {
+  mm__mpsc_node_t *h = atomic_load_explicit(head, memory_order_relaxed);
+  do {
+    n->next = h;
+  } while (!atomic_compare_exchange_weak_explicit(
+      head, &h, n, memory_order_release, memory_order_relaxed));
+}
+
+/* Takes every node, oldest first (linked through next). */
+static inline mm__mpsc_node_t *mm__mpsc_take(
+    _Atomic(mm__mpsc_node_t *) *head) {
+  mm__mpsc_node_t *n = atomic_exchange_explicit(head, NULL,
+                                                memory_order_acquire);
+  mm__mpsc_node_t *fifo = NULL;
+  while (n != NULL) {
+    mm__mpsc_node_t *next = n->next;
+    n->next = fifo;
+    fifo = n;
+    n = next;
+  }
+  return fifo;
+}
+
 /* ---- log.c --------------------------------------------------------------- */
 __attribute__((format(printf, 2, 3))) void mm__log(int level,
                                                    const char *fmt, ...);
@@ -223,7 +258,7 @@ struct mm_coro {
   /* Remote queue link and events (loop.c). */
   _Atomic unsigned remote_bits;
   _Atomic int remote_status;  /* with MM__REMOTE_WAKE */
-  mm_coro_t *remote_next;
+  mm__mpsc_node_t remote;     /* in loop->remote_head */
 
   mm__locals_t locals;        /* own; touched by its own thread of control */
 };
@@ -282,11 +317,11 @@ struct mm_loop {
   size_t ncache;
 
   /* remote queue: a Treiber stack of coroutines, see loop.c */
-  _Atomic(mm_coro_t *) remote_head;
+  _Atomic(mm__mpsc_node_t *) remote_head;  /* mm_coro_t.remote */
   _Atomic uint64_t pending;   /* foreign spawns accepted, not yet admitted;
                                  incremented under mu */
   _Atomic unsigned posting;   /* posters inside push_remote */
-  _Atomic(mm__loop_task_t *) tasks;  /* Treiber stack, like remote_head */
+  _Atomic(mm__mpsc_node_t *) tasks;  /* mm__loop_task_t.node */
 
   /* life cycle; protected by mu */
   pthread_mutex_t mu;
@@ -337,7 +372,7 @@ bool mm__on_loop_thread(const mm_loop_t *loop);
  * stopping and the task must only answer its poster.  The task lives
  * wherever the poster keeps it; run is the loop's last access. */
 struct mm__loop_task {
-  mm__loop_task_t *next;
+  mm__mpsc_node_t node;       /* in loop->tasks */
   void (*run)(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown);
 };
 /* Any thread.  -ESHUTDOWN once the loop is stopping (then run is never
