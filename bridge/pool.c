@@ -1,7 +1,12 @@
 /* Worker pools: threads that run blocking calls, one FIFO queue each.
  *
  * The loop's pool starts min threads and grows on demand: a call queued
- * while more calls wait than threads are idle starts a thread, up to max.
+ * while more calls wait than threads are idle starts a thread, up to max --
+ * one at a time: while a new thread is starting no other is started, and
+ * the new one, once running, starts the next if calls still wait.  So a
+ * burst of quick calls is drained by the threads already there instead of
+ * growing the pool to max (64 threads fighting over 2 cores), while calls
+ * that block still get a thread each, a thread start apart.
  * Past max, calls wait in the queue in order.  A thread idle for idle_ms
  * exits while more than min remain.  A lane is the same pool with exactly
  * one thread that never idles out: its calls run one at a time, in order,
@@ -11,9 +16,12 @@
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
  * calls and complete them without it.
  *
- * Not done here (yet): spinning before a worker parks, to save the wake-up
- * of the next call when calls come quickly (DESIGN.md, "Wake-ups cost more
- * than the work"); TODO(#4).
+ * Wake-ups: a worker is signalled only for an idle worker not already
+ * signalled (nwaking), and the signal is sent after mu is released, so
+ * that the woken thread does not run into the lock the submitter holds.
+ * A worker that runs out of work spins briefly (bounded, pausing) on the
+ * queue length before it parks, saving the wake-up when calls come back
+ * to back (DESIGN.md, "Wake-ups cost more than the work").
  */
 #include "bridge.h"
 
@@ -43,11 +51,25 @@ struct mm__pool {
   uint64_t running;
   unsigned nthreads;          /* started and not exited */
   unsigned nidle;             /* waiting on work_cv */
+  unsigned nwaking;           /* of those, signalled and not yet awake */
+  unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
   mm__list_t threads;         /* worker_t, alive */
   mm__list_t dead;            /* worker_t, exited, not yet joined */
+  /* queued, readable without mu for the spin before parking; written
+   * under mu (relaxed: a stale value only ends or prolongs a spin) */
+  _Atomic uint64_t queued_hint;
 };
+
+/* Pause iterations a worker spins on an empty queue before it parks. */
+#define SPIN_PAUSES 200
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 static __thread const mm__pool_t *self_pool;
 
@@ -78,7 +100,31 @@ static int start_worker(mm__pool_t *pool) {
   }
   mm__list_push_back(&pool->threads, &w->link);
   pool->nthreads++;
+  pool->nstarting++;
   return 0;
+}
+
+/* Starts a thread if calls wait beyond the threads free to take them
+ * (the idle ones not yet woken, plus free: the caller itself, when it is
+ * a worker about to look for work) and none is starting already.  mu
+ * held.  A failure is only an error when the pool has no thread at all. */
+static int maybe_grow(mm__pool_t *pool, unsigned free) {
+  if (pool->queued > pool->nidle - pool->nwaking + free &&
+      pool->nstarting == 0 && pool->nthreads < pool->max) {
+    int r = start_worker(pool);
+    if (r != 0 && pool->nthreads == 0)
+      return r;
+  }
+  return 0;
+}
+
+/* Wakes one idle worker not already being woken.  mu held; returns
+ * whether the caller must signal work_cv once it has released mu. */
+static bool claim_wake(mm__pool_t *pool) {
+  if (pool->queued == 0 || pool->nidle <= pool->nwaking)
+    return false;
+  pool->nwaking++;
+  return true;
 }
 
 static void *worker_main(void *arg) {
@@ -96,11 +142,15 @@ static void *worker_main(void *arg) {
   self_pool = pool;
 
   pthread_mutex_lock(&pool->mu);
+  pool->nstarting--;
+  maybe_grow(pool, 1);       /* the next thread of a growing pool */
   for (;;) {
     mm__list_t *n = mm__list_pop_front(&pool->queue);
     if (n != NULL) {
       mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
       pool->queued--;
+      atomic_store_explicit(&pool->queued_hint, pool->queued,
+                            memory_order_relaxed);
       pool->running++;
       atomic_store_explicit(&req->state, MM__SYNC_RUNNING,
                             memory_order_relaxed);  /* mu orders it */
@@ -112,6 +162,16 @@ static void *worker_main(void *arg) {
     }
     if (pool->stopping)
       break;
+    /* Spin a little before parking: the next call may be microseconds
+     * away, and a park plus a wake-up costs more than that. */
+    pthread_mutex_unlock(&pool->mu);
+    for (int i = 0; i < SPIN_PAUSES &&
+         atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) == 0;
+         i++)
+      cpu_relax();
+    pthread_mutex_lock(&pool->mu);
+    if (!mm__list_empty(&pool->queue) || pool->stopping)
+      continue;
     pool->nidle++;
     int r = 0;
     if (pool->lane || pool->nthreads <= pool->min) {
@@ -128,6 +188,8 @@ static void *worker_main(void *arg) {
       r = pthread_cond_timedwait(&pool->work_cv, &pool->mu, &ts);
     }
     pool->nidle--;
+    if (pool->nwaking > 0)
+      pool->nwaking--;
     if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
@@ -192,20 +254,21 @@ int mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req) {
   }
   mm__list_push_back(&pool->queue, &req->link);
   pool->queued++;
-  /* More calls waiting than idle threads to take them: grow.  A failure
-   * to start a thread only matters when there is none at all. */
-  if (pool->queued > pool->nidle && pool->nthreads < pool->max) {
-    int r = start_worker(pool);
-    if (r != 0 && pool->nthreads == 0) {
-      mm__list_remove(&req->link);
-      pool->queued--;
-      pthread_mutex_unlock(&pool->mu);
-      return r;
-    }
+  atomic_store_explicit(&pool->queued_hint, pool->queued,
+                        memory_order_relaxed);
+  int r = maybe_grow(pool, 0);
+  if (r != 0) {
+    mm__list_remove(&req->link);
+    pool->queued--;
+    atomic_store_explicit(&pool->queued_hint, pool->queued,
+                          memory_order_relaxed);
+    pthread_mutex_unlock(&pool->mu);
+    return r;
   }
-  if (pool->nidle > 0)
-    pthread_cond_signal(&pool->work_cv);
+  bool wake = claim_wake(pool);
   pthread_mutex_unlock(&pool->mu);
+  if (wake)
+    pthread_cond_signal(&pool->work_cv);
   return 0;
 }
 
@@ -216,6 +279,8 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
       MM__SYNC_QUEUED) {
     mm__list_remove(&req->link);
     pool->queued--;
+    atomic_store_explicit(&pool->queued_hint, pool->queued,
+                          memory_order_relaxed);
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
     removed = true;

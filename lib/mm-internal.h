@@ -178,7 +178,8 @@ struct mm__wait {
 int  mm__wait_init(mm__wait_t *w);
 /* Suspends until woken; returns the status given to mm__wait_wake.  A
  * coroutine whose cancellation is already requested returns -reason at
- * once from a cancellable wait. */
+ * once from a cancellable wait without a cancel callback; with one, the
+ * callback runs first thing and decides. */
 int  mm__wait_block(mm__wait_t *w);
 /* A thread wait that gives up after ms: 0 and *status once woken, or
  * -ETIMEDOUT with w still pending (block on it again). */

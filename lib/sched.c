@@ -351,13 +351,22 @@ void mm__sched_run_ready(mm_loop_t *loop) {
 int mm__park(mm__wait_t *w) {
   mm_coro_t *c = w->coro;
 
-  if (w->cancellable) {
-    int reason = mm__coro_cancel_reason(c);
-    if (reason != 0)
-      return -reason;
-  }
   c->wait = w;
   c->state = MM__CORO_PARKED;
+  if (w->cancellable) {
+    int reason = mm__coro_cancel_reason(c);
+    if (reason != 0 && w->cancel == NULL) {
+      c->wait = NULL;
+      c->state = MM__CORO_RUNNING;
+      return -reason;
+    }
+    /* A wait with its own cancel callback may already have handed work
+     * to another thread (a run_sync request in a pool): deliver the
+     * cancellation as if it came right after parking, and let the
+     * callback decide when the wait ends. */
+    if (reason != 0)
+      mm__coro_interrupt(c);
+  }
   mm__coro_suspend(c);
   return c->wake_status;
 }
