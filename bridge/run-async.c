@@ -49,12 +49,6 @@ void mm_async_options_init(mm_async_options_t *o) {
     memset(o, 0, sizeof(*o));
 }
 
-/* A coroutine the stop cancelled: its caller learns why. */
-static int shutdown_status(mm_loop_t *loop, int status) {
-  if (status == -ECANCELED && mm__loop_stopping(loop) && !mm_cancelled())
-    return -ESHUTDOWN;
-  return status;
-}
 
 int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                     const mm_async_options_t *o) {
@@ -79,7 +73,13 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
     int r = mm_spawn_ex(loop, fn, arg, &so, &k);
     if (r != 0)
       return r;
-    return shutdown_status(loop, mm_join(k));
+    /* A coroutine the stop cancelled: the caller learns why.  The loop's
+     * state is read inside the join, while the loop surely exists. */
+    bool stopping;
+    int status = mm__join(k, &stopping);
+    if (status == -ECANCELED && stopping && !mm_cancelled())
+      status = -ESHUTDOWN;
+    return status;
   }
 
   async_req_t q;
@@ -87,7 +87,10 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   q.fn = fn;
   q.arg = arg;
   q.so = so;
-  q.locals = &mm__tls.locals;
+  /* The caller's locals: a worker running a call for a coroutine sees
+   * that coroutine's (DESIGN.md, "Locals"), so its coroutine does too. */
+  q.locals = mm__tls.proxy != NULL ? &mm__tls.proxy->locals
+                                   : &mm__tls.locals;
   int r = mm__wait_init(&q.w);
   if (r != 0)
     return r;
@@ -102,7 +105,7 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
               NOT_RUNNING_WARN_MS);
     status = mm__wait_block(&q.w);
   }
-  return shutdown_status(loop, status);
+  return status;   /* -ESHUTDOWN for a stop: decided on the loop's side */
 }
 
 int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg) {

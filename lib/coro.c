@@ -165,15 +165,21 @@ static void join_cancel(mm__wait_t *w, int reason) {
   mm_cancel(jw->target);
 }
 
-/* The handle is ours and the coroutine has ended: give the block back. */
-static int take_status(mm_coro_t *c) {
-  int status = c->status;
+/* The handle is ours and the coroutine has ended: give the block back.
+ * Until the release is posted the loop cannot be freed (it waits for
+ * owed releases), so this is the last moment its state may be read. */
+static void give_back(mm_coro_t *c, bool *loop_stopping) {
+  if (loop_stopping != NULL)
+    *loop_stopping = mm__loop_stopping(c->loop);
   atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
   mm__loop_post(c, MM__REMOTE_RELEASE);
-  return status;
 }
 
 int mm_join(mm_coro_t *c) {
+  return mm__join(c, NULL);
+}
+
+int mm__join(mm_coro_t *c, bool *loop_stopping) {
   if (c == NULL)
     return -EINVAL;
   mm_coro_t *self = mm__tls.coro;
@@ -198,6 +204,8 @@ int mm_join(mm_coro_t *c) {
             &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
             memory_order_relaxed)) {
       int status = c->status;
+      if (loop_stopping != NULL)
+        *loop_stopping = mm__loop_stopping(c->loop);
       mm__loop_post(c, MM__REMOTE_RELEASE);
       return status;
     }
@@ -211,7 +219,7 @@ int mm_join(mm_coro_t *c) {
     mm_cancel(c);
   }
   int status = mm__wait_block(&jw.w);
-  take_status(c);
+  give_back(c, loop_stopping);
   return jw.reason != 0 ? -jw.reason : status;
 }
 

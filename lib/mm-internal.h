@@ -390,6 +390,10 @@ int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
                   const mm_spawn_options_t *o, mm__wait_t *w,
                   const mm__locals_t *locals);
 
+/* mm_join that also tells whether the coroutine's loop was stopping when
+ * the coroutine's status was taken (read while the loop surely exists). */
+int mm__join(mm_coro_t *c, bool *loop_stopping);
+
 /* Installs the bridge state if none is there yet; returns the one in
  * place (ours or an earlier one).  Any thread. */
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,

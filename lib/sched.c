@@ -201,9 +201,13 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   }
   if (c->auto_release) {
     /* Spawned for a waiter that wants only the status (mm__spawn_for):
-     * nobody holds a handle, so the block goes back at once. */
+     * nobody holds a handle, so the block goes back at once.  The waiter
+     * may not look at the loop after its wake (it may be freed by then),
+     * so a coroutine the stop cancelled answers -ESHUTDOWN from here. */
     atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
     int status = c->status;
+    if (status == -ECANCELED && mm__loop_stopping(loop))
+      status = -ESHUTDOWN;
     mm__coro_release(c);
     mm__wait_wake((mm__wait_t *) prev, status);
     return;
