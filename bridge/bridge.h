@@ -33,6 +33,9 @@ enum mm__sync_state {
  * it calls cleanup(arg, status) and frees it. */
 typedef struct mm__sync_req {
   mm__list_t link;            /* pool queue; protected by pool->mu */
+  mm__task_t task;            /* MM_AFFINITY_CALLER: in the caller
+                                 thread's waiter; protected by its mu */
+  mm__waiter_t *waiter;       /* that waiter, or NULL: in a pool */
   mm_fn fn;
   void *arg;
   mm_coro_t *coro;            /* the awaiting coroutine, or NULL: a thread */
@@ -49,8 +52,10 @@ typedef struct mm__sync_req {
  * exactly one thread that never idles out. */
 typedef struct mm__pool mm__pool_t;
 
+/* thread_name: the name of a lane's thread (NULL: mm-lane-NAME). */
 mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
-                         unsigned idle_ms, bool lane);
+                         unsigned idle_ms, bool lane,
+                         const char *thread_name);
 /* Runs every queued call, stops and joins the threads, frees the pool. */
 void mm__pool_free(mm__pool_t *pool);
 /* Queues req (state QUEUED).  -ESHUTDOWN once the pool stops, -EAGAIN if
@@ -69,6 +74,7 @@ void mm__sync_execute(mm__sync_req_t *req);
 /* Per-loop bridge state, made on first use (run-sync.c). */
 typedef struct mm__bridge {
   mm__pool_t *pool;
+  _Atomic(mm__pool_t *) sensitive;  /* made on first use; see run-sync.c */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
   _Atomic uint64_t sync_calls;

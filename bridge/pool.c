@@ -43,6 +43,7 @@ struct mm__pool {
   pthread_cond_t work_cv;     /* idle workers wait here */
   pthread_cond_t exit_cv;     /* a worker exited */
   char name[32];
+  char thread_name[16];       /* a lane's fixed thread name, or "" */
   unsigned min, max, idle_ms;
   bool lane;
   /* protected by mu */
@@ -133,7 +134,9 @@ static void *worker_main(void *arg) {
 
 #ifdef HAVE_PTHREAD_SETNAME_NP
   char name[16];
-  if (pool->lane)
+  if (pool->thread_name[0] != '\0')
+    snprintf(name, sizeof name, "%s", pool->thread_name);
+  else if (pool->lane)
     snprintf(name, sizeof name, "mm-lane-%.7s", pool->name);
   else
     snprintf(name, sizeof name, "mm-worker-%u", w->id);
@@ -203,7 +206,8 @@ static void *worker_main(void *arg) {
 }
 
 mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
-                         unsigned idle_ms, bool lane) {
+                         unsigned idle_ms, bool lane,
+                         const char *thread_name) {
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
@@ -211,6 +215,8 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   pthread_cond_init(&pool->work_cv, NULL);
   pthread_cond_init(&pool->exit_cv, NULL);
   snprintf(pool->name, sizeof pool->name, "%s", name != NULL ? name : "");
+  if (thread_name != NULL)
+    snprintf(pool->thread_name, sizeof pool->thread_name, "%s", thread_name);
   pool->lane = lane;
   pool->min = lane ? 1 : min;
   pool->max = lane ? 1 : max;

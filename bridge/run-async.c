@@ -11,8 +11,9 @@
  * from the loop's cache.  From a coroutine the call is a spawn and a join
  * (no thread hop on the same loop; across loops the joiner is parked).
  *
- * Not done yet: running MM_AFFINITY_CALLER calls on T while it waits
- * (TODO(#4)); the waiter already serves posted tasks while it blocks.
+ * While T waits it serves MM_AFFINITY_CALLER calls of K and of the
+ * coroutines K spawns (they inherit T as their caller): run-sync.c posts
+ * them to T's waiter, which runs them between wake-ups.
  */
 #include "bridge.h"
 
@@ -39,7 +40,8 @@ static void async_start(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
     mm__wait_wake(&q->w, -ESHUTDOWN);
     return;
   }
-  int r = mm__spawn_for(loop, q->fn, q->arg, &q->so, &q->w, q->locals);
+  int r = mm__spawn_for(loop, q->fn, q->arg, &q->so, &q->w, q->locals,
+                        q->w.thread);
   if (r != 0)
     mm__wait_wake(&q->w, r);
 }
@@ -94,9 +96,14 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   int r = mm__wait_init(&q.w);
   if (r != 0)
     return r;
+  /* While it waits, this thread serves the thread-sensitive calls of the
+   * coroutine (and of the coroutines it spawns): MM_AFFINITY_CALLER. */
+  mm__waiter_serve_begin(q.w.thread);
   r = mm__loop_submit(loop, &q.task);
-  if (r != 0)
+  if (r != 0) {
+    mm__waiter_serve_end(q.w.thread);
     return r;
+  }
   int status;
   if (mm__wait_block_for(&q.w, NOT_RUNNING_WARN_MS, &status) != 0) {
     if (!mm__loop_driven(loop))
@@ -105,6 +112,7 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
               NOT_RUNNING_WARN_MS);
     status = mm__wait_block(&q.w);
   }
+  mm__waiter_serve_end(q.w.thread);
   return status;   /* -ESHUTDOWN for a stop: decided on the loop's side */
 }
 

@@ -34,6 +34,10 @@ static void bridge_free(mm_loop_t *loop, void *p) {
     free(lane);
   }
   mm__pool_free(b->pool);
+  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
+                                               memory_order_acquire);
+  if (sensitive != NULL)
+    mm__pool_free(sensitive);
   pthread_mutex_destroy(&b->mu);
   free(b);
 }
@@ -47,7 +51,7 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
     return NULL;
   b->pool = mm__pool_new("", loop->opt.pool_min_threads,
                          loop->opt.pool_max_threads, loop->opt.pool_idle_ms,
-                         false);
+                         false, NULL);
   if (b->pool == NULL) {
     free(b);
     return NULL;
@@ -58,6 +62,23 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   if (cur != b)
     bridge_free(loop, b);   /* another thread was first */
   return cur;
+}
+
+/* The loop's one sensitive thread: MM_AFFINITY_CALLER calls of
+ * coroutines that have no caller thread all run there, in order. */
+static mm__pool_t *sensitive_of(mm__bridge_t *b) {
+  mm__pool_t *p = atomic_load_explicit(&b->sensitive, memory_order_acquire);
+  if (p != NULL)
+    return p;
+  pthread_mutex_lock(&b->mu);
+  p = atomic_load_explicit(&b->sensitive, memory_order_relaxed);
+  if (p == NULL) {
+    p = mm__pool_new("sensitive", 1, 1, 0, true, "mm-sensitive");
+    /* Release pairs with the acquire load above. */
+    atomic_store_explicit(&b->sensitive, p, memory_order_release);
+  }
+  pthread_mutex_unlock(&b->mu);
+  return p;
 }
 
 /* ---- the worker side --------------------------------------------------- */
@@ -87,6 +108,13 @@ void mm__sync_execute(mm__sync_req_t *req) {
   free(req);
 }
 
+/* A caller thread runs a MM_AFFINITY_CALLER call it was posted. */
+static void caller_task_run(mm__task_t *t) {
+  mm__sync_req_t *req = container_of(t, mm__sync_req_t, task);
+  atomic_store_explicit(&req->state, MM__SYNC_RUNNING, memory_order_relaxed);
+  mm__sync_execute(req);
+}
+
 /* ---- the caller side --------------------------------------------------- */
 
 /* The caller's part of a call: its wait and deadline live on its stack
@@ -114,7 +142,10 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
   atomic_compare_exchange_strong_explicit(&req->cancel, &expected, reason,
                                           memory_order_relaxed,
                                           memory_order_relaxed);
-  if (mm__pool_unqueue(sw->pool, req)) {
+  bool unqueued = req->waiter != NULL ? mm__waiter_unqueue(req->waiter,
+                                                          &req->task)
+                                       : mm__pool_unqueue(sw->pool, req);
+  if (unqueued) {
     mm__coro_wake_local(sw->w.coro, -reason);   /* it never runs */
     return;
   }
@@ -146,11 +177,10 @@ static int check_options(const mm_sync_options_t *o) {
     return 0;
   switch (o->affinity) {
   case MM_AFFINITY_POOL:
+  case MM_AFFINITY_CALLER:
     return 0;
   case MM_AFFINITY_LANE:
     return o->lane != NULL ? 0 : -EINVAL;
-  case MM_AFFINITY_CALLER:
-    return -ENOTSUP;  /* TODO(#4): caller threads come with mm_run_async */
   default:
     return -EINVAL;
   }
@@ -201,8 +231,11 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   if (r != 0)
     return r;
   sw.w.cancel = on_cancel;
-  sw.pool = o != NULL && o->affinity == MM_AFFINITY_LANE ? o->lane->pool
-                                                         : b->pool;
+  int affinity = o != NULL ? o->affinity : MM_AFFINITY_POOL;
+  sw.pool = affinity == MM_AFFINITY_LANE ? o->lane->pool : b->pool;
+  if (affinity == MM_AFFINITY_CALLER && c->caller == NULL &&
+      (sw.pool = sensitive_of(b)) == NULL)
+    return -EAGAIN;
   sw.abandonable = o != NULL && o->abandon_on_cancel;
   sw.abandoned = false;
   sw.armed = false;
@@ -228,7 +261,23 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
       goto err_req;
     sw.armed = true;
   }
-  r = mm__pool_submit(sw.pool, req);
+  if (affinity == MM_AFFINITY_CALLER && c->caller != NULL) {
+    /* The caller thread, if it still waits for us; else the sensitive
+     * thread, like a coroutine without a caller. */
+    req->task.run = caller_task_run;
+    mm__list_init(&req->task.link);
+    atomic_store_explicit(&req->state, MM__SYNC_QUEUED, memory_order_relaxed);
+    if (mm__waiter_post_serving(c->caller, &req->task)) {
+      req->waiter = c->caller;
+      r = 0;
+    } else if ((sw.pool = sensitive_of(b)) == NULL) {
+      r = -EAGAIN;
+    } else {
+      r = mm__pool_submit(sw.pool, req);
+    }
+  } else {
+    r = mm__pool_submit(sw.pool, req);
+  }
   if (r != 0)
     goto err_timer;
   atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
@@ -275,7 +324,7 @@ int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
   if (lane == NULL)
     return -ENOMEM;
   lane->loop = loop;
-  lane->pool = mm__pool_new(name, 1, 1, 0, true);
+  lane->pool = mm__pool_new(name, 1, 1, 0, true, NULL);
   if (lane->pool == NULL) {
     free(lane);
     return -EAGAIN;

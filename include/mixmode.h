@@ -225,10 +225,18 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * running is waited for and its value returned, the coroutine's
  * cancellation staying pending -- unless abandon_on_cancel, which returns
  * -ECANCELED / -ETIMEDOUT at once and calls cleanup(arg, status) when fn
- * ends.  Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK
- * (on a loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT,
- * -ENOMEM, -EAGAIN (no worker thread could be started), -ENOTSUP
- * (MM_AFFINITY_CALLER: not available yet). */
+ * ends.
+ *
+ * MM_AFFINITY_CALLER (thread-sensitive calls): fn runs on the plain thread
+ * blocked in mm_run_async waiting -- directly, through joins of spawned
+ * children, or through nested bridges -- for the calling coroutine, so
+ * that thread-local state (a driver connection opened there) keeps being
+ * seen.  A coroutine with no such thread runs these calls on the loop's
+ * one sensitive thread ("mm-sensitive"), in order, one at a time.
+ *
+ * Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK (on a
+ * loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT, -ENOMEM,
+ * -EAGAIN (no worker thread could be started). */
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
@@ -247,7 +255,9 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  * the loop and this thread blocks until the coroutine ends; no memory is
  * allocated per call.  If the loop has not run for a second meanwhile, a
  * warning is logged (the call keeps waiting).  The coroutine starts with
- * a copy of this thread's locals.
+ * a copy of this thread's locals (in a worker: of the coroutine it runs
+ * the call for).  While it waits, the thread runs the MM_AFFINITY_CALLER
+ * calls of that coroutine and of the coroutines it spawns.
  * In a coroutine: spawn and join -- no thread hop on the same loop, a
  * suspension until the other loop's coroutine ends otherwise.
  * Errors: -EINVAL (NULL loop or fn), -EDEADLK (on a loop's thread outside

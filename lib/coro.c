@@ -35,7 +35,8 @@ static const mm__locals_t *spawner_locals(void) {
 /* w: spawned for that wait (mm__spawn_for), no handle; else out. */
 static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
                  const mm_spawn_options_t *o, mm_coro_t **out,
-                 mm__wait_t *w, const mm__locals_t *locals) {
+                 mm__wait_t *w, const mm__locals_t *locals,
+                 mm__waiter_t *caller) {
   mm_spawn_options_t opt;
 
   if (out != NULL)
@@ -90,6 +91,13 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
   if (mm__locals_copy(&c->locals,
                       locals != NULL ? locals : spawner_locals()) != 0)
     goto err_name;
+  /* The caller thread is inherited from the spawning coroutine (or the
+   * one a worker runs a call for), or given by mm_run_async. */
+  if (caller == NULL && mm_current() != NULL)
+    caller = mm_current()->caller;
+  c->caller = caller;
+  if (caller != NULL)
+    mm__waiter_ref(caller);
   atomic_init(&c->cancel_reason, 0);
   atomic_init(&c->remote_bits, 0);
   if (w != NULL) {
@@ -137,14 +145,14 @@ err_undo:
 
 int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                 const mm_spawn_options_t *o, mm_coro_t **out) {
-  return spawn(loop, fn, arg, o, out, NULL, NULL);
+  return spawn(loop, fn, arg, o, out, NULL, NULL, NULL);
 }
 
 int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
                   const mm_spawn_options_t *o, mm__wait_t *w,
-                  const mm__locals_t *locals) {
+                  const mm__locals_t *locals, mm__waiter_t *caller) {
   mm__assert(mm__on_loop_thread(loop));
-  return spawn(loop, fn, arg, o, NULL, w, locals);
+  return spawn(loop, fn, arg, o, NULL, w, locals, caller);
 }
 
 int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro) {

@@ -140,10 +140,23 @@ typedef struct mm__waiter {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   mm__list_t tasks;   /* mm__task_t, FIFO; protected by mu */
+  unsigned serving;   /* protected by mu: > 0 while the thread blocks in
+                         mm_run_async and so serves its coroutines' calls */
+  _Atomic unsigned refs;  /* the thread's own, plus one per coroutine
+                             that names the thread as its caller */
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
 void mm__waiter_post(mm__waiter_t *w, mm__task_t *t);  /* any thread */
+void mm__waiter_ref(mm__waiter_t *w);
+void mm__waiter_unref(mm__waiter_t *w);
+/* Posts t only if the thread is serving (blocked in mm_run_async). */
+bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t);
+/* Takes t out if it is still queued (then it never runs). */
+bool mm__waiter_unqueue(mm__waiter_t *w, mm__task_t *t);
+/* Around a thread's mm_run_async wait; the end runs what is left. */
+void mm__waiter_serve_begin(mm__waiter_t *w);
+void mm__waiter_serve_end(mm__waiter_t *w);
 
 /* ---- the one suspension primitive ----------------------------------------
  *
@@ -262,6 +275,9 @@ struct mm_coro {
   mm__mpsc_node_t remote;     /* in loop->remote_head */
 
   mm__locals_t locals;        /* own; touched by its own thread of control */
+  mm__waiter_t *caller;       /* the plain thread blocked in mm_run_async
+                                 for this coroutine (inherited), with a
+                                 reference; NULL if none */
 };
 
 typedef struct mm__loop_task mm__loop_task_t;
@@ -388,7 +404,7 @@ bool mm__loop_driven(const mm_loop_t *loop);
  * of locals (the blocked caller's). */
 int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
                   const mm_spawn_options_t *o, mm__wait_t *w,
-                  const mm__locals_t *locals);
+                  const mm__locals_t *locals, mm__waiter_t *caller);
 
 /* mm_join that also tells whether the coroutine's loop was stopping when
  * the coroutine's status was taken (read while the loop surely exists). */

@@ -188,6 +188,10 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   if (mm__coro_cancel_reason(c) == ETIMEDOUT)
     c->status = -ETIMEDOUT;
   mm__locals_free(&c->locals);
+  if (c->caller != NULL) {
+    mm__waiter_unref(c->caller);
+    c->caller = NULL;
+  }
   mm__list_remove(&c->all);
   mm__counter_add(&loop->nlive, -1);
 

@@ -20,11 +20,24 @@ static __thread mm__waiter_t *self_waiter;
 static pthread_key_t waiter_key;
 static pthread_once_t waiter_once = PTHREAD_ONCE_INIT;
 
-static void waiter_destroy(void *p) {
-  mm__waiter_t *w = p;
+void mm__waiter_ref(mm__waiter_t *w) {
+  atomic_fetch_add_explicit(&w->refs, 1, memory_order_relaxed);
+}
+
+void mm__waiter_unref(mm__waiter_t *w) {
+  /* acq_rel: every use by other holders happens before the free. */
+  if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) != 1)
+    return;
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->cv);
   free(w);
+}
+
+/* Thread exit: the thread's own reference goes; coroutines that name
+ * this thread as their caller may hold others a while longer. */
+static void waiter_destroy(void *p) {
+  self_waiter = NULL;
+  mm__waiter_unref(p);
   mm__locals_free(&mm__tls.locals);
 }
 
@@ -42,6 +55,8 @@ mm__waiter_t *mm__waiter_self(void) {
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
   mm__list_init(&w->tasks);
+  atomic_init(&w->refs, 1);
+  w->serving = 0;
   pthread_setspecific(waiter_key, w);
   self_waiter = w;
   return w;
@@ -52,6 +67,52 @@ void mm__waiter_post(mm__waiter_t *w, mm__task_t *t) {
   mm__list_push_back(&w->tasks, &t->link);
   pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
+}
+
+bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t) {
+  pthread_mutex_lock(&w->mu);
+  bool ok = w->serving > 0;
+  if (ok) {
+    mm__list_push_back(&w->tasks, &t->link);
+    pthread_cond_signal(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return ok;
+}
+
+bool mm__waiter_unqueue(mm__waiter_t *w, mm__task_t *t) {
+  pthread_mutex_lock(&w->mu);
+  /* A popped task is self-linked (mm__list_remove). */
+  bool queued = t->link.next != &t->link;
+  if (queued)
+    mm__list_remove(&t->link);
+  pthread_mutex_unlock(&w->mu);
+  return queued;
+}
+
+void mm__waiter_serve_begin(mm__waiter_t *w) {
+  pthread_mutex_lock(&w->mu);
+  w->serving++;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void mm__waiter_serve_end(mm__waiter_t *w) {
+  mm__list_t left;
+  mm__list_init(&left);
+  pthread_mutex_lock(&w->mu);
+  if (--w->serving == 0) {
+    /* No new task can come now; run those already here, on this thread,
+     * where their callers asked for them to run. */
+    mm__list_t *n;
+    while ((n = mm__list_pop_front(&w->tasks)) != NULL)
+      mm__list_push_back(&left, n);
+  }
+  pthread_mutex_unlock(&w->mu);
+  mm__list_t *n;
+  while ((n = mm__list_pop_front(&left)) != NULL) {
+    mm__task_t *t = container_of(n, mm__task_t, link);
+    t->run(t);
+  }
 }
 
 /* Blocks until w is done (or, with a deadline, until then), running

@@ -603,50 +603,6 @@ static void test_run_sync_with_null_fn_or_bad_options_returns_einval(
   assert_mm_ok(mm_loop_free(loop));
 }
 
-typedef struct {
-  counter_t runs;
-  int       result;
-  int       abandon_result;
-} caller_aff_t;
-
-static int call_with_caller_affinity(void *arg) {
-  caller_aff_t *a = arg;
-  mm_sync_options_t o;
-  mm_sync_options_init(&o);
-  o.affinity = MM_AFFINITY_CALLER;
-  a->result = mm_run_sync_ex(count_call, &a->runs, &o);
-  o.abandon_on_cancel = true;
-  o.timeout_ms = 1000;
-  a->abandon_result = mm_run_sync_ex(count_call, &a->runs, &o);
-  return 0;
-}
-
-static void test_caller_affinity_returns_enotsup_and_runs_nothing(
-    void **state) {
-  int base = count_threads_named("mm-worker-");
-  caller_aff_t plain;
-  memset(&plain, 0, sizeof plain);
-  call_with_caller_affinity(&plain);
-  assert_status(plain.result, -ENOTSUP);
-  assert_status(plain.abandon_result, -ENOTSUP);
-  assert_int_equal(atomic_load(&plain.runs.ran), 0);
-
-  mm_loop_t *loop = new_loop();
-  caller_aff_t in_coro;
-  memset(&in_coro, 0, sizeof in_coro);
-  mm_coro_t *c;
-  assert_mm_ok(mm_spawn(loop, call_with_caller_affinity, &in_coro, &c));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(c));
-  assert_status(in_coro.result, -ENOTSUP);
-  assert_status(in_coro.abandon_result, -ENOTSUP);
-  assert_int_equal(atomic_load(&in_coro.runs.ran), 0);
-  /* Nothing was started for it either. */
-  assert_int_equal(count_threads_named("mm-worker-"), base);
-  assert_mm_ok(mm_loop_free(loop));
-}
-
-
 /* ---- Cancellation ----------------------------------------------------- */
 
 /* A call that holds the only worker until its gate opens. */
@@ -1676,7 +1632,6 @@ int main(void) {
     mm_test(test_run_sync_inside_a_run_sync_call_runs_inline_on_the_worker),
     mm_test(test_run_sync_from_raw_callback_returns_edeadlk),
     mm_test(test_run_sync_with_null_fn_or_bad_options_returns_einval),
-    mm_test(test_caller_affinity_returns_enotsup_and_runs_nothing),
     mm_test(test_cancel_of_a_queued_call_removes_it_and_it_never_runs),
     mm_test(test_cancel_of_a_running_call_waits_for_it_and_returns_its_value),
     mm_test(test_abandon_on_cancel_returns_ecanceled_at_once_then_cleans_up),
