@@ -63,6 +63,9 @@ void mm__pool_free(mm__pool_t *pool);
 int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
 /* Removes req if it is still queued; true if it was. */
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
+/* Grows a stalled pool; true while calls still wait for a thread that
+ * the pool could add (check again later). */
+bool mm__pool_recheck(mm__pool_t *pool);
 /* Whether the calling thread is one of pool's threads. */
 bool mm__pool_is_self(const mm__pool_t *pool);
 void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
@@ -75,6 +78,8 @@ void mm__sync_execute(mm__sync_req_t *req);
 typedef struct mm__bridge {
   mm__pool_t *pool;
   _Atomic(mm__pool_t *) sensitive;  /* made on first use; see run-sync.c */
+  mm_loop_t *loop;
+  mm__timer_t grow_timer;     /* loop thread: mm__pool_recheck while armed */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
   _Atomic uint64_t sync_calls;

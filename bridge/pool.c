@@ -3,10 +3,13 @@
  * The loop's pool starts min threads and grows on demand: a call queued
  * while more calls wait than threads are idle starts a thread, up to max --
  * one at a time: while a new thread is starting no other is started, and
- * the new one, once running, starts the next if calls still wait.  So a
- * burst of quick calls is drained by the threads already there instead of
- * growing the pool to max (64 threads fighting over 2 cores), while calls
- * that block still get a thread each, a thread start apart.
+ * the new one, once running, starts the next if calls still wait.  Past
+ * as many threads as CPUs, more threads only help calls that block, so
+ * the pool grows further only when it is stalled: calls wait and none has
+ * completed for STALL_MS.  Nothing else may happen then to notice it, so
+ * the loop's bridge checks again from a timer (mm__pool_recheck).  A burst
+ * of quick calls is thus drained by a few threads instead of 64 threads
+ * fighting over 2 cores, while calls that block still get a thread each.
  * Past max, calls wait in the queue in order.  A thread idle for idle_ms
  * exits while more than min remain.  A lane is the same pool with exactly
  * one thread that never idles out: its calls run one at a time, in order,
@@ -30,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct worker {
   mm__list_t link;            /* pool->threads or pool->dead */
@@ -53,6 +57,9 @@ struct mm__pool {
   unsigned nthreads;          /* started and not exited */
   unsigned nidle;             /* waiting on work_cv */
   unsigned nwaking;           /* of those, signalled and not yet awake */
+  unsigned ncpu;              /* threads that can run at once */
+  uint64_t progress_ns;       /* uv_hrtime() of the latest completion or
+                                 growth */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
@@ -62,6 +69,9 @@ struct mm__pool {
    * under mu (relaxed: a stale value only ends or prolongs a spin) */
   _Atomic uint64_t queued_hint;
 };
+
+/* A pool past its CPU count grows only after this long without progress. */
+#define STALL_MS 1
 
 /* Pause iterations a worker spins on an empty queue before it parks. */
 #define SPIN_PAUSES 200
@@ -111,7 +121,10 @@ static int start_worker(mm__pool_t *pool) {
  * held.  A failure is only an error when the pool has no thread at all. */
 static int maybe_grow(mm__pool_t *pool, unsigned free) {
   if (pool->queued > pool->nidle - pool->nwaking + free &&
-      pool->nstarting == 0 && pool->nthreads < pool->max) {
+      pool->nstarting == 0 && pool->nthreads < pool->max &&
+      (pool->nthreads < pool->ncpu ||
+       uv_hrtime() - pool->progress_ns >= STALL_MS * 1000000u)) {
+    pool->progress_ns = uv_hrtime();
     int r = start_worker(pool);
     if (r != 0 && pool->nthreads == 0)
       return r;
@@ -161,6 +174,7 @@ static void *worker_main(void *arg) {
       mm__sync_execute(req);
       pthread_mutex_lock(&pool->mu);
       pool->running--;
+      pool->progress_ns = uv_hrtime();
       continue;
     }
     if (pool->stopping)
@@ -218,6 +232,8 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   if (thread_name != NULL)
     snprintf(pool->thread_name, sizeof pool->thread_name, "%s", thread_name);
   pool->lane = lane;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  pool->ncpu = ncpu > 0 ? (unsigned) ncpu : 1;
   pool->min = lane ? 1 : min;
   pool->max = lane ? 1 : max;
   pool->idle_ms = idle_ms;
@@ -293,6 +309,15 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
   }
   pthread_mutex_unlock(&pool->mu);
   return removed;
+}
+
+bool mm__pool_recheck(mm__pool_t *pool) {
+  pthread_mutex_lock(&pool->mu);
+  maybe_grow(pool, 0);
+  bool backlog = pool->queued > pool->nidle - pool->nwaking &&
+                 pool->nthreads < pool->max && !pool->stopping;
+  pthread_mutex_unlock(&pool->mu);
+  return backlog;
 }
 
 bool mm__pool_is_self(const mm__pool_t *pool) {

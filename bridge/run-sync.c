@@ -22,10 +22,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- per-loop state ---------------------------------------------------- */
+/* ---- per-loop state ------------------------------------------------- */
+
+/* A pool that has grown to its CPU count grows further only when stalled
+ * (pool.c); nothing but time may show that, so while calls wait the loop
+ * looks again every millisecond. */
+static void watch_growth(mm__bridge_t *b) {
+  if (b->grow_timer.idx == SIZE_MAX &&
+      mm__timer_start(b->loop, &b->grow_timer, 1) != 0)
+    mm__log(MM_LOG_ERROR, "no memory for the pool's growth timer: calls "
+            "that block may wait for a thread until another call comes");
+}
+
+static void on_grow_timer(mm__timer_t *t) {
+  mm__bridge_t *b = container_of(t, mm__bridge_t, grow_timer);
+  if (mm__pool_recheck(b->pool))
+    watch_growth(b);
+}
 
 static void bridge_free(mm_loop_t *loop, void *p) {
   mm__bridge_t *b = p;
+  mm__timer_stop(loop, &b->grow_timer);
   mm__list_t *n;
   while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
     mm_lane_t *lane = container_of(n, mm_lane_t, link);
@@ -58,6 +75,8 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   }
   pthread_mutex_init(&b->mu, NULL);
   mm__list_init(&b->lanes);
+  b->loop = loop;
+  mm__timer_init(&b->grow_timer, on_grow_timer);
   mm__bridge_t *cur = mm__loop_set_bridge(loop, b, bridge_free);
   if (cur != b)
     bridge_free(loop, b);   /* another thread was first */
@@ -277,6 +296,8 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     }
   } else {
     r = mm__pool_submit(sw.pool, req);
+    if (r == 0 && sw.pool == b->pool)
+      watch_growth(b);
   }
   if (r != 0)
     goto err_timer;
