@@ -23,9 +23,22 @@
  *   (c) Reference only, when built with GLib: a GThreadPool running a
  *       no-op that pushes to a GAsyncQueue, the main thread popping it,
  *       one call outstanding: ns per round trip.
- *
- * mm_run_async is not measured: it does not exist yet.  Its numbers
- * (issue 4) are to be added here when it does.
+ *   (d) mm_run_async round trip from 1 plain thread.  A loop started
+ *       with mm_loop_start; a thread of the program's own calls
+ *       mm_run_async(loop, noop_coroutine, NULL) N times: ns per call,
+ *       from the thread posting the call to it running again with the
+ *       coroutine's status.  Baseline, the floor of a bare hand-off: a
+ *       raw libuv loop on its own thread with a uv_async_t; the caller
+ *       pushes a request on a mutex-protected list, calls uv_async_send
+ *       and waits on its own condition variable; the async callback
+ *       drains the list and signals each request's condition variable.
+ *       Aim: mixmode within 1.3x of the floor.
+ *   (e) The same from 4 threads at once, each making N calls (4 callers
+ *       of the floor too): ns per call per thread (each thread's time
+ *       over its calls, median over the threads) and calls per second in
+ *       all (4 N over first start to last end).  The threads start timing
+ *       together, after their warm-ups (a barrier).  Aim: mixmode within
+ *       1.3x of the floor, per thread.
  *
  * libuv's worker pool is process-global and sized from UV_THREADPOOL_SIZE
  * (default 4); this program sets nothing, so the baseline is libuv as a
@@ -43,6 +56,8 @@
 #include <mixmode.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,10 +69,12 @@
 # include <glib.h>
 #endif
 
-enum { RUNS = 5, WIDTH = 64 };
+enum { RUNS = 5, WIDTH = 64, CALLERS = 4 };
 
 static uint64_t rt_iters = 5000;        /* round trips, (a) and (c) */
 static uint64_t tp_iters = 60000;       /* calls in all, (b) */
+static uint64_t as_iters = 5000;        /* round trips, (d) */
+static uint64_t mt_iters = 2000;        /* round trips per thread, (e) */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -83,6 +100,11 @@ __attribute__((noinline)) static int noop(void *arg) {
 
 static void uv_noop(uv_work_t *req) {
   (void) noop(req);
+}
+
+/* The coroutine of (d) and (e): nothing either. */
+static int noop_coroutine(void *arg) {
+  return noop(arg);
 }
 
 /* ---- (a) round trip, one call outstanding ---------------------------------- */
@@ -272,6 +294,177 @@ static double measure_glib_rt(GThreadPool *pool, GAsyncQueue *q) {
 }
 #endif
 
+static int cmp_double(const void *a, const void *b);
+
+/* ---- (d), (e) run_async from plain threads, and the floor ------------------ */
+
+/* The floor: a raw uv loop on a thread of its own, woken by a uv_async_t.
+ * Each caller has one request, kept here for the program's life: the
+ * callback signals a condition variable after unlocking, when the caller
+ * may already have gone on, so the condition variables must outlive every
+ * callback (they are destroyed after the loop's thread is joined). */
+struct floor_req {
+  struct floor_req *next;
+  pthread_cond_t cv;
+  bool done;
+};
+
+struct floor {
+  uv_loop_t uv;
+  uv_async_t async;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  struct floor_req *head;     /* requests posted, not yet answered */
+  bool stop;
+  struct floor_req req[CALLERS];
+};
+
+static void floor_cb(uv_async_t *h) {
+  struct floor *f = h->data;
+  pthread_cond_t *wake[CALLERS];
+  int n = 0;
+  pthread_mutex_lock(&f->mu);
+  for (struct floor_req *r = f->head; r != NULL; r = r->next) {
+    r->done = true;
+    wake[n++] = &r->cv;       /* at most one request per caller */
+  }
+  f->head = NULL;
+  bool stop = f->stop;
+  pthread_mutex_unlock(&f->mu);
+  for (int i = 0; i < n; i++)
+    pthread_cond_signal(wake[i]);
+  if (stop)
+    uv_close((uv_handle_t *) h, NULL);
+}
+
+static void *floor_main(void *arg) {
+  struct floor *f = arg;
+  int err = uv_run(&f->uv, UV_RUN_DEFAULT);
+  if (err < 0)
+    die("uv_run (floor)", err);
+  return NULL;
+}
+
+static void floor_start(struct floor *f) {
+  int err;
+  memset(f, 0, sizeof *f);
+  pthread_mutex_init(&f->mu, NULL);
+  for (int i = 0; i < CALLERS; i++)
+    pthread_cond_init(&f->req[i].cv, NULL);
+  if ((err = uv_loop_init(&f->uv)) < 0)
+    die("uv_loop_init", err);
+  if ((err = uv_async_init(&f->uv, &f->async, floor_cb)) < 0)
+    die("uv_async_init", err);
+  f->async.data = f;
+  if ((err = pthread_create(&f->thread, NULL, floor_main, f)) != 0)
+    die("pthread_create", -err);
+}
+
+static void floor_stop(struct floor *f) {
+  int err;
+  pthread_mutex_lock(&f->mu);
+  f->stop = true;
+  pthread_mutex_unlock(&f->mu);
+  if ((err = uv_async_send(&f->async)) < 0)
+    die("uv_async_send", err);
+  pthread_join(f->thread, NULL);
+  if ((err = uv_loop_close(&f->uv)) < 0)
+    die("uv_loop_close (floor)", err);
+  for (int i = 0; i < CALLERS; i++)
+    pthread_cond_destroy(&f->req[i].cv);
+  pthread_mutex_destroy(&f->mu);
+}
+
+/* One round trip through the floor. */
+static void floor_call(struct floor *f, struct floor_req *q) {
+  int err;
+  pthread_mutex_lock(&f->mu);
+  q->done = false;
+  q->next = f->head;
+  f->head = q;
+  pthread_mutex_unlock(&f->mu);
+  if ((err = uv_async_send(&f->async)) < 0)
+    die("uv_async_send", err);
+  pthread_mutex_lock(&f->mu);
+  while (!q->done)
+    pthread_cond_wait(&q->cv, &f->mu);
+  pthread_mutex_unlock(&f->mu);
+}
+
+/* A caller thread of (d) or (e): to mixmode's loop if loop is set, else
+ * to the floor with request q. */
+struct caller {
+  pthread_t thread;
+  mm_loop_t *loop;
+  struct floor *floor;
+  struct floor_req *q;
+  pthread_barrier_t *start;
+  uint64_t iters;
+  uint64_t t0, t1;
+  int err;
+};
+
+static void *caller_main(void *arg) {
+  struct caller *c = arg;
+  uint64_t warm = warmup_of(c->iters);
+  int err = 0;
+  for (uint64_t i = 0; i < warm && err == 0; i++) {
+    if (c->loop != NULL)
+      err = mm_run_async(c->loop, noop_coroutine, NULL);
+    else
+      floor_call(c->floor, c->q);
+  }
+  pthread_barrier_wait(c->start);
+  c->t0 = now_ns();
+  for (uint64_t i = 0; i < c->iters && err == 0; i++) {
+    if (c->loop != NULL)
+      err = mm_run_async(c->loop, noop_coroutine, NULL);
+    else
+      floor_call(c->floor, c->q);
+  }
+  c->t1 = now_ns();
+  c->err = err;
+  return NULL;
+}
+
+struct mt_result {
+  double ns;                  /* per call per thread, median over threads */
+  double kcps;                /* k calls/s in all */
+};
+
+/* n threads, each making iters round trips to loop (or, loop NULL, to f). */
+static struct mt_result measure_callers(mm_loop_t *loop, struct floor *f,
+                                        int n, uint64_t iters) {
+  struct caller c[CALLERS];
+  pthread_barrier_t start;
+  double ns[CALLERS];
+  int err;
+  pthread_barrier_init(&start, NULL, (unsigned) n);
+  for (int i = 0; i < n; i++) {
+    c[i] = (struct caller) { .loop = loop, .floor = f, .q = &f->req[i],
+                             .start = &start, .iters = iters };
+    if ((err = pthread_create(&c[i].thread, NULL, caller_main, &c[i])) != 0)
+      die("pthread_create", -err);
+  }
+  uint64_t first = UINT64_MAX, last = 0;
+  for (int i = 0; i < n; i++) {
+    pthread_join(c[i].thread, NULL);
+    if (c[i].err < 0)
+      die("mm_run_async", c[i].err);
+    ns[i] = (double) (c[i].t1 - c[i].t0) / (double) iters;
+    if (c[i].t0 < first)
+      first = c[i].t0;
+    if (c[i].t1 > last)
+      last = c[i].t1;
+  }
+  pthread_barrier_destroy(&start);
+  qsort(ns, (size_t) n, sizeof *ns, cmp_double);
+  double med = n % 2 ? ns[n / 2] : (ns[n / 2 - 1] + ns[n / 2]) / 2;
+  return (struct mt_result) {
+    .ns = med, .kcps = (double) n * (double) iters * 1e6 / (double) (last - first)
+  };
+}
+
 /* ---- report ------------------------------------------------------------------ */
 
 static int cmp_double(const void *a, const void *b) {
@@ -313,6 +506,8 @@ int main(int argc, char **argv) {
     }
     rt_iters = (uint64_t) (rt_iters * scale) + 1;
     tp_iters = (uint64_t) (tp_iters * scale) + 1;
+    as_iters = (uint64_t) (as_iters * scale) + 1;
+    mt_iters = (uint64_t) (mt_iters * scale) + 1;
   }
 
   mm_loop_t *loop;
@@ -322,6 +517,15 @@ int main(int argc, char **argv) {
   uv_loop_t uv;
   if ((err = uv_loop_init(&uv)) < 0)
     die("uv_loop_init", err);
+  /* (d), (e): a loop of its own, started once and idle (no CPU) while the
+   * others are measured; likewise the floor's loop. */
+  mm_loop_t *aloop;
+  if ((err = mm_loop_new(&aloop, NULL)) < 0)
+    die("mm_loop_new", err);
+  if ((err = mm_loop_start(aloop)) < 0)
+    die("mm_loop_start", err);
+  static struct floor fl;
+  floor_start(&fl);
 #ifdef HAVE_GLIB
   GError *gerr = NULL;
   GAsyncQueue *q = g_async_queue_new();
@@ -338,6 +542,9 @@ int main(int argc, char **argv) {
 
   double mm_rt_ns[RUNS], uv_rt_ns[RUNS], rt_ratio[RUNS];
   double mm_tp_cps[RUNS], uv_tp_cps[RUNS], tp_ratio[RUNS];
+  double mm_as_ns[RUNS], fl_as_ns[RUNS], as_ratio[RUNS];
+  double mm_mt_ns[RUNS], fl_mt_ns[RUNS], mt_ratio[RUNS];
+  double mm_mt_cps[RUNS], fl_mt_cps[RUNS];
   for (int r = 0; r < RUNS; r++) {
     mm_rt_ns[r] = measure_mm_rt(loop);
     uv_rt_ns[r] = measure_uv_rt(&uv);
@@ -348,6 +555,16 @@ int main(int argc, char **argv) {
 #ifdef HAVE_GLIB
     glib_ns[r] = measure_glib_rt(gpool, q);
 #endif
+    mm_as_ns[r] = measure_callers(aloop, &fl, 1, as_iters).ns;
+    fl_as_ns[r] = measure_callers(NULL, &fl, 1, as_iters).ns;
+    as_ratio[r] = mm_as_ns[r] / fl_as_ns[r];
+    struct mt_result m = measure_callers(aloop, &fl, CALLERS, mt_iters);
+    struct mt_result b = measure_callers(NULL, &fl, CALLERS, mt_iters);
+    mm_mt_ns[r] = m.ns;
+    fl_mt_ns[r] = b.ns;
+    mt_ratio[r] = m.ns / b.ns;
+    mm_mt_cps[r] = m.kcps;
+    fl_mt_cps[r] = b.kcps;
   }
 
   /* Everything joined and freed before the report. */
@@ -355,6 +572,9 @@ int main(int argc, char **argv) {
     die("mm_loop_free", err);
   if ((err = uv_loop_close(&uv)) < 0)
     die("uv_loop_close", err);
+  if ((err = mm_loop_free(aloop)) < 0)
+    die("mm_loop_free", err);
+  floor_stop(&fl);
 #ifdef HAVE_GLIB
   /* Waits for its tasks and stops its threads; GLib detaches them rather
    * than joining them, so they end on their own, at once. */
@@ -366,9 +586,17 @@ int main(int argc, char **argv) {
   struct result a_q = summarize(rt_ratio, 0);
   struct result b_mm = summarize(mm_tp_cps, 1), b_uv = summarize(uv_tp_cps, 1);
   struct result b_q = summarize(tp_ratio, 1);
-  char ri[32], ti[32];
+  struct result d_mm = summarize(mm_as_ns, 0), d_fl = summarize(fl_as_ns, 0);
+  struct result d_q = summarize(as_ratio, 0);
+  struct result e_mm = summarize(mm_mt_ns, 0), e_fl = summarize(fl_mt_ns, 0);
+  struct result e_q = summarize(mt_ratio, 0);
+  struct result e_mmc = summarize(mm_mt_cps, 1);
+  struct result e_flc = summarize(fl_mt_cps, 1);
+  char ri[32], ti[32], ai[32], mi[32];
   snprintf(ri, sizeof ri, "%llu", (unsigned long long) rt_iters);
   snprintf(ti, sizeof ti, "%llu", (unsigned long long) tp_iters);
+  snprintf(ai, sizeof ai, "%llu", (unsigned long long) as_iters);
+  snprintf(mi, sizeof mi, "%d x %llu", CALLERS, (unsigned long long) mt_iters);
 
   printf("mixmode %s, libuv %s, bench/run-sync: %d runs of each, after a "
          "warm-up of\n1/10 the iterations\n\n", mm_version(),
@@ -390,15 +618,36 @@ int main(int argc, char **argv) {
 #else
   printf("(c) GLib reference: not built (no GLib)\n");
 #endif
+  printf("(d) run_async round trip, 1 thread, ns/call\n");
+  row("  mixmode mm_run_async(noop coroutine)", ai, d_mm, "", -1);
+  row("  floor: uv_async_send + condvar", ai, d_fl, "", -1);
+  ratio_row("  ratio mixmode / floor", d_q, "<= 1.3x", d_q.median <= 1.3);
+  printf("(e) run_async round trip, %d threads at once, ns/call per "
+         "thread\n", CALLERS);
+  row("  mixmode mm_run_async(noop coroutine)", mi, e_mm, "", -1);
+  row("  floor: uv_async_send + condvar", mi, e_fl, "", -1);
+  ratio_row("  ratio mixmode / floor", e_q, "<= 1.3x", e_q.median <= 1.3);
+  printf("    in all, k calls/s\n");
+  row("  mixmode", mi, e_mmc, "", -1);
+  row("  floor", mi, e_flc, "", -1);
   printf("\nround trip: one call of a no-op function from the caller asking "
          "to the caller\nrunning again with its result (mixmode: a coroutine "
          "suspended and resumed;\nlibuv: queue_work to after_work callback; "
          "GLib: push to pop).  throughput:\ncalls completed per second with "
          "%d calls always in flight, counted between\nthe end of the warm-up "
-         "and the last completion.  Ratios are per run, mixmode\nover libuv; "
-         "best is the lowest time, the highest rate or the best ratio.\n"
-         "libuv's pool is process-global, UV_THREADPOOL_SIZE as inherited "
-         "(default 4\nthreads); mixmode's pool is its loop's (up to 64 "
-         "threads).  Verdicts use the\nmedian.\n", WIDTH);
+         "and the last completion.  Ratios are per run, mixmode\nover libuv "
+         "(or the floor); best is the lowest time, the highest rate or the\n"
+         "best ratio.  libuv's pool is process-global, UV_THREADPOOL_SIZE as "
+         "inherited\n(default 4 threads); mixmode's pool is its loop's (up "
+         "to 64 threads).\nrun_async round trip: from a plain thread calling "
+         "mm_run_async to it running\nagain with the coroutine's status, "
+         "on a loop started with mm_loop_start.  The\nfloor is a bare "
+         "hand-off to a raw uv loop's thread and back (request on a\n"
+         "mutex-protected list, uv_async_send; the async callback signals "
+         "the caller's\ncondition variable): two wake-ups, what any "
+         "thread-to-loop call costs at least.\n(e) per thread: each "
+         "thread's time over its calls, median over the %d threads;\n"
+         "in all: %d N calls over first start to last end.  Verdicts use "
+         "the median.\n", WIDTH, CALLERS, CALLERS);
   return EXIT_SUCCESS;
 }
