@@ -150,9 +150,9 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 
 /* Waits for the coroutine to end and returns its status: fn's value, or
  * -ECANCELED / -ETIMEDOUT if it was cancelled before it ran or timed out.
- * Frees the handle (except when it returns -EINVAL or -EDEADLK).  Colour-blind: suspends a calling coroutine (of any
- * loop), blocks a plain thread; a coroutine that has already ended is
- * never waited for.  If the joining coroutine is cancelled, the joined one
+ * Frees the handle (except when it returns -EINVAL or -EDEADLK).
+ * Colour-blind: suspends a calling coroutine (of any loop), blocks a
+ * plain thread; a coroutine that has already ended is never waited for.  If the joining coroutine is cancelled, the joined one
  * is cancelled too and waited for, then -ECANCELED is returned.
  * Errors: -EINVAL (NULL, a detached or already joined handle as far as
  * can be told), -EDEADLK (a coroutine joining itself, or a call on a

@@ -102,16 +102,20 @@ static void drain_tasks(mm_loop_t *loop) {
 }
 
 int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
-  pthread_mutex_lock(&loop->mu);
-  if (stopping(loop)) {
-    pthread_mutex_unlock(&loop->mu);
+  /* No lock: count the task first, then look at the state, both seq_cst.
+   * mm_loop_free stores the state (under mu, seq_cst) and then keeps
+   * driving while pending is not 0 (run_done).  Of the two orders, either
+   * we see STOPPING and take our count back, or free sees our count and
+   * waits for the task, which then runs with shutdown set. */
+  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_seq_cst);
+  atomic_fetch_add_explicit(&loop->pending, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&loop->state, memory_order_seq_cst) !=
+      MM__LOOP_OPEN) {
+    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_seq_cst);
+    uv_async_send(&loop->async);  /* a driver may wait for pending to drop */
+    atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
     return -ESHUTDOWN;
   }
-  /* Counted under mu, as a foreign spawn is: free cannot finish before
-   * the task has run (run_done). */
-  atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
-  pthread_mutex_unlock(&loop->mu);
   mm__mpsc_push(&loop->tasks, &t->node);
   uv_async_send(&loop->async);
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
@@ -165,7 +169,7 @@ void mm__loop_post_spawn(mm_coro_t *c) {
   push_remote(c->loop, c, MM__REMOTE_SPAWN);
 }
 
-/* ---- handles --------------------------------------------------------------- */
+/* ---- handles ------------------------------------------------------------ */
 
 
 bool mm__loop_stopping(const mm_loop_t *loop) {
@@ -233,14 +237,19 @@ static void on_async(uv_async_t *h) {
   mm__tls.loop = loop;
   drain_remote(loop);
   process_stop(loop);
-  mm__loop_update_refs(loop);
+  /* Run what the drain made ready now rather than in the idle phase of
+   * the next loop pass: that would cost one more epoll_wait per wake. */
+  if (!mm__list_empty(&loop->ready))
+    mm__sched_run_ready(loop);
+  else
+    mm__loop_update_refs(loop);
 }
 
-/* ---- driving --------------------------------------------------------------- */
+/* ---- driving ------------------------------------------------------------ */
 
 static bool run_done(mm_loop_t *loop) {
   return mm__counter_get(&loop->nlive) == 0 && loop->njoining == 0 &&
-         atomic_load_explicit(&loop->pending, memory_order_relaxed) == 0 &&
+         atomic_load_explicit(&loop->pending, memory_order_seq_cst) == 0 &&
          (!loop->background || stopping(loop));
 }
 
@@ -437,7 +446,7 @@ int mm_loop_stop(mm_loop_t *loop) {
   if (loop == NULL)
     return -EINVAL;
   pthread_mutex_lock(&loop->mu);
-  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_relaxed);
+  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_seq_cst);
   pthread_mutex_unlock(&loop->mu);
   if (mm__on_loop_thread(loop)) {
     process_stop(loop);
@@ -494,7 +503,7 @@ int mm_loop_free(mm_loop_t *loop) {
     return -EBUSY;
 
   pthread_mutex_lock(&loop->mu);
-  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_relaxed);
+  atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_seq_cst);
   bool bg = loop->background;
   pthread_mutex_unlock(&loop->mu);
 

@@ -200,9 +200,14 @@ void mm__wait_wake(mm__wait_t *w, int status) {
   }
 
   mm__waiter_t *t = w->thread;
+  /* Signal after unlocking, so that the woken thread does not block again
+   * on the mutex we hold; the reference keeps t alive in between (its
+   * thread may return and exit as soon as the mutex is free). */
+  mm__waiter_ref(t);
   pthread_mutex_lock(&t->mu);
   w->status = status;
   w->done = true;        /* last access to w: the waiter needs t->mu */
-  pthread_cond_signal(&t->cv);
   pthread_mutex_unlock(&t->mu);
+  pthread_cond_signal(&t->cv);
+  mm__waiter_unref(t);
 }
