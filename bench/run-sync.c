@@ -53,7 +53,7 @@
  * gets.
  */
 #define _GNU_SOURCE
-#include <mixmode.h>
+#include "bench.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -69,22 +69,12 @@
 # include <glib.h>
 #endif
 
-enum { RUNS = 5, WIDTH = 64, CALLERS = 4 };
+enum { WIDTH = 64, CALLERS = 4 };
 
 static uint64_t rt_iters = 5000;        /* round trips, (a) and (c) */
 static uint64_t tp_iters = 60000;       /* calls in all, (b) */
 static uint64_t as_iters = 5000;        /* round trips, (d) */
 static uint64_t mt_iters = 2000;        /* round trips per thread, (e) */
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
-
-static uint64_t warmup_of(uint64_t iters) {
-  return iters / 10 + 1;
-}
 
 static void die(const char *what, int err) {
   fprintf(stderr, "bench/run-sync: %s: %s\n", what, mm_strerror(err));
@@ -294,7 +284,6 @@ static double measure_glib_rt(GThreadPool *pool, GAsyncQueue *q) {
 }
 #endif
 
-static int cmp_double(const void *a, const void *b);
 
 /* ---- (d), (e) run_async from plain threads, and the floor ------------------ */
 
@@ -467,22 +456,6 @@ static struct mt_result measure_callers(mm_loop_t *loop, struct floor *f,
 
 /* ---- report ------------------------------------------------------------------ */
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *) a, y = *(const double *) b;
-  return (x > y) - (x < y);
-}
-
-struct result {
-  double median, best;
-};
-
-/* higher: whether a higher value is better (then "best" is the highest). */
-static struct result summarize(double *v, int higher) {
-  qsort(v, RUNS, sizeof *v, cmp_double);
-  return (struct result) { .median = v[RUNS / 2],
-                           .best = higher ? v[RUNS - 1] : v[0] };
-}
-
 static void row(const char *what, const char *iters, struct result r,
                 const char *aim, int met) {
   printf("%-38s %12s %10.1f %10.1f  %-8s %s\n", what, iters, r.median,
@@ -496,19 +469,11 @@ static void ratio_row(const char *what, struct result r, const char *aim,
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1) {
-    char *end;
-    double scale = strtod(argv[1], &end);
-    if (*end != '\0' || scale <= 0 || argc > 2) {
-      fprintf(stderr, "usage: %s [SCALE]  (SCALE > 0 multiplies the "
-              "iteration counts)\n", argv[0]);
-      return 2;
-    }
-    rt_iters = (uint64_t) (rt_iters * scale) + 1;
-    tp_iters = (uint64_t) (tp_iters * scale) + 1;
-    as_iters = (uint64_t) (as_iters * scale) + 1;
-    mt_iters = (uint64_t) (mt_iters * scale) + 1;
-  }
+  double scale = bench_scale(argc, argv);
+  rt_iters = scaled(rt_iters, scale);
+  tp_iters = scaled(tp_iters, scale);
+  as_iters = scaled(as_iters, scale);
+  mt_iters = scaled(mt_iters, scale);
 
   mm_loop_t *loop;
   int err = mm_loop_new(&loop, NULL);

@@ -28,7 +28,7 @@
  * Only <mixmode.h> and libc: this is what a user of the library gets.
  */
 #define _GNU_SOURCE
-#include <mixmode.h>
+#include "bench.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -38,21 +38,9 @@
 #include <time.h>
 #include <ucontext.h>
 
-enum { RUNS = 5 };
-
 static uint64_t yield_iters = 1000000;    /* per coroutine */
 static uint64_t spawn_iters = 200000;
 static uint64_t swap_iters = 100000;      /* round trips */
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
-
-static uint64_t warmup_of(uint64_t iters) {
-  return iters / 10 + 1;
-}
 
 static void die(const char *what, int err) {
   fprintf(stderr, "bench/switch: %s: %s\n", what, mm_strerror(err));
@@ -185,20 +173,6 @@ static double measure_swapcontext(void) {
 
 /* ---- report ------------------------------------------------------------------ */
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *) a, y = *(const double *) b;
-  return (x > y) - (x < y);
-}
-
-struct result {
-  double median, best;
-};
-
-static struct result summarize(double *v) {
-  qsort(v, RUNS, sizeof *v, cmp_double);
-  return (struct result) { .median = v[RUNS / 2], .best = v[0] };
-}
-
 static void row(const char *what, const char *iters, struct result r,
                 double factor, const char *aim, int met) {
   printf("%-34s %14s %9.1f %9.1f  %-8s %s\n", what, iters,
@@ -207,18 +181,10 @@ static void row(const char *what, const char *iters, struct result r,
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1) {
-    char *end;
-    double scale = strtod(argv[1], &end);
-    if (*end != '\0' || scale <= 0 || argc > 2) {
-      fprintf(stderr, "usage: %s [SCALE]  (SCALE > 0 multiplies the "
-              "iteration counts)\n", argv[0]);
-      return 2;
-    }
-    yield_iters = (uint64_t) (yield_iters * scale) + 1;
-    spawn_iters = (uint64_t) (spawn_iters * scale) + 1;
-    swap_iters = (uint64_t) (swap_iters * scale) + 1;
-  }
+  double scale = bench_scale(argc, argv);
+  yield_iters = scaled(yield_iters, scale);
+  spawn_iters = scaled(spawn_iters, scale);
+  swap_iters = scaled(swap_iters, scale);
 
   mm_loop_t *loop;
   int err = mm_loop_new(&loop, NULL);
@@ -235,10 +201,8 @@ int main(int argc, char **argv) {
   if ((err = mm_loop_free(loop)) < 0)
     die("mm_loop_free", err);
 
-  struct result y = summarize(yield_ns), s = summarize(spawn_ns);
-  struct result w = summarize(swap_ns), q = summarize(ratio);
-  /* For the ratio the best run is the highest one. */
-  q.best = ratio[RUNS - 1];
+  struct result y = summarize(yield_ns, 0), s = summarize(spawn_ns, 0);
+  struct result w = summarize(swap_ns, 0), q = summarize(ratio, 1);
   char yi[32], si[32], wi[32];
   snprintf(yi, sizeof yi, "2 x %llu", (unsigned long long) yield_iters);
   snprintf(si, sizeof si, "%llu", (unsigned long long) spawn_iters);
