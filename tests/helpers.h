@@ -219,6 +219,54 @@ static inline void mm_test_latch_wait(mm_test_latch_t *l, int n) {
 }
 
 
+/* ---- Raw libuv callbacks ------------------------------------------------ */
+
+/* Runs fn(arg) from a raw libuv timer callback on the borrowed loop
+ * (uv, loop) -- the loop's thread outside any coroutine -- while a
+ * coroutine keeps the loop busy, so that the thread counts as the loop's.
+ * Runs uv until all is done.  Returns 0, or -1 if something in the set-up
+ * failed (the test then asserts on it). */
+typedef struct {
+  uv_timer_t timer;
+  void     (*fn)(void *arg);
+  void      *arg;
+  atomic_int fired;
+} mm_test_raw_t;
+
+static void mm_test_raw_timer_cb(uv_timer_t *t) {
+  mm_test_raw_t *r = t->data;
+  r->fn(r->arg);
+  atomic_store_explicit(&r->fired, 1, memory_order_release);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static int mm_test_raw_keeper(void *arg) {
+  mm_test_raw_t *r = arg;
+  while (!atomic_load_explicit(&r->fired, memory_order_acquire))
+    if (mm_sleep(1) != 0)
+      return -1;
+  return 0;
+}
+
+__attribute__((unused))
+static int mm_test_in_raw_callback(uv_loop_t *uv, mm_loop_t *loop,
+                                   void (*fn)(void *), void *arg) {
+  mm_test_raw_t r;
+  memset(&r, 0, sizeof r);
+  r.fn = fn;
+  r.arg = arg;
+  mm_coro_t *keeper;
+  if (mm_spawn(loop, mm_test_raw_keeper, &r, &keeper) != 0 ||
+      uv_timer_init(uv, &r.timer) != 0)
+    return -1;
+  r.timer.data = &r;
+  if (uv_timer_start(&r.timer, mm_test_raw_timer_cb, 0, 0) != 0 ||
+      uv_run(uv, UV_RUN_DEFAULT) != 0 || !atomic_load(&r.fired))
+    return -1;
+  return mm_join(keeper);
+}
+
+
 /* ---- Log capture ------------------------------------------------------ */
 
 /* Collects what the library logs; install with

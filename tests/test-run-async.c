@@ -270,13 +270,11 @@ static void test_run_async_in_a_coroutine_of_another_loop_lets_its_loop_run(
 
 /* What a raw libuv callback on a borrowed loop's thread got. */
 typedef struct {
-  uv_timer_t timer;
   mm_loop_t *self;
   mm_loop_t *other;
   int        same_loop_result;
   int        other_loop_result;
   int        fn_ran;
-  atomic_int fired;
 } raw_t;
 
 static int mark_fn_ran(void *arg) {
@@ -285,22 +283,10 @@ static int mark_fn_ran(void *arg) {
   return 0;
 }
 
-static void raw_timer_cb(uv_timer_t *t) {
-  raw_t *r = t->data;
+static void call_from_raw_callback(void *arg) {
+  raw_t *r = arg;
   r->same_loop_result = mm_run_async(r->self, mark_fn_ran, r);
   r->other_loop_result = mm_run_async(r->other, mark_fn_ran, r);
-  atomic_store_explicit(&r->fired, 1, memory_order_release);
-  uv_close((uv_handle_t *)t, NULL);
-}
-
-/* Keeps the borrowed loop busy (so that its thread counts as the loop's)
- * until the raw callback has run. */
-static int wait_for_raw_callback(void *arg) {
-  raw_t *r = arg;
-  while (!atomic_load_explicit(&r->fired, memory_order_acquire))
-    if (mm_sleep(1) != 0)
-      return -1;
-  return 7;
 }
 
 static void test_run_async_from_a_raw_uv_callback_returns_edeadlk(
@@ -311,17 +297,11 @@ static void test_run_async_from_a_raw_uv_callback_returns_edeadlk(
   r.other = new_started_loop();
   assert_int_equal(uv_loop_init(&uv), 0);
   assert_mm_ok(mm_loop_from_uv(&r.self, &uv, NULL));
-  mm_coro_t *keeper;
-  assert_mm_ok(mm_spawn(r.self, wait_for_raw_callback, &r, &keeper));
-  assert_int_equal(uv_timer_init(&uv, &r.timer), 0);
-  r.timer.data = &r;
-  assert_int_equal(uv_timer_start(&r.timer, raw_timer_cb, 0, 0), 0);
-  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
-  assert_int_equal(atomic_load(&r.fired), 1);
+  assert_mm_ok(mm_test_in_raw_callback(&uv, r.self, call_from_raw_callback,
+                                       &r));
   assert_status(r.same_loop_result, -EDEADLK);
   assert_status(r.other_loop_result, -EDEADLK);
   assert_false(r.fn_ran);
-  assert_status(mm_join(keeper), 7);
   assert_mm_ok(mm_loop_free(r.self));
   assert_int_equal(uv_loop_close(&uv), 0);
   assert_mm_ok(mm_loop_free(r.other));

@@ -494,17 +494,15 @@ static void test_run_sync_inside_a_run_sync_call_runs_inline_on_the_worker(
 /* ---- Refused calls ---------------------------------------------------- */
 
 typedef struct {
-  uv_timer_t timer;
   mm_lane_t *lane;
   counter_t  runs;
   int        plain_result;
   int        lane_result;
   int        lane_free_result;
-  atomic_int fired;
 } raw_t;
 
-static void raw_timer_cb(uv_timer_t *t) {
-  raw_t *r = t->data;
+static void call_from_raw_callback(void *arg) {
+  raw_t *r = arg;
   r->plain_result = mm_run_sync(count_call, &r->runs);
   mm_sync_options_t o;
   mm_sync_options_init(&o);
@@ -512,15 +510,6 @@ static void raw_timer_cb(uv_timer_t *t) {
   o.lane = r->lane;
   r->lane_result = mm_run_sync_ex(count_call, &r->runs, &o);
   r->lane_free_result = mm_lane_free(r->lane);
-  set_flag(&r->fired);
-  uv_close((uv_handle_t *)t, NULL);
-}
-
-/* Keeps the borrowed loop busy (its thread is then "the loop's thread")
- * until the raw callback has run. */
-static int wait_for_raw_callback(void *arg) {
-  raw_t *r = arg;
-  return tick_until(&r->fired) ? 0 : -1;
 }
 
 static void test_run_sync_from_raw_callback_returns_edeadlk(void **state) {
@@ -531,18 +520,12 @@ static void test_run_sync_from_raw_callback_returns_edeadlk(void **state) {
   assert_int_equal(uv_loop_init(&uv), 0);
   assert_mm_ok(mm_loop_from_uv(&loop, &uv, NULL));
   assert_mm_ok(mm_lane_new(loop, "raw", &r.lane));
-  mm_coro_t *c;
-  assert_mm_ok(mm_spawn(loop, wait_for_raw_callback, &r, &c));
-  assert_int_equal(uv_timer_init(&uv, &r.timer), 0);
-  r.timer.data = &r;
-  assert_int_equal(uv_timer_start(&r.timer, raw_timer_cb, 0, 0), 0);
-  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
-  assert_int_equal(atomic_load(&r.fired), 1);
+  assert_mm_ok(mm_test_in_raw_callback(&uv, loop, call_from_raw_callback,
+                                       &r));
   assert_status(r.plain_result, -EDEADLK);
   assert_status(r.lane_result, -EDEADLK);
   assert_status(r.lane_free_result, -EDEADLK);
   assert_int_equal(atomic_load(&r.runs.ran), 0);
-  assert_mm_ok(mm_join(c));
   assert_mm_ok(mm_lane_free(r.lane));   /* the loop is idle again */
   assert_mm_ok(mm_loop_free(loop));
   assert_int_equal(uv_loop_close(&uv), 0);
