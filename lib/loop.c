@@ -29,6 +29,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_STACK_SIZE (256 * 1024)
 #define MAX_STACK_SIZE ((size_t) 1 << 30)
@@ -61,6 +62,18 @@ static bool stopping(const mm_loop_t *loop) {
 
 /* ---- remote queue -------------------------------------------------------- */
 
+/* Wakes the loop after a push onto one of its MPSC stacks, if it may be
+ * asleep.  Dekker-style with on_prepare: we push (release CAS) and then
+ * load asleep, the loop stores asleep = 1 and then loads the heads, with
+ * a seq_cst fence on each side; so either we see asleep and send, or the
+ * loop sees our node before it lets libuv block.  While the loop is awake
+ * it drains at its next prepare without any system call from us. */
+static void wake_if_asleep(mm_loop_t *loop) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
+    uv_async_send(&loop->async);
+}
+
 static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
   if (bits & MM__REMOTE_SPAWN) {
     mm__coro_admit(c);
@@ -83,7 +96,7 @@ static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
                                            memory_order_acq_rel);
   if (!(prev & MM__REMOTE_QUEUED)) {
     mm__mpsc_push(&loop->remote_head, &c->remote);
-    uv_async_send(&loop->async);
+    wake_if_asleep(loop);
   }
   /* Pairs with the acquire load in wait_posters(): our last access to the
    * loop happened before. */
@@ -109,15 +122,16 @@ int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
    * waits for the task, which then runs with shutdown set. */
   atomic_fetch_add_explicit(&loop->posting, 1, memory_order_seq_cst);
   atomic_fetch_add_explicit(&loop->pending, 1, memory_order_seq_cst);
-  if (atomic_load_explicit(&loop->state, memory_order_seq_cst) !=
-      MM__LOOP_OPEN) {
+  int state = atomic_load_explicit(&loop->state, memory_order_seq_cst);
+  if (state != MM__LOOP_OPEN) {
     atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_seq_cst);
-    uv_async_send(&loop->async);  /* a driver may wait for pending to drop */
+    if (state != MM__LOOP_CLOSING)  /* a driver may wait for pending */
+      uv_async_send(&loop->async);
     atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
     return -ESHUTDOWN;
   }
   mm__mpsc_push(&loop->tasks, &t->node);
-  uv_async_send(&loop->async);
+  wake_if_asleep(loop);
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
 }
@@ -232,9 +246,72 @@ static void process_stop(mm_loop_t *loop) {
   mm__cancel_all(loop);
 }
 
+static bool heads_empty(mm_loop_t *loop) {
+  return atomic_load_explicit(&loop->remote_head, memory_order_relaxed) ==
+             NULL &&
+         atomic_load_explicit(&loop->tasks, memory_order_relaxed) == NULL;
+}
+
+/* How long the loop polls its queues before it lets libuv block, when
+ * answers have lately come back that quickly (DESIGN.md, "Wake-ups cost
+ * more than the work"). */
+#define POLL_NS 50000
+
+/* Polling only pays when the threads that answer have CPUs of their own:
+ * on 2 CPUs a polling loop takes the CPU its workers need (measured:
+ * bench/run-sync throughput fell to a third). */
+static bool poll_cpus_ok(void) {
+  static int ok = -1;
+  if (ok < 0)
+    ok = sysconf(_SC_NPROCESSORS_ONLN) >= 4;
+  return ok;
+}
+
+/* Right before libuv polls for I/O.  Drains what other threads posted;
+ * then announces that the loop may sleep and checks once more (see
+ * wake_if_asleep).  While answers to calls in flight come back quickly,
+ * it first polls the queues for a bounded time, pausing the CPU. */
+static void on_prepare(uv_prepare_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  if (loop->poll_first && poll_cpus_ok() &&
+      mm__counter_get(&loop->nlive) != 0 && mm__list_empty(&loop->ready)) {
+    uint64_t t0 = uv_hrtime();
+    while (heads_empty(loop) && uv_hrtime() - t0 < POLL_NS)
+      for (int i = 0; i < 32; i++)
+        mm__cpu_relax();
+    loop->poll_first = !heads_empty(loop);
+  }
+  for (;;) {
+    if (!heads_empty(loop)) {
+      drain_remote(loop);
+      if (!mm__list_empty(&loop->ready))
+        mm__sched_run_ready(loop);
+    }
+    if (!mm__list_empty(&loop->ready))
+      break;              /* the idle handle keeps libuv from blocking */
+    atomic_store_explicit(&loop->asleep, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (heads_empty(loop))
+      break;
+    atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
+  }
+  loop->sleep_start = uv_hrtime();
+  mm__loop_update_refs(loop);
+}
+
+/* Right after libuv polled: awake again. */
+static void on_check(uv_check_t *h) {
+  mm_loop_t *loop = h->data;
+  atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
+}
+
 static void on_async(uv_async_t *h) {
   mm_loop_t *loop = h->data;
   mm__tls.loop = loop;
+  /* Woken by a post within the polling window: poll first next time. */
+  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
+    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_NS;
   drain_remote(loop);
   process_stop(loop);
   /* Run what the drain made ready now rather than in the idle phase of
@@ -314,6 +391,16 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   uv_idle_init(loop->uv, &loop->idle);
   loop->idle.data = loop;
   uv_unref((uv_handle_t *) &loop->idle);
+  uv_prepare_init(loop->uv, &loop->prepare);
+  loop->prepare.data = loop;
+  uv_prepare_start(&loop->prepare, on_prepare);
+  uv_unref((uv_handle_t *) &loop->prepare);
+  uv_check_init(loop->uv, &loop->check);
+  loop->check.data = loop;
+  uv_check_start(&loop->check, on_check);
+  uv_unref((uv_handle_t *) &loop->check);
+  /* Until the loop first runs, every post wakes it. */
+  atomic_init(&loop->asleep, 1);
   mm__timers_init(loop);
   pthread_mutex_init(&loop->mu, NULL);
   pthread_cond_init(&loop->cv, NULL);
@@ -529,8 +616,12 @@ int mm_loop_free(mm_loop_t *loop) {
   report_live(loop);
   drive(loop);
 
-  /* Posters still inside push_remote touch loop->async. */
-  while (atomic_load_explicit(&loop->posting, memory_order_acquire) != 0)
+  /* Posters still inside push_remote or mm__loop_submit touch
+   * loop->async.  From CLOSING on, a submitter that finds the loop
+   * stopping does not poke it; one that counted itself in posting before
+   * (seq_cst, Dekker-style with this store) is waited for here. */
+  atomic_store_explicit(&loop->state, MM__LOOP_CLOSING, memory_order_seq_cst);
+  while (atomic_load_explicit(&loop->posting, memory_order_seq_cst) != 0)
     sched_yield();
   mm__tls.loop = loop;
   drain_remote(loop);
@@ -541,9 +632,11 @@ int mm_loop_free(mm_loop_t *loop) {
 
   uv_close((uv_handle_t *) &loop->async, on_closed);
   uv_close((uv_handle_t *) &loop->idle, on_closed);
+  uv_close((uv_handle_t *) &loop->prepare, on_closed);
+  uv_close((uv_handle_t *) &loop->check, on_closed);
   loop->uvtimer.data = loop;
   mm__timers_close(loop, on_closed);
-  while (loop->handles_closed < 3)
+  while (loop->handles_closed < 5)
     uv_run(loop->uv, UV_RUN_NOWAIT);
   mm__tls.loop = NULL;
 

@@ -89,6 +89,12 @@ static inline mm__mpsc_node_t *mm__mpsc_take(
   return fifo;
 }
 
+static inline void mm__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 /* ---- log.c --------------------------------------------------------------- */
 __attribute__((format(printf, 2, 3))) void mm__log(int level,
                                                    const char *fmt, ...);
@@ -287,6 +293,7 @@ typedef struct mm__loop_task mm__loop_task_t;
 enum mm__loop_state {
   MM__LOOP_OPEN,
   MM__LOOP_STOPPING,          /* mm_loop_stop/free called: final */
+  MM__LOOP_CLOSING,           /* mm_loop_free is closing the handles */
 };
 
 struct mm_loop {
@@ -299,6 +306,13 @@ struct mm_loop {
   /* handles; async is ref'd only while the loop has work (loop.c) */
   uv_async_t async;
   uv_idle_t idle;             /* active while coroutines are ready */
+  uv_prepare_t prepare;       /* drains posts before libuv blocks */
+  uv_check_t check;
+  _Atomic int asleep;         /* 1 from the prepare's last check until the
+                                 poll returns: posters must send the async */
+  bool poll_first;            /* loop thread: poll the queues a while
+                                 before sleeping (answers came quickly) */
+  uint64_t sleep_start;       /* loop thread: uv_hrtime() at asleep = 1 */
   uv_timer_t uvtimer;         /* drives the timer heap (timer.c) */
   unsigned handles_closed;
 
