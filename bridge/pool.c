@@ -76,12 +76,6 @@ struct mm__pool {
 /* Pause iterations a worker spins on an empty queue before it parks. */
 #define SPIN_PAUSES 200
 
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 static __thread const mm__pool_t *self_pool;
 
 static void *worker_main(void *arg);
@@ -185,7 +179,7 @@ static void *worker_main(void *arg) {
     for (int i = 0; i < SPIN_PAUSES &&
          atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) == 0;
          i++)
-      cpu_relax();
+      mm__cpu_relax();
     pthread_mutex_lock(&pool->mu);
     if (!mm__list_empty(&pool->queue) || pool->stopping)
       continue;
