@@ -309,6 +309,15 @@ typedef struct mm_stats {
  * when read, the set is not one snapshot.  Errors: -EINVAL. */
 MM_EXTERN int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st);
 
+/* Writes a line per live coroutine of the loop to out: id, name, state
+ * (ready, running, waiting), whether it was cancelled, and age.  Any
+ * thread: from elsewhere than the loop's thread the lines are written by
+ * the loop's thread while the caller waits (so a loop that is driven but
+ * stuck in a long step delays the dump).  Errors: -EINVAL (NULL),
+ * -ESHUTDOWN (the loop is stopping), -EDEADLK (on another loop's thread
+ * outside coroutines). */
+MM_EXTERN int mm_loop_dump(mm_loop_t *loop, FILE *out);
+
 /* Sends the library's messages to fn (NULL restores the default: stderr,
  * WARN and above).  Any thread; applies to all loops. */
 MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);

@@ -103,8 +103,7 @@ static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
 }
 
-static void drain_tasks(mm_loop_t *loop) {
-  mm__mpsc_node_t *fifo = mm__mpsc_take(&loop->tasks);
+static void run_tasks(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
   bool shutdown = stopping(loop);
   while (fifo != NULL) {
     mm__loop_task_t *t = container_of(fifo, mm__loop_task_t, node);
@@ -140,8 +139,11 @@ bool mm__loop_driven(const mm_loop_t *loop) {
   return atomic_load_explicit(&loop->driven, memory_order_relaxed);
 }
 
+/* Tasks are taken before the remote queue and run after it: whatever a
+ * thread posted before a task (a spawn, a cancel) has then been handled
+ * when the task runs (a dump lists that spawn). */
 static void drain_remote(mm_loop_t *loop) {
-  drain_tasks(loop);
+  mm__mpsc_node_t *tasks = mm__mpsc_take(&loop->tasks);
   mm__mpsc_node_t *fifo = mm__mpsc_take(&loop->remote_head);
   while (fifo != NULL) {
     mm_coro_t *c = container_of(fifo, mm_coro_t, remote);
@@ -150,6 +152,7 @@ static void drain_remote(mm_loop_t *loop) {
                                              memory_order_acq_rel);
     handle_bits(loop, c, bits);
   }
+  run_tasks(loop, tasks);
 }
 
 /* Hands bits for c to its loop: handled here if this thread drives the

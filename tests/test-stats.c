@@ -1,4 +1,5 @@
 /* mm_loop_stats: the counters of the core and the pool, and bad input. */
+#define _GNU_SOURCE
 #include "helpers.h"
 
 #include <sys/resource.h>
@@ -170,6 +171,70 @@ static void test_an_idle_loop_and_idle_workers_use_no_cpu(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* Captures what mm_loop_dump writes. */
+static char *dump_of(mm_loop_t *loop, int *rc) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  *rc = mm_loop_dump(loop, f);
+  fclose(f);
+  return text;
+}
+
+static int dump_from_inside(void *arg) {
+  mm_loop_t *loop = arg;
+  int rc;
+  char *text = dump_of(loop, &rc);
+  int found = rc == 0 && strstr(text, "'dumper' running") != NULL;
+  free(text);
+  return found ? 0 : -1;
+}
+
+static void test_dump_lists_live_coroutines_from_any_thread(void **state) {
+  mm_loop_t *loop;
+  mm_coro_t *c[2];
+  mm_spawn_options_t o;
+  int rc;
+  assert_mm_err(mm_loop_dump(NULL, stdout), -EINVAL);
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_err(mm_loop_dump(loop, NULL), -EINVAL);
+  mm_spawn_options_init(&o);
+  o.name = "sleeper-one";
+  assert_mm_ok(mm_spawn_ex(loop, sleep_long, NULL, &o, &c[0]));
+  /* Nobody drives the loop yet: dumped right here. */
+  char *text = dump_of(loop, &rc);
+  assert_mm_ok(rc);
+  if (strstr(text, "'sleeper-one' ready") == NULL)
+    fail_msg("undriven dump:\n%s", text);
+  free(text);
+
+  assert_mm_ok(mm_loop_start(loop));
+  o.name = "sleeper-two";
+  assert_mm_ok(mm_spawn_ex(loop, sleep_long, NULL, &o, &c[1]));
+  assert_mm_ok(mm_cancel(c[0]));
+  assert_status(mm_join(c[0]), -ECANCELED);
+  /* From this plain thread, while the loop runs on its own: the second
+   * sleeper has started (the cancel of the first was handled after it
+   * was admitted), so it is waiting. */
+  text = dump_of(loop, &rc);
+  assert_mm_ok(rc);
+  if (strstr(text, "'sleeper-two'") == NULL ||
+      strstr(text, "sleeper-one") != NULL)
+    fail_msg("dump from a plain thread:\n%s", text);
+  free(text);
+
+  /* From inside a coroutine of the loop: it sees itself running. */
+  mm_coro_t *d;
+  o.name = "dumper";
+  assert_mm_ok(mm_spawn_ex(loop, dump_from_inside, loop, &o, &d));
+  assert_mm_ok(mm_join(d));
+  assert_mm_ok(mm_cancel(c[1]));
+  assert_status(mm_join(c[1]), -ECANCELED);
+  assert_mm_ok(mm_loop_stop(loop));
+  assert_mm_err(mm_loop_dump(loop, stdout), -ESHUTDOWN);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_stats_with_null_arguments_return_einval),
@@ -178,6 +243,7 @@ int main(void) {
     mm_test(test_stats_count_run_sync_calls_and_workers),
     mm_test(test_a_step_longer_than_slow_step_ms_is_counted_and_logged),
     mm_test(test_an_idle_loop_and_idle_workers_use_no_cpu),
+    mm_test(test_dump_lists_live_coroutines_from_any_thread),
   };
   return mm_run_tests(tests);
 }
