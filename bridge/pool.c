@@ -78,6 +78,13 @@ struct mm__pool {
 
 static __thread const mm__pool_t *self_pool;
 
+/* Changes the queue length and its lock-free mirror together.  mu held. */
+static void count_queued(mm__pool_t *pool, int delta) {
+  pool->queued += (uint64_t) (int64_t) delta;
+  atomic_store_explicit(&pool->queued_hint, pool->queued,
+                        memory_order_relaxed);
+}
+
 static void *worker_main(void *arg);
 
 /* Joins the workers that have exited.  Called with mu held; they no
@@ -158,9 +165,7 @@ static void *worker_main(void *arg) {
     mm__list_t *n = mm__list_pop_front(&pool->queue);
     if (n != NULL) {
       mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
-      pool->queued--;
-      atomic_store_explicit(&pool->queued_hint, pool->queued,
-                            memory_order_relaxed);
+      count_queued(pool, -1);
       pool->running++;
       atomic_store_explicit(&req->state, MM__SYNC_RUNNING,
                             memory_order_relaxed);  /* mu orders it */
@@ -269,15 +274,11 @@ int mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req) {
     return -ESHUTDOWN;
   }
   mm__list_push_back(&pool->queue, &req->link);
-  pool->queued++;
-  atomic_store_explicit(&pool->queued_hint, pool->queued,
-                        memory_order_relaxed);
+  count_queued(pool, 1);
   int r = maybe_grow(pool, 0);
   if (r != 0) {
     mm__list_remove(&req->link);
-    pool->queued--;
-    atomic_store_explicit(&pool->queued_hint, pool->queued,
-                          memory_order_relaxed);
+    count_queued(pool, -1);
     pthread_mutex_unlock(&pool->mu);
     return r;
   }
@@ -294,9 +295,7 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
   if (atomic_load_explicit(&req->state, memory_order_relaxed) ==
       MM__SYNC_QUEUED) {
     mm__list_remove(&req->link);
-    pool->queued--;
-    atomic_store_explicit(&pool->queued_hint, pool->queued,
-                          memory_order_relaxed);
+    count_queued(pool, -1);
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
     removed = true;

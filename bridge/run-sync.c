@@ -157,10 +157,7 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
     mm__timer_stop(sw->w.coro->loop, &sw->deadline);
     sw->armed = false;
   }
-  int expected = 0;
-  atomic_compare_exchange_strong_explicit(&req->cancel, &expected, reason,
-                                          memory_order_relaxed,
-                                          memory_order_relaxed);
+  mm__set_reason(&req->cancel, reason);
   bool unqueued = req->waiter != NULL ? mm__waiter_unqueue(req->waiter,
                                                           &req->task)
                                        : mm__pool_unqueue(sw->pool, req);

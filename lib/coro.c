@@ -212,9 +212,7 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
             &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
             memory_order_relaxed)) {
       int status = c->status;
-      if (loop_stopping != NULL)
-        *loop_stopping = mm__loop_stopping(c->loop);
-      mm__loop_post(c, MM__REMOTE_RELEASE);
+      give_back(c, loop_stopping);
       return status;
     }
     return -EINVAL;  /* detached, freed, or another joiner */
@@ -245,7 +243,7 @@ int mm_detach(mm_coro_t *c) {
                                               MM__JOIN_FREED,
                                               memory_order_acquire,
                                               memory_order_relaxed)) {
-    mm__loop_post(c, MM__REMOTE_RELEASE);
+    give_back(c, NULL);
     return 0;
   }
   return -EINVAL;
@@ -254,12 +252,9 @@ int mm_detach(mm_coro_t *c) {
 int mm_cancel(mm_coro_t *c) {
   if (c == NULL)
     return -EINVAL;
-  int expected = 0;
-  /* Relaxed: the flag carries no data; the interrupt is ordered by the
-   * remote queue (or happens right here on the loop's thread). */
-  if (!atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
-                                               ECANCELED, memory_order_relaxed,
-                                               memory_order_relaxed))
+  /* The interrupt is ordered by the remote queue (or happens right here
+   * on the loop's thread). */
+  if (!mm__set_reason(&c->cancel_reason, ECANCELED))
     return 0;
   mm__loop_post(c, MM__REMOTE_CANCEL);
   return 0;

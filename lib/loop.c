@@ -34,16 +34,24 @@
 #define DEFAULT_STACK_SIZE (256 * 1024)
 #define MAX_STACK_SIZE ((size_t) 1 << 30)
 
+/* Gives every field left 0 ("default") its default value. */
+static void fill_defaults(mm_loop_options_t *o) {
+  if (o->stack_size == 0)
+    o->stack_size = DEFAULT_STACK_SIZE;
+  if (o->pool_max_threads == 0)
+    o->pool_max_threads = 64;
+  if (o->pool_idle_ms == 0)
+    o->pool_idle_ms = 10000;
+  const char *dbg = getenv("MIXMODE_DEBUG");
+  if (o->slow_step_ms == 0 && dbg != NULL && strcmp(dbg, "1") == 0)
+    o->slow_step_ms = 100;
+}
+
 void mm_loop_options_init(mm_loop_options_t *o) {
   if (o == NULL)
     return;
   memset(o, 0, sizeof(*o));
-  o->stack_size = DEFAULT_STACK_SIZE;
-  o->pool_max_threads = 64;
-  o->pool_idle_ms = 10000;
-  const char *dbg = getenv("MIXMODE_DEBUG");
-  if (dbg != NULL && strcmp(dbg, "1") == 0)
-    o->slow_step_ms = 100;
+  fill_defaults(o);
 }
 
 /* Whether this thread may touch the loop's internals directly.  An owned
@@ -358,15 +366,7 @@ static void set_driven(mm_loop_t *loop, bool on) {
 static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   if (o != NULL) {
     loop->opt = *o;
-    if (loop->opt.stack_size == 0)
-      loop->opt.stack_size = DEFAULT_STACK_SIZE;
-    if (loop->opt.pool_max_threads == 0)
-      loop->opt.pool_max_threads = 64;
-    if (loop->opt.pool_idle_ms == 0)
-      loop->opt.pool_idle_ms = 10000;
-    const char *dbg = getenv("MIXMODE_DEBUG");
-    if (loop->opt.slow_step_ms == 0 && dbg != NULL && strcmp(dbg, "1") == 0)
-      loop->opt.slow_step_ms = 100;
+    fill_defaults(&loop->opt);
   } else {
     mm_loop_options_init(&loop->opt);
   }

@@ -95,6 +95,16 @@ static inline void mm__cpu_relax(void) {
 #endif
 }
 
+/* Records reason (ECANCELED, ETIMEDOUT) in *r unless one is there
+ * already: the first cancellation wins.  Relaxed: the reason carries no
+ * data; whatever must follow it is ordered by the queue or the thread
+ * that delivers it.  True if this call recorded it. */
+static inline bool mm__set_reason(_Atomic int *r, int reason) {
+  int expected = 0;
+  return atomic_compare_exchange_strong_explicit(
+      r, &expected, reason, memory_order_relaxed, memory_order_relaxed);
+}
+
 /* ---- log.c --------------------------------------------------------------- */
 __attribute__((format(printf, 2, 3))) void mm__log(int level,
                                                    const char *fmt, ...);
@@ -153,7 +163,6 @@ typedef struct mm__waiter {
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
-void mm__waiter_post(mm__waiter_t *w, mm__task_t *t);  /* any thread */
 void mm__waiter_ref(mm__waiter_t *w);
 void mm__waiter_unref(mm__waiter_t *w);
 /* Posts t only if the thread is serving (blocked in mm_run_async). */
@@ -245,7 +254,6 @@ struct mm_coro {
                                  release exchange on join */
   enum mm__coro_state state;  /* loop thread */
   bool started;               /* loop thread: fn has been entered */
-  bool admitted;              /* loop thread: counted in loop->live */
   bool joiner_woken;          /* loop thread: counted in loop->njoining */
   bool auto_release;          /* made by mm__spawn_for: no handle */
   uint64_t born;              /* uv_hrtime() at spawn */
@@ -318,7 +326,6 @@ struct mm_loop {
 
   /* scheduler, loop thread */
   mm__ctx_t sched_ctx;        /* the driver's context while a coroutine runs */
-  mm_coro_t *running;
   mm_coro_t *back;            /* the coroutine that last switched to sched */
   mm_coro_t *switch_from;     /* who made the latest switch (NULL: sched) */
   unsigned budget;            /* steps left before libuv polls again */

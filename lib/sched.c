@@ -142,10 +142,7 @@ void mm__coro_interrupt(mm_coro_t *c) {
 
 static void on_deadline(mm__timer_t *t) {
   mm_coro_t *c = container_of(t, mm_coro_t, deadline);
-  int expected = 0;
-  atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
-                                          ETIMEDOUT, memory_order_relaxed,
-                                          memory_order_relaxed);
+  mm__set_reason(&c->cancel_reason, ETIMEDOUT);
   mm__coro_interrupt(c);
 }
 
@@ -157,18 +154,13 @@ void mm__coro_admit(mm_coro_t *c) {
   mm_loop_t *loop = c->loop;
 
   c->id = ++loop->next_id;
-  c->admitted = true;
   mm__timer_init(&c->sleep_timer, on_sleep_timer);
   mm__timer_init(&c->deadline, on_deadline);
   mm__list_push_back(&loop->live, &c->all);
   mm__counter_add(&loop->nlive, 1);
   if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
-      MM__LOOP_OPEN) {
-    int expected = 0;
-    atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
-                                            ECANCELED, memory_order_relaxed,
-                                            memory_order_relaxed);
-  }
+      MM__LOOP_OPEN)
+    mm__set_reason(&c->cancel_reason, ECANCELED);
   if (c->timeout_ms != 0 &&
       mm__timer_start(loop, &c->deadline, c->timeout_ms) != 0) {
     mm__log(MM_LOG_ERROR, "coroutine %" PRIu64 ": no memory for its "
@@ -263,7 +255,6 @@ static void first_run(mm_coro_t *c) {
 
 static void step_begin(mm_loop_t *loop, mm_coro_t *c) {
   c->state = MM__CORO_RUNNING;
-  loop->running = c;
   mm__tls.coro = c;
   if (loop->opt.slow_step_ms != 0)
     loop->step_start = uv_hrtime();
@@ -315,7 +306,6 @@ void mm__coro_suspend(mm_coro_t *c) {
     step_begin(loop, next);
   } else {
     loop->back = c;
-    loop->running = NULL;
     mm__tls.coro = NULL;
   }
   fiber_switch(loop, c, next, final);
@@ -383,10 +373,7 @@ void mm__cancel_all(mm_loop_t *loop) {
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
-    int expected = 0;
-    atomic_compare_exchange_strong_explicit(&c->cancel_reason, &expected,
-                                            ECANCELED, memory_order_relaxed,
-                                            memory_order_relaxed);
+    mm__set_reason(&c->cancel_reason, ECANCELED);
     mm__coro_interrupt(c);
   }
 }

@@ -62,13 +62,6 @@ mm__waiter_t *mm__waiter_self(void) {
   return w;
 }
 
-void mm__waiter_post(mm__waiter_t *w, mm__task_t *t) {
-  pthread_mutex_lock(&w->mu);
-  mm__list_push_back(&w->tasks, &t->link);
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-}
-
 bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t) {
   pthread_mutex_lock(&w->mu);
   bool ok = w->serving > 0;
