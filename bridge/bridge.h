@@ -13,6 +13,7 @@
 #include "mm-internal.h"
 
 enum mm__sync_state {
+  MM__SYNC_STAGED,            /* in the loop's staged list (loop thread) */
   MM__SYNC_QUEUED,            /* in a pool's queue */
   MM__SYNC_RUNNING,           /* a worker runs fn */
   MM__SYNC_DONE,              /* fn returned and the waiter was woken */
@@ -61,6 +62,9 @@ void mm__pool_free(mm__pool_t *pool);
 /* Queues req (state QUEUED).  -ESHUTDOWN once the pool stops, -EAGAIN if
  * no thread could be started for an empty pool. */
 int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
+/* Queues every request of reqs (linked by link), in order, under one
+ * lock; reqs is left empty.  On error reqs is left as it was. */
+int  mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs);
 /* Removes req if it is still queued; true if it was. */
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
 /* Grows a stalled pool; true while calls still wait for a thread that
@@ -80,6 +84,8 @@ typedef struct mm__bridge {
   _Atomic(mm__pool_t *) sensitive;  /* made on first use; see run-sync.c */
   mm_loop_t *loop;
   mm__timer_t grow_timer;     /* loop thread: mm__pool_recheck while armed */
+  mm__list_t staged;          /* loop thread: calls for pool made during
+                                 this pass over the ready coroutines */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
   _Atomic uint64_t sync_calls;

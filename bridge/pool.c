@@ -1,30 +1,37 @@
 /* Worker pools: threads that run blocking calls, one FIFO queue each.
  *
- * The loop's pool starts min threads and grows on demand: a call queued
- * while more calls wait than threads are idle starts a thread, up to max --
- * one at a time: while a new thread is starting no other is started, and
- * the new one, once running, starts the next if calls still wait.  Past
- * as many threads as CPUs, more threads only help calls that block, so
- * the pool grows further only when it is stalled: calls wait and none has
- * completed for STALL_MS.  Nothing else may happen then to notice it, so
- * the loop's bridge checks again from a timer (mm__pool_recheck).  A burst
- * of quick calls is thus drained by a few threads instead of 64 threads
- * fighting over 2 cores, while calls that block still get a thread each.
- * Past max, calls wait in the queue in order.  A thread idle for idle_ms
- * exits while more than min remain.  A lane is the same pool with exactly
- * one thread that never idles out: its calls run one at a time, in order,
+ * The loop's pool starts min threads and grows on demand up to max.
+ * Queued calls get threads in assign(): idle workers are woken, and a new
+ * thread is started when none is idle -- one at a time: the new one, once
+ * running, starts the next if calls still wait.  At most as many workers
+ * are awake as there are CPUs: past that, more threads only help calls
+ * that block, so the pool wakes or starts another only when it is
+ * stalled (calls wait and none has completed for STALL_MS), one per
+ * STALL_MS.  Nothing else may happen then to notice it, so the loop's
+ * bridge checks again from a timer (mm__pool_recheck).  A burst of quick
+ * calls is thus drained by a few threads instead of 64 threads fighting
+ * over 2 cores, while calls that block still get a thread each.  Past
+ * max, calls wait in the queue in order.  A thread idle for idle_ms exits
+ * while more than min remain.  A lane is the same pool with exactly one
+ * thread that never idles out: its calls run one at a time, in order,
  * always on that thread.
  *
  * Lock order: pool->mu alone.  It protects every field below "protected";
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
- * calls and complete them without it.
+ * calls and complete them without it.  It is an adaptive mutex: every
+ * section under it is a few list operations, and the loop's batches and
+ * the workers meet on it often.
  *
- * Wake-ups: a worker is signalled only for an idle worker not already
- * signalled (nwaking), and the signal is sent after mu is released, so
- * that the woken thread does not run into the lock the submitter holds.
- * A worker that runs out of work spins briefly (bounded, pausing) on the
- * queue length before it parks, saving the wake-up when calls come back
- * to back (DESIGN.md, "Wake-ups cost more than the work").
+ * Wake-ups (DESIGN.md, "Wake-ups cost more than the work").  A worker
+ * that runs out of work spins on the queue's lock-free mirror before it
+ * parks, so that a coroutine's next call, made once its loop has taken
+ * the answer, finds it awake; spinning workers count as taking the next
+ * calls, so no one is woken for them.  The spin is adaptive (SPIN_NS at
+ * most, halved each time it finds nothing), yields the CPU after
+ * SPIN_YIELD_NS, and at most half the CPUs spin at once, process-wide.
+ * An idle worker is signalled only when no spinning or already-woken
+ * worker will take the call (nwaking), and the signal is sent after mu
+ * is released, so that the woken thread does not run into the lock.
  */
 #include "bridge.h"
 
@@ -33,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 typedef struct worker {
@@ -57,9 +65,12 @@ struct mm__pool {
   unsigned nthreads;          /* started and not exited */
   unsigned nidle;             /* waiting on work_cv */
   unsigned nwaking;           /* of those, signalled and not yet awake */
+  unsigned nspinning;         /* looking at the queue before parking */
+  uint64_t spin_ns;           /* how long the next spin lasts (adaptive) */
   unsigned ncpu;              /* threads that can run at once */
-  uint64_t progress_ns;       /* uv_hrtime() of the latest completion or
-                                 growth */
+  uint64_t progress_ns;       /* uv_hrtime() of the latest completion,
+                                 stall-driven wake or start, or of calls
+                                 queued into an empty queue */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
@@ -73,8 +84,26 @@ struct mm__pool {
 /* A pool past its CPU count grows only after this long without progress. */
 #define STALL_MS 1
 
-/* Pause iterations a worker spins on an empty queue before it parks. */
-#define SPIN_PAUSES 200
+/* How long a worker watches an empty queue before it parks.  It must
+ * outlast a loop's wake-up (tens of microseconds on a VM) so that a
+ * coroutine's next call, made once its loop has woken to the previous
+ * answer, finds the worker still awake. */
+#define SPIN_NS 50000
+
+/* The shortest spin: calls that come back seldom cost a worker no more
+ * than this before it parks.  A spin that finds nothing halves the next
+ * one, down to this; a worker woken sooner after parking than SPIN_NS
+ * (a spin would have caught the call) sets it back to SPIN_NS. */
+#define SPIN_MIN_NS 2000
+
+/* Past this much spinning, the spinner also yields the CPU at each turn:
+ * the thread it waits for (the loop) may be waiting for this very CPU. */
+#define SPIN_YIELD_NS 3000
+
+/* Workers spinning at once, over all pools of the process: at most half
+ * the CPUs (none on one CPU), so that spinners never take the CPUs the
+ * threads they wait for need (a loop, the workers running calls). */
+static _Atomic unsigned spinners;
 
 static __thread const mm__pool_t *self_pool;
 
@@ -116,29 +145,78 @@ static int start_worker(mm__pool_t *pool) {
   return 0;
 }
 
-/* Starts a thread if calls wait beyond the threads free to take them
- * (the idle ones not yet woken, plus free: the caller itself, when it is
- * a worker about to look for work) and none is starting already.  mu
- * held.  A failure is only an error when the pool has no thread at all. */
-static int maybe_grow(mm__pool_t *pool, unsigned free) {
-  if (pool->queued > pool->nidle - pool->nwaking + free &&
-      pool->nstarting == 0 && pool->nthreads < pool->max &&
-      (pool->nthreads < pool->ncpu ||
-       uv_hrtime() - pool->progress_ns >= STALL_MS * 1000000u)) {
-    pool->progress_ns = uv_hrtime();
+/* Sees that queued calls get threads: claims idle workers to wake and
+ * starts a new one when none is left, for the calls beyond those that
+ * spinning and already woken workers will take (and free more: the
+ * caller itself, when it is a worker about to look for work).  At most
+ * as many workers are awake as there are CPUs, unless the pool is
+ * stalled -- calls wait and none has completed for STALL_MS -- when one
+ * more may be woken or started each STALL_MS: more threads only help
+ * calls that block.  One thread starts at a time; once running it calls
+ * this again for the next.  mu held.  Returns how many times the caller
+ * must signal work_cv once it has released mu; *err is set only when an
+ * empty pool cannot start a thread. */
+static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
+  uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking + free;
+  if (pool->queued <= taken)
+    return 0;
+  uint64_t need = pool->queued - taken;
+  unsigned idle = pool->nidle - pool->nwaking;   /* not yet signalled */
+  unsigned awake = pool->nthreads - idle;
+  unsigned room = awake < pool->ncpu ? pool->ncpu - awake : 0;
+  if (room == 0) {
+    uint64_t now = uv_hrtime();
+    if (now - pool->progress_ns < STALL_MS * 1000000u)
+      return 0;
+    pool->progress_ns = now;
+    room = 1;
+  }
+  if (need < room)
+    room = (unsigned) need;
+  unsigned n = idle < room ? idle : room;
+  pool->nwaking += n;
+  if (n < room && pool->nstarting == 0 && pool->nthreads < pool->max) {
     int r = start_worker(pool);
     if (r != 0 && pool->nthreads == 0)
-      return r;
+      *err = r;
   }
-  return 0;
+  return n;
 }
 
-/* Wakes one idle worker not already being woken.  mu held; returns
- * whether the caller must signal work_cv once it has released mu. */
-static bool claim_wake(mm__pool_t *pool) {
-  if (pool->queued == 0 || pool->nidle <= pool->nwaking)
-    return false;
-  pool->nwaking++;
+static void signal_n(mm__pool_t *pool, unsigned n) {
+  while (n-- > 0)
+    pthread_cond_signal(&pool->work_cv);
+}
+
+/* Becomes one of the process's spinners if there is room.  Relaxed: the
+ * count orders nothing, it only bounds how many threads spin. */
+static bool spin_begin(const mm__pool_t *pool) {
+  unsigned max = pool->ncpu / 2;
+  unsigned n = atomic_load_explicit(&spinners, memory_order_relaxed);
+  do {
+    if (n >= max)
+      return false;
+  } while (!atomic_compare_exchange_weak_explicit(&spinners, &n, n + 1,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed));
+  return true;
+}
+
+/* Watches the queue's lock-free mirror until calls are queued or limit
+ * has passed; returns whether calls came.  Relaxed loads: a stale value
+ * only shortens or lengthens the spin; the queue itself is then read
+ * under mu. */
+static bool spin(mm__pool_t *pool, uint64_t limit) {
+  uint64_t t0 = uv_hrtime(), dt = 0;
+  while (atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) == 0) {
+    for (int i = 0; i < 16; i++)
+      mm__cpu_relax();
+    if (dt >= SPIN_YIELD_NS)
+      sched_yield();
+    dt = uv_hrtime() - t0;
+    if (dt >= limit)
+      return false;
+  }
   return true;
 }
 
@@ -160,7 +238,13 @@ static void *worker_main(void *arg) {
 
   pthread_mutex_lock(&pool->mu);
   pool->nstarting--;
-  maybe_grow(pool, 1);       /* the next thread of a growing pool */
+  int err = 0;
+  unsigned wake = assign(pool, 1, &err);  /* the next thread, if needed */
+  if (wake > 0) {
+    pthread_mutex_unlock(&pool->mu);
+    signal_n(pool, wake);
+    pthread_mutex_lock(&pool->mu);
+  }
   for (;;) {
     mm__list_t *n = mm__list_pop_front(&pool->queue);
     if (n != NULL) {
@@ -178,17 +262,23 @@ static void *worker_main(void *arg) {
     }
     if (pool->stopping)
       break;
-    /* Spin a little before parking: the next call may be microseconds
-     * away, and a park plus a wake-up costs more than that. */
-    pthread_mutex_unlock(&pool->mu);
-    for (int i = 0; i < SPIN_PAUSES &&
-         atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) == 0;
-         i++)
-      mm__cpu_relax();
-    pthread_mutex_lock(&pool->mu);
-    if (!mm__list_empty(&pool->queue) || pool->stopping)
-      continue;
+    /* Before parking, watch the queue for a while: the next call may be
+     * microseconds away, and a park plus a wake-up costs more. */
+    if (spin_begin(pool)) {
+      uint64_t limit = pool->spin_ns;
+      pool->nspinning++;
+      pthread_mutex_unlock(&pool->mu);
+      bool came = spin(pool, limit);
+      pthread_mutex_lock(&pool->mu);
+      pool->nspinning--;
+      atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
+      if (!came && pool->spin_ns / 2 >= SPIN_MIN_NS)
+        pool->spin_ns /= 2;
+      if (!mm__list_empty(&pool->queue) || pool->stopping)
+        continue;
+    }
     pool->nidle++;
+    uint64_t parked = uv_hrtime();
     int r = 0;
     if (pool->lane || pool->nthreads <= pool->min) {
       pthread_cond_wait(&pool->work_cv, &pool->mu);
@@ -206,6 +296,8 @@ static void *worker_main(void *arg) {
     pool->nidle--;
     if (pool->nwaking > 0)
       pool->nwaking--;
+    if (r == 0 && uv_hrtime() - parked < SPIN_NS)
+      pool->spin_ns = SPIN_NS;   /* a full spin would have caught it */
     if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
@@ -224,7 +316,14 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
-  pthread_mutex_init(&pool->mu, NULL);
+  /* Adaptive: the sections under mu are a few list operations, so a
+   * thread that finds it taken spins briefly instead of sleeping in the
+   * kernel. */
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&pool->mu, &ma);
+  pthread_mutexattr_destroy(&ma);
   pthread_cond_init(&pool->work_cv, NULL);
   pthread_cond_init(&pool->exit_cv, NULL);
   snprintf(pool->name, sizeof pool->name, "%s", name != NULL ? name : "");
@@ -233,9 +332,11 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   pool->lane = lane;
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   pool->ncpu = ncpu > 0 ? (unsigned) ncpu : 1;
+
   pool->min = lane ? 1 : min;
   pool->max = lane ? 1 : max;
   pool->idle_ms = idle_ms;
+  pool->spin_ns = SPIN_NS;
   mm__list_init(&pool->queue);
   mm__list_init(&pool->threads);
   mm__list_init(&pool->dead);
@@ -266,27 +367,50 @@ void mm__pool_free(mm__pool_t *pool) {
   free(pool);
 }
 
-int mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req) {
-  atomic_store_explicit(&req->state, MM__SYNC_QUEUED, memory_order_relaxed);
+int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
   pthread_mutex_lock(&pool->mu);
   if (pool->stopping) {
     pthread_mutex_unlock(&pool->mu);
     return -ESHUTDOWN;
   }
-  mm__list_push_back(&pool->queue, &req->link);
-  count_queued(pool, 1);
-  int r = maybe_grow(pool, 0);
+  int n = 0;
+  mm__list_t *l, *tmp;
+  mm__list_foreach_safe(l, tmp, reqs) {
+    mm__sync_req_t *req = container_of(l, mm__sync_req_t, link);
+    atomic_store_explicit(&req->state, MM__SYNC_QUEUED,
+                          memory_order_relaxed);  /* mu orders it */
+    n++;
+  }
+  if (pool->queued == 0)
+    pool->progress_ns = uv_hrtime();   /* nothing waited: no stall yet */
+  mm__list_splice_back(&pool->queue, reqs);
+  count_queued(pool, n);
+  int r = 0;
+  unsigned wake = assign(pool, 0, &r);
   if (r != 0) {
-    mm__list_remove(&req->link);
-    count_queued(pool, -1);
+    /* No thread at all: give the calls back, in order. */
+    for (int i = 0; i < n; i++) {
+      l = pool->queue.prev;
+      mm__list_remove(l);
+      mm__list_push_front(reqs, l);
+    }
+    count_queued(pool, -n);
     pthread_mutex_unlock(&pool->mu);
     return r;
   }
-  bool wake = claim_wake(pool);
   pthread_mutex_unlock(&pool->mu);
-  if (wake)
-    pthread_cond_signal(&pool->work_cv);
+  signal_n(pool, wake);
   return 0;
+}
+
+int mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req) {
+  mm__list_t one;
+  mm__list_init(&one);
+  mm__list_push_back(&one, &req->link);
+  int r = mm__pool_submit_list(pool, &one);
+  if (r != 0)
+    mm__list_remove(&req->link);
+  return r;
 }
 
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
@@ -305,11 +429,14 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
 }
 
 bool mm__pool_recheck(mm__pool_t *pool) {
+  int err = 0;
   pthread_mutex_lock(&pool->mu);
-  maybe_grow(pool, 0);
-  bool backlog = pool->queued > pool->nidle - pool->nwaking &&
-                 pool->nthreads < pool->max && !pool->stopping;
+  unsigned wake = assign(pool, 0, &err);
+  bool backlog = pool->queued > (uint64_t) pool->nspinning + pool->nwaking &&
+                 (pool->nidle > pool->nwaking || pool->nthreads < pool->max) &&
+                 !pool->stopping;
   pthread_mutex_unlock(&pool->mu);
+  signal_n(pool, wake);
   return backlog;
 }
 

@@ -18,6 +18,7 @@
  */
 #include "bridge.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +41,31 @@ static void on_grow_timer(mm__timer_t *t) {
     watch_growth(b);
 }
 
+/* The loop's pool calls of a pass over the ready coroutines go to the
+ * pool together, after the pass: one lock and at most one wake-up per
+ * idle worker for the whole batch, instead of one each. */
+static void bridge_flush(mm_loop_t *loop, void *p) {
+  mm__bridge_t *b = p;
+  (void) loop;
+  if (mm__list_empty(&b->staged))
+    return;
+  int r = mm__pool_submit_list(b->pool, &b->staged);
+  if (r == 0) {
+    watch_growth(b);
+    return;
+  }
+  mm__list_t *n;
+  while ((n = mm__list_pop_front(&b->staged)) != NULL) {
+    mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
+    atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
+                          memory_order_relaxed);
+    mm__coro_wake_local(req->coro, r);
+  }
+}
+
 static void bridge_free(mm_loop_t *loop, void *p) {
   mm__bridge_t *b = p;
+  assert(mm__list_empty(&b->staged));
   mm__timer_stop(loop, &b->grow_timer);
   mm__list_t *n;
   while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
@@ -75,9 +99,11 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   }
   pthread_mutex_init(&b->mu, NULL);
   mm__list_init(&b->lanes);
+  mm__list_init(&b->staged);
   b->loop = loop;
   mm__timer_init(&b->grow_timer, on_grow_timer);
-  mm__bridge_t *cur = mm__loop_set_bridge(loop, b, bridge_free);
+  static const mm__bridge_ops_t ops = { bridge_flush, bridge_free };
+  mm__bridge_t *cur = mm__loop_set_bridge(loop, b, &ops);
   if (cur != b)
     bridge_free(loop, b);   /* another thread was first */
   return cur;
@@ -158,6 +184,15 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
     sw->armed = false;
   }
   mm__set_reason(&req->cancel, reason);
+  if (atomic_load_explicit(&req->state, memory_order_relaxed) ==
+      MM__SYNC_STAGED) {
+    /* Still in this loop's staged list: nobody else has seen it. */
+    mm__list_remove(&req->link);
+    atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
+                          memory_order_relaxed);
+    mm__coro_wake_local(sw->w.coro, -reason);
+    return;
+  }
   bool unqueued = req->waiter != NULL ? mm__waiter_unqueue(req->waiter,
                                                           &req->task)
                                        : mm__pool_unqueue(sw->pool, req);
@@ -291,10 +326,12 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     } else {
       r = mm__pool_submit(sw.pool, req);
     }
+  } else if (sw.pool == b->pool) {
+    /* Handed to the pool with the others after this pass (bridge_flush). */
+    atomic_store_explicit(&req->state, MM__SYNC_STAGED, memory_order_relaxed);
+    mm__list_push_back(&b->staged, &req->link);
   } else {
     r = mm__pool_submit(sw.pool, req);
-    if (r == 0 && sw.pool == b->pool)
-      watch_growth(b);
   }
   if (r != 0)
     goto err_timer;

@@ -32,6 +32,24 @@ static inline void mm__list_push_back(mm__list_t *h, mm__list_t *n) {
   h->prev = n;
 }
 
+/* Inserts n at the head of h. */
+static inline void mm__list_push_front(mm__list_t *h, mm__list_t *n) {
+  mm__list_push_back(h->next, n);
+}
+
+/* Moves every element of from to the tail of h, in order; from is left
+ * empty. */
+static inline void mm__list_splice_back(mm__list_t *h, mm__list_t *from) {
+  if (from->next == from)
+    return;
+  from->next->prev = h->prev;
+  h->prev->next = from->next;
+  from->prev->next = h;
+  h->prev = from->prev;
+  from->next = from;
+  from->prev = from;
+}
+
 static inline void mm__list_remove(mm__list_t *n) {
   n->prev->next = n->next;
   n->next->prev = n->prev;

@@ -202,11 +202,11 @@ bool mm__loop_stopping(const mm_loop_t *loop) {
 }
 
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
-                          void (*bridge_free)(mm_loop_t *, void *)) {
+                          const mm__bridge_ops_t *ops) {
   pthread_mutex_lock(&loop->mu);
   void *cur = atomic_load_explicit(&loop->bridge, memory_order_relaxed);
   if (cur == NULL) {
-    loop->bridge_free = bridge_free;
+    loop->bridge_ops = ops;
     /* Release: the bridge's fields are visible to whoever loads it with
      * acquire (the bridge layer's fast path). */
     atomic_store_explicit(&loop->bridge, bridge, memory_order_release);
@@ -266,34 +266,57 @@ static bool heads_empty(mm_loop_t *loop) {
 /* How long the loop polls its queues before it lets libuv block, when
  * answers have lately come back that quickly (DESIGN.md, "Wake-ups cost
  * more than the work"). */
-#define POLL_NS 50000
+#define POLL_NS 10000
 
-/* Polling only pays when the threads that answer have CPUs of their own:
- * on 2 CPUs a polling loop takes the CPU its workers need (measured:
- * bench/run-sync throughput fell to a third). */
+/* A wake-up that came this soon after the loop went to sleep says that
+ * answers come quickly: the next time, poll first.  Larger than POLL_NS
+ * because the time measured includes the wake-up itself. */
+#define POLL_WORTH_NS 50000
+
+/* Polling only pays when the thread that answers can run meanwhile: not
+ * on one CPU. */
 static bool poll_cpus_ok(void) {
-  static int ok = -1;
-  if (ok < 0)
-    ok = sysconf(_SC_NPROCESSORS_ONLN) >= 4;
-  return ok;
+  static _Atomic int ok = -1;   /* relaxed: every thread finds the same */
+  int v = atomic_load_explicit(&ok, memory_order_relaxed);
+  if (v < 0) {
+    v = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
+    atomic_store_explicit(&ok, v, memory_order_relaxed);
+  }
+  return v;
 }
+
+/* Past this much polling, the poll also yields the CPU at each turn: the
+ * thread that will answer may be waiting for this very CPU. */
+#define POLL_YIELD_NS 3000
+
+/* Polls the loop's queues for up to POLL_NS, pausing the CPU; returns
+ * whether something came. */
+static bool poll_heads(mm_loop_t *loop) {
+  uint64_t t0 = uv_hrtime();
+  uint64_t dt = 0;
+  while (heads_empty(loop) && dt < POLL_NS) {
+    for (int i = 0; i < 32; i++)
+      mm__cpu_relax();
+    if (dt >= POLL_YIELD_NS)
+      sched_yield();
+    dt = uv_hrtime() - t0;
+  }
+  return !heads_empty(loop);
+}
+
+/* Passes of poll-and-run one prepare makes at most before libuv gets its
+ * turn (timers, I/O): about POLL_ROUNDS * POLL_NS at worst. */
+#define POLL_ROUNDS 64
 
 /* Right before libuv polls for I/O.  Drains what other threads posted;
  * then announces that the loop may sleep and checks once more (see
  * wake_if_asleep).  While answers to calls in flight come back quickly,
- * it first polls the queues for a bounded time, pausing the CPU. */
+ * it first polls the queues for a bounded time, pausing the CPU, and
+ * runs what comes, again and again while answers keep coming that way. */
 static void on_prepare(uv_prepare_t *h) {
   mm_loop_t *loop = h->data;
   mm__tls.loop = loop;
-  if (loop->poll_first && poll_cpus_ok() &&
-      mm__counter_get(&loop->nlive) != 0 && mm__list_empty(&loop->ready)) {
-    uint64_t t0 = uv_hrtime();
-    while (heads_empty(loop) && uv_hrtime() - t0 < POLL_NS)
-      for (int i = 0; i < 32; i++)
-        mm__cpu_relax();
-    loop->poll_first = !heads_empty(loop);
-  }
-  for (;;) {
+  for (unsigned round = 0;; round++) {
     if (!heads_empty(loop)) {
       drain_remote(loop);
       if (!mm__list_empty(&loop->ready))
@@ -301,6 +324,17 @@ static void on_prepare(uv_prepare_t *h) {
     }
     if (!mm__list_empty(&loop->ready))
       break;              /* the idle handle keeps libuv from blocking */
+    if (loop->poll_first && poll_cpus_ok() &&
+        mm__counter_get(&loop->nlive) != 0) {
+      if (round == POLL_ROUNDS) {
+        /* libuv's turn, without sleeping: an active idle handle makes
+         * its poll return at once, and we come back here after. */
+        uv_idle_start(&loop->idle, on_idle);
+        break;
+      }
+      loop->poll_first = poll_heads(loop);
+      continue;
+    }
     atomic_store_explicit(&loop->asleep, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     if (heads_empty(loop))
@@ -322,7 +356,7 @@ static void on_async(uv_async_t *h) {
   mm__tls.loop = loop;
   /* Woken by a post within the polling window: poll first next time. */
   if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
-    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_NS;
+    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_WORTH_NS;
   drain_remote(loop);
   process_stop(loop);
   /* Run what the drain made ready now rather than in the idle phase of
@@ -631,7 +665,7 @@ int mm_loop_free(mm_loop_t *loop) {
   reap_zombies(loop);
   void *bridge = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (bridge != NULL)
-    loop->bridge_free(loop, bridge);
+    loop->bridge_ops->free(loop, bridge);
 
   uv_close((uv_handle_t *) &loop->async, on_closed);
   uv_close((uv_handle_t *) &loop->idle, on_closed);

@@ -296,6 +296,15 @@ struct mm_coro {
 
 typedef struct mm__loop_task mm__loop_task_t;
 
+/* What lib/ calls of the bridge layer's per-loop state, on the loop's
+ * thread.  flush: after each pass over the ready coroutines, before the
+ * loop may block (hands over what those coroutines staged, in one go).
+ * free: from mm_loop_free, once no coroutine is left. */
+typedef struct mm__bridge_ops {
+  void (*flush)(mm_loop_t *loop, void *bridge);
+  void (*free)(mm_loop_t *loop, void *bridge);
+} mm__bridge_ops_t;
+
 /* ---- loops --------------------------------------------------------------- */
 
 enum mm__loop_state {
@@ -371,10 +380,10 @@ struct mm_loop {
   _Atomic int state;          /* enum mm__loop_state; written under mu */
 
   /* The bridge layer's per-loop state (bridge/), made on first use and
-   * torn down by bridge_free from mm_loop_free once no coroutine is left.
+   * torn down by ops->free from mm_loop_free once no coroutine is left.
    * lib/ only stores and calls them.  Set with mm__loop_set_bridge. */
   _Atomic(void *) bridge;
-  void (*bridge_free)(mm_loop_t *loop, void *bridge);
+  const mm__bridge_ops_t *bridge_ops;
 
   /* statistics */
   _Atomic uint64_t coros_spawned;
@@ -434,7 +443,7 @@ int mm__join(mm_coro_t *c, bool *loop_stopping);
 /* Installs the bridge state if none is there yet; returns the one in
  * place (ours or an earlier one).  Any thread. */
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
-                          void (*bridge_free)(mm_loop_t *, void *));
+                          const mm__bridge_ops_t *ops);
 bool mm__loop_stopping(const mm_loop_t *loop);
 
 /* A counter with one writer (the loop thread) and readers anywhere: a

@@ -329,6 +329,16 @@ static void resume(mm_loop_t *loop, mm_coro_t *c) {
     finish(loop, back);
 }
 
+/* Lets the bridge layer hand over the work the coroutines staged: at the
+ * end of each pass and when a coroutine yields (it may wait for that
+ * work). */
+static void flush_bridge(mm_loop_t *loop) {
+  /* Acquire pairs with the release store in mm__loop_set_bridge. */
+  void *bridge = atomic_load_explicit(&loop->bridge, memory_order_acquire);
+  if (bridge != NULL)
+    loop->bridge_ops->flush(loop, bridge);
+}
+
 void mm__sched_run_ready(mm_loop_t *loop) {
   loop->budget = STEP_BUDGET;
   while (loop->budget > 0) {
@@ -339,6 +349,7 @@ void mm__sched_run_ready(mm_loop_t *loop) {
     resume(loop, container_of(l, mm_coro_t, link));
   }
   loop->budget = 0;
+  flush_bridge(loop);
   if (mm__list_empty(&loop->ready))
     uv_idle_stop(&loop->idle);
   mm__loop_update_refs(loop);
@@ -406,6 +417,7 @@ int mm_yield(void) {
   int reason = mm__coro_cancel_reason(c);
   if (reason != 0)
     return -reason;
+  flush_bridge(c->loop);
   mm__coro_make_ready(c);
   mm__coro_suspend(c);
   reason = mm__coro_cancel_reason(c);

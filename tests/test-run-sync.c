@@ -935,9 +935,12 @@ static void test_timeout_of_a_queued_call_returns_etimedout_and_it_never_runs(
 
 /* Keeps the loop's thread until the call has started, so that its
  * deadline cannot fire while it is still queued: blocking in a coroutine
- * on purpose, the loop's timers wait meanwhile. */
+ * on purpose, the loop's timers wait meanwhile.  The yield first hands
+ * the call to the pool (calls made in a pass go there when it ends or a
+ * coroutine yields). */
 static int hold_loop_until(void *arg) {
   atomic_int *flag = arg;
+  assert_mm_ok(mm_yield());
   uint64_t end = mm_test_now_ms() + CANCEL_GUARD_MS;
   while (!atomic_load_explicit(flag, memory_order_acquire) &&
          mm_test_now_ms() < end)
