@@ -624,6 +624,7 @@ typedef struct {
   int        b_result;
   int        b_cancelled_after;
   int        cancel_result;
+  bool       c_yields_first;
 } queued_cancel_t;
 
 static int qc_a(void *arg) {
@@ -640,19 +641,23 @@ static int qc_b(void *arg) {
 }
 
 /* Runs after A and B have parked (FIFO): B's call is queued behind A's,
- * which holds the only worker until the gate opens. */
+ * which holds the only worker until the gate opens.  Without the yield,
+ * the calls of this pass have not gone to the pool yet: B's is cancelled
+ * while still staged on the loop; with it, in the pool's queue. */
 static int qc_c(void *arg) {
   queued_cancel_t *q = arg;
+  if (q->c_yields_first)
+    assert_mm_ok(mm_yield());
   q->cancel_result = mm_cancel(q->b);
   mm_test_latch_add(&q->holder.gate, 1);
   return 0;
 }
 
-static void test_cancel_of_a_queued_call_removes_it_and_it_never_runs(
-    void **state) {
+static void check_cancel_of_a_queued_call(bool c_yields_first) {
   mm_loop_t *loop = new_loop_with(0, 1, 0);
   queued_cancel_t q;
   memset(&q, 0, sizeof q);
+  q.c_yields_first = c_yields_first;
   blocker_init(&q.holder, 5);
   mm_coro_t *a, *c;
   assert_mm_ok(mm_spawn(loop, qc_a, &q, &a));
@@ -669,6 +674,62 @@ static void test_cancel_of_a_queued_call_removes_it_and_it_never_runs(
   assert_int_equal(atomic_load(&q.queued_runs.ran), 0);
   assert_mm_ok(mm_loop_free(loop));
   blocker_destroy(&q.holder);
+}
+
+static void test_cancel_of_a_queued_call_removes_it_and_it_never_runs(
+    void **state) {
+  check_cancel_of_a_queued_call(true);
+}
+
+static void test_cancel_in_the_pass_that_made_the_call_and_it_never_runs(
+    void **state) {
+  check_cancel_of_a_queued_call(false);
+}
+
+/* A coroutine makes quick calls back to back, so the loop polls for the
+ * answers instead of sleeping; the loop must still give libuv its turn:
+ * a sleeping coroutine wakes and stops the caller.  Starved timers would
+ * hang here (the watchdog fails the test). */
+typedef struct {
+  atomic_bool stop;
+  uint64_t calls;
+  int sleep_result;
+} busy_t;
+
+static int quick_caller(void *arg) {
+  busy_t *b = arg;
+  while (!atomic_load_explicit(&b->stop, memory_order_relaxed)) {
+    int r = mm_run_sync(return_arg, (void *) (intptr_t) 1);
+    if (r != 1)
+      return r;
+    b->calls++;
+  }
+  return 0;
+}
+
+static int sleeper(void *arg) {
+  busy_t *b = arg;
+  b->sleep_result = mm_sleep(20);
+  atomic_store_explicit(&b->stop, true, memory_order_relaxed);
+  return 0;
+}
+
+static void test_timers_fire_while_quick_calls_keep_the_loop_polling(
+    void **state) {
+  for (int i = 0; i < 5; i++) {
+    mm_loop_t *loop = new_loop();
+    busy_t b;
+    memset(&b, 0, sizeof b);
+    mm_coro_t *caller, *s;
+    assert_mm_ok(mm_spawn(loop, quick_caller, &b, &caller));
+    assert_mm_ok(mm_spawn(loop, sleeper, &b, &s));
+    assert_mm_ok(mm_loop_run(loop));
+    assert_mm_ok(mm_join(caller));
+    assert_mm_ok(mm_join(s));
+    assert_mm_ok(b.sleep_result);
+    assert_true(b.calls > 0);
+    assert_mm_ok(mm_loop_free(loop));
+  }
 }
 
 /* Cancelled while its call runs: the call is waited for. */
@@ -1619,6 +1680,8 @@ int main(void) {
     mm_test(test_run_sync_from_raw_callback_returns_edeadlk),
     mm_test(test_run_sync_with_null_fn_or_bad_options_returns_einval),
     mm_test(test_cancel_of_a_queued_call_removes_it_and_it_never_runs),
+    mm_test(test_cancel_in_the_pass_that_made_the_call_and_it_never_runs),
+    mm_test(test_timers_fire_while_quick_calls_keep_the_loop_polling),
     mm_test(test_cancel_of_a_running_call_waits_for_it_and_returns_its_value),
     mm_test(test_abandon_on_cancel_returns_ecanceled_at_once_then_cleans_up),
     mm_test(test_cancelled_turns_true_inside_fn_when_the_caller_is_cancelled),
