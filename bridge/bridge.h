@@ -86,6 +86,7 @@ typedef struct mm__bridge {
   mm__timer_t grow_timer;     /* loop thread: mm__pool_recheck while armed */
   mm__list_t staged;          /* loop thread: calls for pool made during
                                  this pass over the ready coroutines */
+  unsigned nstaged;           /* loop thread: how many */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
   _Atomic uint64_t sync_calls;

@@ -43,12 +43,17 @@ static void on_grow_timer(mm__timer_t *t) {
 
 /* The loop's pool calls of a pass over the ready coroutines go to the
  * pool together, after the pass: one lock and at most one wake-up per
- * idle worker for the whole batch, instead of one each. */
+ * idle worker for the whole batch, instead of one each.  A pass of many
+ * coroutines hands them over every STAGE_MAX calls, so that workers need
+ * not wait for the whole pass. */
+#define STAGE_MAX 64
+
 static void bridge_flush(mm_loop_t *loop, void *p) {
   mm__bridge_t *b = p;
   (void) loop;
   if (mm__list_empty(&b->staged))
     return;
+  b->nstaged = 0;
   int r = mm__pool_submit_list(b->pool, &b->staged);
   if (r == 0) {
     watch_growth(b);
@@ -169,6 +174,7 @@ typedef struct sync_wait {
   mm__wait_t w;
   mm__timer_t deadline;
   mm__sync_req_t *req;
+  mm__bridge_t *bridge;
   mm__pool_t *pool;
   bool abandonable;
   bool abandoned;
@@ -188,6 +194,7 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
       MM__SYNC_STAGED) {
     /* Still in this loop's staged list: nobody else has seen it. */
     mm__list_remove(&req->link);
+    sw->bridge->nstaged--;
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
     mm__coro_wake_local(sw->w.coro, -reason);
@@ -282,6 +289,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   if (r != 0)
     return r;
   sw.w.cancel = on_cancel;
+  sw.bridge = b;
   int affinity = o != NULL ? o->affinity : MM_AFFINITY_POOL;
   sw.pool = affinity == MM_AFFINITY_LANE ? o->lane->pool : b->pool;
   if (affinity == MM_AFFINITY_CALLER && c->caller == NULL &&
@@ -327,9 +335,14 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
       r = mm__pool_submit(sw.pool, req);
     }
   } else if (sw.pool == b->pool) {
-    /* Handed to the pool with the others after this pass (bridge_flush). */
+    /* Handed to the pool with the others after this pass (bridge_flush);
+     * the calls staged before, all of parked coroutines, go now if they
+     * are many. */
+    if (b->nstaged >= STAGE_MAX)
+      bridge_flush(c->loop, b);
     atomic_store_explicit(&req->state, MM__SYNC_STAGED, memory_order_relaxed);
     mm__list_push_back(&b->staged, &req->link);
+    b->nstaged++;
   } else {
     r = mm__pool_submit(sw.pool, req);
   }

@@ -999,14 +999,57 @@ static void test_timeout_of_a_queued_call_returns_etimedout_and_it_never_runs(
  * on purpose, the loop's timers wait meanwhile.  The yield first hands
  * the call to the pool (calls made in a pass go there when it ends or a
  * coroutine yields). */
-static int hold_loop_until(void *arg) {
-  atomic_int *flag = arg;
-  assert_mm_ok(mm_yield());
+static int block_loop_until(atomic_int *flag) {
   uint64_t end = mm_test_now_ms() + CANCEL_GUARD_MS;
   while (!atomic_load_explicit(flag, memory_order_acquire) &&
          mm_test_now_ms() < end)
     sched_yield();
   return atomic_load(flag) ? 0 : -1;
+}
+
+static int hold_loop_until(void *arg) {
+  assert_mm_ok(mm_yield());
+  return block_loop_until(arg);
+}
+
+/* Many coroutines call in one pass: the first calls reach the pool
+ * before the pass ends (the last coroutine of the pass blocks the loop's
+ * thread until the first call has run, without yielding). */
+static int flag_call(void *arg) {
+  set_flag(arg);
+  return 0;
+}
+
+static int call_set_flag(void *arg) {
+  return mm_run_sync(flag_call, arg);
+}
+
+static int count_then_call(void *arg) {
+  return mm_run_sync(count_call, arg);
+}
+
+static int block_until_flag(void *arg) {
+  return block_loop_until(arg);
+}
+
+static void test_a_long_pass_hands_its_first_calls_over_before_it_ends(
+    void **state) {
+  enum { CALLERS = 200 };
+  mm_loop_t *loop = new_loop();
+  atomic_int first_ran = 0;
+  counter_t others = { 0 };
+  mm_coro_t *first, *c[CALLERS], *holder;
+  assert_mm_ok(mm_spawn(loop, call_set_flag, &first_ran, &first));
+  for (int i = 0; i < CALLERS; i++)
+    assert_mm_ok(mm_spawn(loop, count_then_call, &others, &c[i]));
+  assert_mm_ok(mm_spawn(loop, block_until_flag, &first_ran, &holder));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(first));
+  for (int i = 0; i < CALLERS; i++)
+    assert_mm_ok(mm_join(c[i]));
+  assert_mm_ok(mm_join(holder));     /* -1: the first call never started */
+  assert_int_equal(atomic_load(&others.ran), CALLERS);
+  assert_mm_ok(mm_loop_free(loop));
 }
 
 static void test_abandoned_running_call_times_out_etimedout_then_cleans_up(
@@ -1682,6 +1725,7 @@ int main(void) {
     mm_test(test_cancel_of_a_queued_call_removes_it_and_it_never_runs),
     mm_test(test_cancel_in_the_pass_that_made_the_call_and_it_never_runs),
     mm_test(test_timers_fire_while_quick_calls_keep_the_loop_polling),
+    mm_test(test_a_long_pass_hands_its_first_calls_over_before_it_ends),
     mm_test(test_cancel_of_a_running_call_waits_for_it_and_returns_its_value),
     mm_test(test_abandon_on_cancel_returns_ecanceled_at_once_then_cleans_up),
     mm_test(test_cancelled_turns_true_inside_fn_when_the_caller_is_cancelled),
