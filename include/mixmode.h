@@ -213,7 +213,8 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * In a coroutine: the call goes to the loop's worker pool (or to a lane),
  * the coroutine is suspended and the loop serves the others meanwhile.
  * Pool calls made while the loop runs its ready coroutines reach the pool
- * together, in order, once they all have run or one of them yields.
+ * together, in order, once they all have run or one of them yields (or
+ * 64 at a time when many coroutines call).
  * No memory is allocated per call (except with abandon_on_cancel).
  * Inside fn, mm_current() is the awaiting coroutine, its locals are
  * visible, mm_cancelled() tells whether it (or this call) was cancelled,
