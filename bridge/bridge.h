@@ -67,8 +67,9 @@ int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
 int  mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs);
 /* Removes req if it is still queued; true if it was. */
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
-/* Grows a stalled pool; true while calls still wait for a thread that
- * the pool could add (check again later). */
+/* Gives waiting calls the threads that calls grown long have freed;
+ * true while calls still wait for a thread the pool could wake or add
+ * (check again later). */
 bool mm__pool_recheck(mm__pool_t *pool);
 /* Whether the calling thread is one of pool's threads. */
 bool mm__pool_is_self(const mm__pool_t *pool);

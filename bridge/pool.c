@@ -3,18 +3,20 @@
  * The loop's pool starts min threads and grows on demand up to max.
  * Queued calls get threads in assign(): idle workers are woken, and a new
  * thread is started when none is idle -- one at a time: the new one, once
- * running, starts the next if calls still wait.  At most as many workers
- * are awake as there are CPUs: past that, more threads only help calls
- * that block, so the pool wakes or starts another only when it is
- * stalled (calls wait and none has completed for STALL_MS), one per
- * STALL_MS.  Nothing else may happen then to notice it, so the loop's
- * bridge checks again from a timer (mm__pool_recheck).  A burst of quick
- * calls is thus drained by a few threads instead of 64 threads fighting
- * over 2 cores, while calls that block still get a thread each.  Past
- * max, calls wait in the queue in order.  A thread idle for idle_ms exits
- * while more than min remain.  A lane is the same pool with exactly one
- * thread that never idles out: its calls run one at a time, in order,
- * always on that thread.
+ * running, starts the next if calls still wait.  While calls are quick
+ * (their moving average under LONG_CALL_NS), at most as many workers are
+ * awake as there are CPUs, not counting those whose call has run for
+ * LONG_CALL_NS so far: such a call blocks (or computes for long), and its
+ * thread leaves its CPU to the others.  Once calls take long on average,
+ * each waiting call gets a thread.  A burst of quick calls is thus
+ * drained by a few threads instead of 64 threads fighting over 2 cores,
+ * while calls that block get a thread each.  A call becomes long with time
+ * alone, with nothing else happening, so while calls wait the loop's
+ * bridge checks again from a timer (mm__pool_recheck).  Past max, calls
+ * wait in the queue in order.  A thread idle for idle_ms exits while more
+ * than min remain.  A lane is the same pool with exactly one thread that
+ * never idles out: its calls run one at a time, in order, always on that
+ * thread.
  *
  * Lock order: pool->mu alone.  It protects every field below "protected";
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
@@ -48,6 +50,8 @@ typedef struct worker {
   pthread_t thread;
   mm__pool_t *pool;
   unsigned id;
+  uint64_t call_start;        /* uv_hrtime() when its call began, 0 when
+                                 it runs none; protected by pool->mu */
 } worker_t;
 
 struct mm__pool {
@@ -66,11 +70,9 @@ struct mm__pool {
   unsigned nidle;             /* waiting on work_cv */
   unsigned nwaking;           /* of those, signalled and not yet awake */
   unsigned nspinning;         /* looking at the queue before parking */
+  uint64_t avg_call_ns;       /* moving average of how long calls take */
   uint64_t spin_ns;           /* how long the next spin lasts (adaptive) */
   unsigned ncpu;              /* threads that can run at once */
-  uint64_t progress_ns;       /* uv_hrtime() of the latest completion,
-                                 stall-driven wake or start, or of calls
-                                 queued into an empty queue */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
@@ -81,8 +83,9 @@ struct mm__pool {
   _Atomic uint64_t queued_hint;
 };
 
-/* A pool past its CPU count grows only after this long without progress. */
-#define STALL_MS 1
+/* A call that has run this long is taken to block: its thread does not
+ * count against the CPUs. */
+#define LONG_CALL_NS 100000
 
 /* How long a worker watches an empty queue before it parks.  It must
  * outlast a loop's wake-up (tens of microseconds on a VM) so that a
@@ -145,17 +148,29 @@ static int start_worker(mm__pool_t *pool) {
   return 0;
 }
 
+/* Workers whose call has run for LONG_CALL_NS so far.  mu held. */
+static unsigned count_blocked(const mm__pool_t *pool) {
+  uint64_t now = uv_hrtime();
+  unsigned n = 0;
+  const mm__list_t *l;
+  for (l = pool->threads.next; l != &pool->threads; l = l->next) {
+    const worker_t *w = container_of(l, worker_t, link);
+    if (w->call_start != 0 && now - w->call_start >= LONG_CALL_NS)
+      n++;
+  }
+  return n;
+}
+
 /* Sees that queued calls get threads: claims idle workers to wake and
  * starts a new one when none is left, for the calls beyond those that
  * spinning and already woken workers will take (and free more: the
  * caller itself, when it is a worker about to look for work).  At most
- * as many workers are awake as there are CPUs, unless the pool is
- * stalled -- calls wait and none has completed for STALL_MS -- when one
- * more may be woken or started each STALL_MS: more threads only help
- * calls that block.  One thread starts at a time; once running it calls
- * this again for the next.  mu held.  Returns how many times the caller
- * must signal work_cv once it has released mu; *err is set only when an
- * empty pool cannot start a thread. */
+ * as many workers are awake as there are CPUs, those in long calls not
+ * counted, unless calls take long on average: then every waiting call
+ * gets a thread.  One thread starts at a time; once running it calls this
+ * again for the next.  mu held.  Returns how many times the caller must
+ * signal work_cv once it has released mu; *err is set only when an empty
+ * pool cannot start a thread. */
 static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking + free;
   if (pool->queued <= taken)
@@ -163,13 +178,13 @@ static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   uint64_t need = pool->queued - taken;
   unsigned idle = pool->nidle - pool->nwaking;   /* not yet signalled */
   unsigned awake = pool->nthreads - idle;
-  unsigned room = awake < pool->ncpu ? pool->ncpu - awake : 0;
-  if (room == 0) {
-    uint64_t now = uv_hrtime();
-    if (now - pool->progress_ns < STALL_MS * 1000000u)
-      return 0;
-    pool->progress_ns = now;
-    room = 1;
+  unsigned room;
+  if (pool->avg_call_ns >= LONG_CALL_NS) {
+    room = pool->max;                      /* calls block: one thread each */
+  } else {
+    if (awake >= pool->ncpu)
+      awake -= count_blocked(pool);
+    room = awake < pool->ncpu ? pool->ncpu - awake : 0;
   }
   if (need < room)
     room = (unsigned) need;
@@ -251,13 +266,19 @@ static void *worker_main(void *arg) {
       mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
       count_queued(pool, -1);
       pool->running++;
+      w->call_start = uv_hrtime();
       atomic_store_explicit(&req->state, MM__SYNC_RUNNING,
                             memory_order_relaxed);  /* mu orders it */
       pthread_mutex_unlock(&pool->mu);
       mm__sync_execute(req);
       pthread_mutex_lock(&pool->mu);
       pool->running--;
-      pool->progress_ns = uv_hrtime();
+      /* Weight 1/8: a few long calls in a row make the pool take calls
+       * as blocking, a few quick ones as quick again. */
+      int64_t d = (int64_t) (uv_hrtime() - w->call_start) -
+                  (int64_t) pool->avg_call_ns;
+      pool->avg_call_ns = (uint64_t) ((int64_t) pool->avg_call_ns + d / 8);
+      w->call_start = 0;
       continue;
     }
     if (pool->stopping)
@@ -381,8 +402,6 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
                           memory_order_relaxed);  /* mu orders it */
     n++;
   }
-  if (pool->queued == 0)
-    pool->progress_ns = uv_hrtime();   /* nothing waited: no stall yet */
   mm__list_splice_back(&pool->queue, reqs);
   count_queued(pool, n);
   int r = 0;

@@ -25,9 +25,9 @@
 
 /* ---- per-loop state ------------------------------------------------- */
 
-/* A pool that has grown to its CPU count grows further only when stalled
- * (pool.c); nothing but time may show that, so while calls wait the loop
- * looks again every millisecond. */
+/* A pool with as many threads awake as CPUs takes more only once some of
+ * their calls have run long (pool.c); nothing but time may show that, so
+ * while calls wait the loop looks again every millisecond. */
 static void watch_growth(mm__bridge_t *b) {
   if (b->grow_timer.idx == SIZE_MAX &&
       mm__timer_start(b->loop, &b->grow_timer, 1) != 0)
