@@ -26,14 +26,12 @@
  *
  * Wake-ups (DESIGN.md, "Wake-ups cost more than the work").  A worker
  * that runs out of work spins on the queue's lock-free mirror before it
- * parks, so that a coroutine's next call, made once its loop has taken
- * the answer, finds it awake; spinning workers count as taking the next
- * calls, so no one is woken for them.  The spin is adaptive (SPIN_NS at
- * most, halved each time it finds nothing), yields the CPU after
- * SPIN_YIELD_NS, and at most half the CPUs spin at once, process-wide.
- * An idle worker is signalled only when no spinning or already-woken
- * worker will take the call (nwaking), and the signal is sent after mu
- * is released, so that the woken thread does not run into the lock.
+ * parks (lib/spin.c), so that a coroutine's next call, made once its loop
+ * has taken the answer, finds it awake; spinning workers count as taking
+ * the next calls, so no one is woken for them.  An idle worker is
+ * signalled only when no spinning or already-woken worker will take the
+ * call (nwaking), and the signal is sent after mu is released, so that
+ * the woken thread does not run into the lock.
  */
 #include "bridge.h"
 
@@ -42,7 +40,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sched.h>
 #include <unistd.h>
 
 typedef struct worker {
@@ -71,7 +68,7 @@ struct mm__pool {
   unsigned nwaking;           /* of those, signalled and not yet awake */
   unsigned nspinning;         /* looking at the queue before parking */
   uint64_t avg_call_ns;       /* moving average of how long calls take */
-  uint64_t spin_ns;           /* how long the next spin lasts (adaptive) */
+  mm__spin_t spin;            /* how long the next spin lasts (adaptive) */
   unsigned ncpu;              /* threads that can run at once */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
@@ -87,26 +84,6 @@ struct mm__pool {
  * count against the CPUs. */
 #define LONG_CALL_NS 100000
 
-/* How long a worker watches an empty queue before it parks.  It must
- * outlast a loop's wake-up (tens of microseconds on a VM) so that a
- * coroutine's next call, made once its loop has woken to the previous
- * answer, finds the worker still awake. */
-#define SPIN_NS 50000
-
-/* The shortest spin: calls that come back seldom cost a worker no more
- * than this before it parks.  A spin that finds nothing halves the next
- * one, down to this; a worker woken sooner after parking than SPIN_NS
- * (a spin would have caught the call) sets it back to SPIN_NS. */
-#define SPIN_MIN_NS 2000
-
-/* Past this much spinning, the spinner also yields the CPU at each turn:
- * the thread it waits for (the loop) may be waiting for this very CPU. */
-#define SPIN_YIELD_NS 3000
-
-/* Workers spinning at once, over all pools of the process: at most half
- * the CPUs (none on one CPU), so that spinners never take the CPUs the
- * threads they wait for need (a loop, the workers running calls). */
-static _Atomic unsigned spinners;
 
 static __thread const mm__pool_t *self_pool;
 
@@ -203,36 +180,12 @@ static void signal_n(mm__pool_t *pool, unsigned n) {
     pthread_cond_signal(&pool->work_cv);
 }
 
-/* Becomes one of the process's spinners if there is room.  Relaxed: the
- * count orders nothing, it only bounds how many threads spin. */
-static bool spin_begin(const mm__pool_t *pool) {
-  unsigned max = pool->ncpu / 2;
-  unsigned n = atomic_load_explicit(&spinners, memory_order_relaxed);
-  do {
-    if (n >= max)
-      return false;
-  } while (!atomic_compare_exchange_weak_explicit(&spinners, &n, n + 1,
-                                                  memory_order_relaxed,
-                                                  memory_order_relaxed));
-  return true;
-}
-
-/* Watches the queue's lock-free mirror until calls are queued or limit
- * has passed; returns whether calls came.  Relaxed loads: a stale value
- * only shortens or lengthens the spin; the queue itself is then read
- * under mu. */
-static bool spin(mm__pool_t *pool, uint64_t limit) {
-  uint64_t t0 = uv_hrtime(), dt = 0;
-  while (atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) == 0) {
-    for (int i = 0; i < 16; i++)
-      mm__cpu_relax();
-    if (dt >= SPIN_YIELD_NS)
-      sched_yield();
-    dt = uv_hrtime() - t0;
-    if (dt >= limit)
-      return false;
-  }
-  return true;
+/* The spin's condition: calls are queued.  Relaxed: a stale value only
+ * shortens or lengthens the spin; the queue itself is then read under
+ * mu. */
+static bool calls_queued(const void *arg) {
+  const mm__pool_t *pool = arg;
+  return atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) != 0;
 }
 
 static void *worker_main(void *arg) {
@@ -285,21 +238,21 @@ static void *worker_main(void *arg) {
       break;
     /* Before parking, watch the queue for a while: the next call may be
      * microseconds away, and a park plus a wake-up costs more. */
-    if (spin_begin(pool)) {
-      uint64_t limit = pool->spin_ns;
+    if (mm__spin_begin()) {
+      /* The pool's workers share one adaptive limit, under mu: spin
+       * with a copy and put back what it learnt. */
       pool->nspinning++;
+      mm__spin_t spin = pool->spin;
       pthread_mutex_unlock(&pool->mu);
-      bool came = spin(pool, limit);
+      mm__spin_wait(&spin, calls_queued, pool);
       pthread_mutex_lock(&pool->mu);
+      pool->spin = spin;
       pool->nspinning--;
-      atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
-      if (!came && pool->spin_ns / 2 >= SPIN_MIN_NS)
-        pool->spin_ns /= 2;
       if (!mm__list_empty(&pool->queue) || pool->stopping)
         continue;
     }
     pool->nidle++;
-    uint64_t parked = uv_hrtime();
+    uint64_t parked = mm__spin_sleep_begin();
     int r = 0;
     if (pool->lane || pool->nthreads <= pool->min) {
       pthread_cond_wait(&pool->work_cv, &pool->mu);
@@ -317,8 +270,8 @@ static void *worker_main(void *arg) {
     pool->nidle--;
     if (pool->nwaking > 0)
       pool->nwaking--;
-    if (r == 0 && uv_hrtime() - parked < SPIN_NS)
-      pool->spin_ns = SPIN_NS;   /* a full spin would have caught it */
+    if (r == 0)
+      mm__spin_woken(&pool->spin, parked);
     if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
@@ -357,7 +310,7 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   pool->min = lane ? 1 : min;
   pool->max = lane ? 1 : max;
   pool->idle_ms = idle_ms;
-  pool->spin_ns = SPIN_NS;
+  mm__spin_init(&pool->spin);
   mm__list_init(&pool->queue);
   mm__list_init(&pool->threads);
   mm__list_init(&pool->dead);

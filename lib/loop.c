@@ -324,8 +324,7 @@ static void on_prepare(uv_prepare_t *h) {
     }
     if (!mm__list_empty(&loop->ready))
       break;              /* the idle handle keeps libuv from blocking */
-    if (loop->poll_first && poll_cpus_ok() &&
-        mm__counter_get(&loop->nlive) != 0) {
+    if (loop->poll_first && poll_cpus_ok()) {
       if (round == POLL_ROUNDS) {
         /* libuv's turn, without sleeping: an active idle handle makes
          * its poll return at once, and we come back here after. */

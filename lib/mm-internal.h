@@ -95,6 +95,24 @@ static inline void mm__cpu_relax(void) {
 #endif
 }
 
+/* Spinning before sleeping (spin.c).  The owner of an mm__spin_t (one
+ * thread, or whoever holds the lock it lives under) keeps its adaptive
+ * limit.  To spin: mm__spin_begin() claims one of the process's spinner
+ * places (false: sleep at once); mm__spin_wait() then watches ready(arg)
+ * until it holds (true) or the limit passes (false), and gives the place
+ * back.  Around a sleep: t = mm__spin_sleep_begin() before, and
+ * mm__spin_woken(s, t) after a wake-up (not a timeout). */
+typedef struct mm__spin {
+  uint64_t limit_ns;
+} mm__spin_t;
+
+void     mm__spin_init(mm__spin_t *s);
+bool     mm__spin_begin(void);
+bool     mm__spin_wait(mm__spin_t *s, bool (*ready)(const void *arg),
+                       const void *arg);
+uint64_t mm__spin_sleep_begin(void);
+void     mm__spin_woken(mm__spin_t *s, uint64_t slept_at);
+
 /* Records reason (ECANCELED, ETIMEDOUT) in *r unless one is there
  * already: the first cancellation wins.  Relaxed: the reason carries no
  * data; whatever must follow it is ordered by the queue or the thread
@@ -160,6 +178,10 @@ typedef struct mm__waiter {
                          mm_run_async and so serves its coroutines' calls */
   _Atomic unsigned refs;  /* the thread's own, plus one per coroutine
                              that names the thread as its caller */
+  _Atomic bool task_hint; /* tasks is not empty; written under mu, read
+                             without it by the thread's spin (a stale
+                             value only ends or prolongs the spin) */
+  mm__spin_t spin;        /* the thread's own */
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
@@ -196,7 +218,9 @@ struct mm__wait {
   void (*cancel)(mm__wait_t *w, int reason);
   bool cancellable;           /* false: cancellation never interrupts it */
   bool cancel_seen;           /* cancel already called for this wait */
-  bool done;                  /* thread waits: protected by thread->mu */
+  _Atomic bool done;          /* thread waits: written under thread->mu
+                                 (release), read under it or, spinning,
+                                 without it (acquire) */
   int status;                 /* the value given to mm__wait_wake */
 };
 

@@ -56,6 +56,8 @@ mm__waiter_t *mm__waiter_self(void) {
   pthread_cond_init(&w->cv, NULL);
   mm__list_init(&w->tasks);
   atomic_init(&w->refs, 1);
+  atomic_init(&w->task_hint, false);
+  mm__spin_init(&w->spin);
   w->serving = 0;
   pthread_setspecific(waiter_key, w);
   self_waiter = w;
@@ -67,6 +69,7 @@ bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t) {
   bool ok = w->serving > 0;
   if (ok) {
     mm__list_push_back(&w->tasks, &t->link);
+    atomic_store_explicit(&w->task_hint, true, memory_order_relaxed);
     pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&w->mu);
@@ -99,6 +102,7 @@ void mm__waiter_serve_end(mm__waiter_t *w) {
     mm__list_t *n;
     while ((n = mm__list_pop_front(&w->tasks)) != NULL)
       mm__list_push_back(&left, n);
+    atomic_store_explicit(&w->task_hint, false, memory_order_relaxed);
   }
   pthread_mutex_unlock(&w->mu);
   mm__list_t *n;
@@ -108,31 +112,52 @@ void mm__waiter_serve_end(mm__waiter_t *w) {
   }
 }
 
+/* The spin's condition: w is done, or tasks came for this thread. */
+static bool wait_ready(const void *arg) {
+  const mm__wait_t *w = arg;
+  /* Acquire pairs with the waker's release store: status is visible. */
+  return atomic_load_explicit(&w->done, memory_order_acquire) ||
+         atomic_load_explicit(&w->thread->task_hint, memory_order_relaxed);
+}
+
 /* Blocks until w is done (or, with a deadline, until then), running
- * posted tasks meanwhile. */
+ * posted tasks meanwhile.  Spins a while first (lib/spin.c): the answer
+ * may be microseconds away. */
 static int thread_block(mm__wait_t *w, const struct timespec *deadline,
                         int *status) {
   mm__waiter_t *me = w->thread;
 
+  if (mm__spin_begin() && mm__spin_wait(&me->spin, wait_ready, w) &&
+      atomic_load_explicit(&w->done, memory_order_acquire)) {
+    *status = w->status;
+    return 0;
+  }
   pthread_mutex_lock(&me->mu);
   for (;;) {
-    if (w->done)
+    if (atomic_load_explicit(&w->done, memory_order_relaxed))
       break;
     mm__list_t *n = mm__list_pop_front(&me->tasks);
     if (n != NULL) {
+      if (mm__list_empty(&me->tasks))
+        atomic_store_explicit(&me->task_hint, false, memory_order_relaxed);
       pthread_mutex_unlock(&me->mu);
       mm__task_t *t = container_of(n, mm__task_t, link);
       t->run(t);
       pthread_mutex_lock(&me->mu);
       continue;
     }
+    uint64_t slept = mm__spin_sleep_begin();
     if (deadline == NULL) {
       pthread_cond_wait(&me->cv, &me->mu);
     } else if (pthread_cond_timedwait(&me->cv, &me->mu, deadline) ==
-               ETIMEDOUT && !w->done) {
-      pthread_mutex_unlock(&me->mu);
-      return -ETIMEDOUT;
+               ETIMEDOUT) {
+      if (!atomic_load_explicit(&w->done, memory_order_relaxed)) {
+        pthread_mutex_unlock(&me->mu);
+        return -ETIMEDOUT;
+      }
+      continue;
     }
+    mm__spin_woken(&me->spin, slept);
   }
   pthread_mutex_unlock(&me->mu);
   *status = w->status;
@@ -158,7 +183,7 @@ int mm__wait_init(mm__wait_t *w) {
   w->cancel = NULL;
   w->cancellable = true;
   w->cancel_seen = false;
-  w->done = false;
+  atomic_init(&w->done, false);
   w->status = 0;
   if (w->coro != NULL)
     return 0;
@@ -199,7 +224,9 @@ void mm__wait_wake(mm__wait_t *w, int status) {
   mm__waiter_ref(t);
   pthread_mutex_lock(&t->mu);
   w->status = status;
-  w->done = true;        /* last access to w: the waiter needs t->mu */
+  /* Last access to w: the waiter returns once it sees done, spinning
+   * (acquire) or under t->mu. */
+  atomic_store_explicit(&w->done, true, memory_order_release);
   pthread_mutex_unlock(&t->mu);
   pthread_cond_signal(&t->cv);
   mm__waiter_unref(t);

@@ -1,0 +1,87 @@
+/* Spinning before sleeping: the one mechanism behind every bounded spin
+ * of the library (DESIGN.md, "Wake-ups cost more than the work").
+ *
+ * A thread about to sleep until another thread answers may instead watch
+ * for the answer a while: a sleep plus a wake-up costs tens of
+ * microseconds here, and the answer is often microseconds away.  Every
+ * spin is bounded by its owner's adaptive limit (mm__spin_t), pauses the
+ * CPU, yields it after SPIN_YIELD_NS (the thread it waits for may need
+ * this very CPU), and at most half the CPUs spin at once, process-wide
+ * (none on one CPU), so that spinners never take the CPUs that the
+ * threads they wait for need.
+ */
+#include "mm-internal.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+/* The longest spin: it must outlast a loop's or a thread's wake-up (tens
+ * of microseconds on a VM) so that the next request, made once the other
+ * side has woken to the previous answer, finds the spinner awake. */
+#define SPIN_MAX_NS 50000
+
+/* The shortest: calls that come back seldom cost no more than this. */
+#define SPIN_MIN_NS 2000
+
+/* Past this much spinning, each turn also yields the CPU. */
+#define SPIN_YIELD_NS 3000
+
+/* Threads spinning now.  Relaxed: the count orders nothing, it only
+ * bounds how many threads spin. */
+static _Atomic unsigned spinners;
+
+static unsigned max_spinners(void) {
+  static _Atomic int max = -1;      /* relaxed: every thread finds the same */
+  int v = atomic_load_explicit(&max, memory_order_relaxed);
+  if (v < 0) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    v = ncpu > 1 ? (int) (ncpu / 2) : 0;
+    atomic_store_explicit(&max, v, memory_order_relaxed);
+  }
+  return (unsigned) v;
+}
+
+void mm__spin_init(mm__spin_t *s) {
+  s->limit_ns = SPIN_MAX_NS;
+}
+
+bool mm__spin_begin(void) {
+  unsigned max = max_spinners();
+  unsigned n = atomic_load_explicit(&spinners, memory_order_relaxed);
+  do {
+    if (n >= max)
+      return false;
+  } while (!atomic_compare_exchange_weak_explicit(&spinners, &n, n + 1,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed));
+  return true;
+}
+
+bool mm__spin_wait(mm__spin_t *s, bool (*ready)(const void *arg),
+                   const void *arg) {
+  uint64_t limit = s->limit_ns;
+  uint64_t t0 = uv_hrtime(), dt = 0;
+  bool came;
+  while (!(came = ready(arg)) && dt < limit) {
+    for (int i = 0; i < 16; i++)
+      mm__cpu_relax();
+    if (dt >= SPIN_YIELD_NS)
+      sched_yield();
+    dt = uv_hrtime() - t0;
+  }
+  atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
+  /* A spin that found nothing halves the next one. */
+  if (!came && s->limit_ns / 2 >= SPIN_MIN_NS)
+    s->limit_ns /= 2;
+  return came;
+}
+
+uint64_t mm__spin_sleep_begin(void) {
+  return uv_hrtime();
+}
+
+void mm__spin_woken(mm__spin_t *s, uint64_t slept_at) {
+  /* Woken sooner than a full spin lasts: a spin would have caught it. */
+  if (uv_hrtime() - slept_at < SPIN_MAX_NS)
+    s->limit_ns = SPIN_MAX_NS;
+}
