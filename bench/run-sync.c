@@ -39,6 +39,10 @@
  *       all (4 N over first start to last end).  The threads start timing
  *       together, after their warm-ups (a barrier).  Aim: mixmode within
  *       1.3x of the floor, per thread.
+ *   (f) Reference, no aim: calls that block, as a database driver's do.
+ *       64 coroutines call mm_run_sync(sleep 1 ms) until 640 calls have
+ *       completed: ms in all (ideal: 10 ms, every call with a thread).
+ *       Baseline: the same with uv_queue_work, 64 outstanding.
  *
  * libuv's worker pool is process-global and sized from UV_THREADPOOL_SIZE
  * (default 4); this program sets nothing, so the baseline is libuv as a
@@ -73,6 +77,7 @@ enum { WIDTH = 64, CALLERS = 4 };
 
 static uint64_t rt_iters = 5000;        /* round trips, (a) and (c) */
 static uint64_t tp_iters = 60000;       /* calls in all, (b) */
+static uint64_t bl_iters = 640;         /* blocking calls in all, (f) */
 static uint64_t as_iters = 5000;        /* round trips, (d) */
 static uint64_t mt_iters = 2000;        /* round trips per thread, (e) */
 
@@ -90,6 +95,18 @@ __attribute__((noinline)) static int noop(void *arg) {
 
 static void uv_noop(uv_work_t *req) {
   (void) noop(req);
+}
+
+/* The work of (f): a call that blocks for 1 ms, like a query. */
+static int sleep_1ms(void *arg) {
+  (void) arg;
+  struct timespec ts = { 0, 1000000 };
+  nanosleep(&ts, NULL);
+  return 0;
+}
+
+static void uv_sleep_1ms(uv_work_t *req) {
+  (void) sleep_1ms(req);
 }
 
 /* The coroutine of (d) and (e): nothing either. */
@@ -174,6 +191,7 @@ static double measure_uv_rt(uv_loop_t *uv) {
  * been started; t0 is taken when the warm-up's calls have completed, t1
  * when the last call has: exactly `iters` completions lie in between. */
 struct mm_tp {
+  mm_fn fn;
   uint64_t started, done, warm, total;
   uint64_t t0, t1;
   int err;
@@ -183,7 +201,7 @@ static int mm_tp_body(void *arg) {
   struct mm_tp *s = arg;
   while (s->started < s->total && s->err == 0) {
     s->started++;
-    int err = mm_run_sync(noop, NULL);
+    int err = mm_run_sync(s->fn, NULL);
     if (err < 0) {
       s->err = err;
       return err;
@@ -197,11 +215,11 @@ static int mm_tp_body(void *arg) {
   return 0;
 }
 
-/* Returns calls per second. */
-static double measure_mm_tp(mm_loop_t *loop) {
-  struct mm_tp s = { .warm = warmup_of(tp_iters) };
+/* Returns calls per second: iters calls of fn after the warm-up. */
+static double measure_mm_tp(mm_loop_t *loop, mm_fn fn, uint64_t iters) {
+  struct mm_tp s = { .fn = fn, .warm = warmup_of(iters) };
   int err;
-  s.total = s.warm + tp_iters;
+  s.total = s.warm + iters;
   for (int i = 0; i < WIDTH; i++)
     if ((err = mm_spawn(loop, mm_tp_body, &s, NULL)) < 0)
       die("mm_spawn", err);
@@ -209,11 +227,12 @@ static double measure_mm_tp(mm_loop_t *loop) {
     die("mm_loop_run", err);
   if (s.err < 0)
     die("mm_run_sync", s.err);
-  return (double) tp_iters * 1e9 / (double) (s.t1 - s.t0);
+  return (double) iters * 1e9 / (double) (s.t1 - s.t0);
 }
 
 struct uv_tp {
   uv_work_t req[WIDTH];
+  uv_work_cb work;
   uint64_t started, done, warm, total;
   uint64_t t0, t1;
 };
@@ -232,29 +251,30 @@ static void uv_tp_after(uv_work_t *req, int status) {
     s->t1 = now_ns();
   if (s->started < s->total) {
     s->started++;
-    if ((err = uv_queue_work(req->loop, req, uv_noop, uv_tp_after)) < 0)
+    if ((err = uv_queue_work(req->loop, req, s->work, uv_tp_after)) < 0)
       die("uv_queue_work", err);
   }
 }
 
-/* Returns calls per second. */
-static double measure_uv_tp(uv_loop_t *uv) {
+/* Returns calls per second: iters calls of work after the warm-up. */
+static double measure_uv_tp(uv_loop_t *uv, uv_work_cb work, uint64_t iters) {
   static struct uv_tp s;
   int err;
   memset(&s, 0, sizeof s);
-  s.warm = warmup_of(tp_iters);
-  s.total = s.warm + tp_iters;
+  s.work = work;
+  s.warm = warmup_of(iters);
+  s.total = s.warm + iters;
   uv_tp_state = &s;
   for (int i = 0; i < WIDTH && s.started < s.total; i++) {
     s.started++;
-    if ((err = uv_queue_work(uv, &s.req[i], uv_noop, uv_tp_after)) < 0)
+    if ((err = uv_queue_work(uv, &s.req[i], work, uv_tp_after)) < 0)
       die("uv_queue_work", err);
   }
   if ((err = uv_run(uv, UV_RUN_DEFAULT)) < 0)
     die("uv_run", err);
   if (s.done != s.total)
     die("uv_run returned early", -EINTR);
-  return (double) tp_iters * 1e9 / (double) (s.t1 - s.t0);
+  return (double) iters * 1e9 / (double) (s.t1 - s.t0);
 }
 
 /* ---- (c) GLib: GThreadPool + GAsyncQueue ----------------------------------- */
@@ -465,13 +485,14 @@ static void row(const char *what, const char *iters, struct result r,
 static void ratio_row(const char *what, struct result r, const char *aim,
                       int met) {
   printf("%-38s %12s %9.2fx %9.2fx  %-8s %s\n", what, "", r.median, r.best,
-         aim, met ? "met" : "MISSED");
+         aim, aim[0] == '\0' ? "" : met ? "met" : "MISSED");
 }
 
 int main(int argc, char **argv) {
   double scale = bench_scale(argc, argv);
   rt_iters = scaled(rt_iters, scale);
   tp_iters = scaled(tp_iters, scale);
+  bl_iters = scaled(bl_iters, scale);
   as_iters = scaled(as_iters, scale);
   mt_iters = scaled(mt_iters, scale);
 
@@ -507,6 +528,7 @@ int main(int argc, char **argv) {
 
   double mm_rt_ns[RUNS], uv_rt_ns[RUNS], rt_ratio[RUNS];
   double mm_tp_cps[RUNS], uv_tp_cps[RUNS], tp_ratio[RUNS];
+  double mm_bl_ms[RUNS], uv_bl_ms[RUNS], bl_ratio[RUNS];
   double mm_as_ns[RUNS], fl_as_ns[RUNS], as_ratio[RUNS];
   double mm_mt_ns[RUNS], fl_mt_ns[RUNS], mt_ratio[RUNS];
   double mm_mt_cps[RUNS], fl_mt_cps[RUNS];
@@ -514,8 +536,13 @@ int main(int argc, char **argv) {
     mm_rt_ns[r] = measure_mm_rt(loop);
     uv_rt_ns[r] = measure_uv_rt(&uv);
     rt_ratio[r] = mm_rt_ns[r] / uv_rt_ns[r];
-    mm_tp_cps[r] = measure_mm_tp(loop) / 1000.0;
-    uv_tp_cps[r] = measure_uv_tp(&uv) / 1000.0;
+    mm_tp_cps[r] = measure_mm_tp(loop, noop, tp_iters) / 1000.0;
+    uv_tp_cps[r] = measure_uv_tp(&uv, uv_noop, tp_iters) / 1000.0;
+    mm_bl_ms[r] = (double) bl_iters * 1000.0 /
+                  measure_mm_tp(loop, sleep_1ms, bl_iters);
+    uv_bl_ms[r] = (double) bl_iters * 1000.0 /
+                  measure_uv_tp(&uv, uv_sleep_1ms, bl_iters);
+    bl_ratio[r] = mm_bl_ms[r] / uv_bl_ms[r];
     tp_ratio[r] = mm_tp_cps[r] / uv_tp_cps[r];
 #ifdef HAVE_GLIB
     glib_ns[r] = measure_glib_rt(gpool, q);
@@ -557,7 +584,10 @@ int main(int argc, char **argv) {
   struct result e_q = summarize(mt_ratio, 0);
   struct result e_mmc = summarize(mm_mt_cps, 1);
   struct result e_flc = summarize(fl_mt_cps, 1);
-  char ri[32], ti[32], ai[32], mi[32];
+  struct result f_mm = summarize(mm_bl_ms, 0), f_uv = summarize(uv_bl_ms, 0);
+  struct result f_q = summarize(bl_ratio, 0);
+  char ri[32], ti[32], ai[32], mi[32], bi[32];
+  snprintf(bi, sizeof bi, "%llu", (unsigned long long) bl_iters);
   snprintf(ri, sizeof ri, "%llu", (unsigned long long) rt_iters);
   snprintf(ti, sizeof ti, "%llu", (unsigned long long) tp_iters);
   snprintf(ai, sizeof ai, "%llu", (unsigned long long) as_iters);
@@ -595,6 +625,11 @@ int main(int argc, char **argv) {
   printf("    in all, k calls/s\n");
   row("  mixmode", mi, e_mmc, "", -1);
   row("  floor", mi, e_flc, "", -1);
+  printf("(f) reference, calls that block 1 ms, %d outstanding, ms in "
+         "all (ideal %.1f)\n", WIDTH, (double) bl_iters / WIDTH);
+  row("  mixmode mm_run_sync(sleep 1 ms)", bi, f_mm, "", -1);
+  row("  libuv uv_queue_work(sleep 1 ms)", bi, f_uv, "", -1);
+  ratio_row("  ratio mixmode / libuv", f_q, "", true);
   printf("\nround trip: one call of a no-op function from the caller asking "
          "to the caller\nrunning again with its result (mixmode: a coroutine "
          "suspended and resumed;\nlibuv: queue_work to after_work callback; "
@@ -613,6 +648,8 @@ int main(int argc, char **argv) {
          "thread-to-loop call costs at least.\n(e) per thread: each "
          "thread's time over its calls, median over the %d threads;\n"
          "in all: %d N calls over first start to last end.  Verdicts use "
-         "the median.\n", WIDTH, CALLERS, CALLERS);
+         "the median.\n(f) blocking: the pool must give each waiting call "
+         "a thread, up to its\nmaximum; libuv's 4 threads run 4 at a "
+         "time.\n", WIDTH, CALLERS, CALLERS);
   return EXIT_SUCCESS;
 }
