@@ -1,0 +1,90 @@
+/* White-box tests of the spin-before-sleeping mechanism (lib/spin.c):
+ * the process-wide cap on spinners, and the adaptive limit that a spin
+ * finding nothing halves and a quick wake-up restores.  No loops and no
+ * pools run here, so this program's spinner places are all free. */
+#include "config.h"
+
+#include <unistd.h>
+
+#include "helpers.h"
+#include "mm-internal.h"
+
+static bool always(const void *arg) {
+  (void) arg;
+  return true;
+}
+
+static bool never(const void *arg) {
+  (void) arg;
+  return false;
+}
+
+static unsigned half_the_cpus(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 1 ? (unsigned) (n / 2) : 0;
+}
+
+static void test_at_most_half_the_cpus_spin_at_once(void **state) {
+  unsigned max = half_the_cpus();
+  mm__spin_t s;
+  mm__spin_init(&s);
+  for (int round = 0; round < 3; round++) {
+    for (unsigned i = 0; i < max; i++)
+      assert_true(mm__spin_begin());
+    assert_false(mm__spin_begin());     /* no place left (none on 1 CPU) */
+    /* Each wait gives its place back, whatever it finds. */
+    for (unsigned i = 0; i < max; i++)
+      assert_true(mm__spin_wait(&s, always, NULL));
+  }
+}
+
+static void test_a_spin_that_finds_nothing_halves_the_next_one(
+    void **state) {
+  if (half_the_cpus() == 0)
+    skip();
+  mm__spin_t s;
+  mm__spin_init(&s);
+  uint64_t first = s.limit_ns;
+  assert_true(first >= 10000);          /* outlasts a wake-up */
+  uint64_t prev = first;
+  for (int i = 0; i < 20; i++) {
+    assert_true(mm__spin_begin());
+    uint64_t t0 = uv_hrtime();
+    assert_false(mm__spin_wait(&s, never, NULL));
+    /* It lasted its limit (a clock read later at most: no upper bound
+     * is checked, a preempted thread may come back late). */
+    assert_true(uv_hrtime() - t0 >= prev);
+    assert_true(s.limit_ns <= prev);
+    if (s.limit_ns < prev)
+      assert_true(s.limit_ns == prev / 2);
+    prev = s.limit_ns;
+  }
+  assert_true(prev < first);
+  assert_true(prev >= 2000);            /* the floor */
+  assert_true(prev / 2 < 2000);         /* reached */
+}
+
+static void test_a_quick_wake_up_restores_the_full_spin(void **state) {
+  mm__spin_t s;
+  mm__spin_init(&s);
+  uint64_t full = s.limit_ns;
+  s.limit_ns = 2000;
+  /* Woken long after it slept: the spin stays short. */
+  mm__spin_woken(&s, uv_hrtime() - 10 * full);
+  assert_true(s.limit_ns == 2000);
+  /* Woken at once: a full spin would have caught it.  "At once" means
+   * within the full spin's time; a preempted test thread may miss that,
+   * so try a few times. */
+  for (int i = 0; i < 100 && s.limit_ns != full; i++)
+    mm__spin_woken(&s, mm__spin_sleep_begin());
+  assert_true(s.limit_ns == full);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    mm_test(test_at_most_half_the_cpus_spin_at_once),
+    mm_test(test_a_spin_that_finds_nothing_halves_the_next_one),
+    mm_test(test_a_quick_wake_up_restores_the_full_spin),
+  };
+  return mm_run_tests(tests);
+}
