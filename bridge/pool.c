@@ -240,13 +240,14 @@ static void *worker_main(void *arg) {
      * microseconds away, and a park plus a wake-up costs more. */
     if (mm__spin_begin()) {
       /* The pool's workers share one adaptive limit, under mu: spin
-       * with a copy and put back what it learnt. */
+       * with a copy, and count a miss on the shared one. */
       pool->nspinning++;
       mm__spin_t spin = pool->spin;
       pthread_mutex_unlock(&pool->mu);
-      mm__spin_wait(&spin, calls_queued, pool);
+      bool came = mm__spin_wait(&spin, calls_queued, pool);
       pthread_mutex_lock(&pool->mu);
-      pool->spin = spin;
+      if (!came)
+        mm__spin_missed(&pool->spin);
       pool->nspinning--;
       if (!mm__list_empty(&pool->queue) || pool->stopping)
         continue;

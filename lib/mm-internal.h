@@ -100,16 +100,18 @@ static inline void mm__cpu_relax(void) {
  * limit.  To spin: mm__spin_begin() claims one of the process's spinner
  * places (false: sleep at once); mm__spin_wait() then watches ready(arg)
  * until it holds (true) or the limit passes (false), and gives the place
- * back.  Around a sleep: t = mm__spin_sleep_begin() before, and
- * mm__spin_woken(s, t) after a wake-up (not a timeout). */
+ * back; after a false, mm__spin_missed() halves the next limit.  Around a
+ * sleep: t = mm__spin_sleep_begin() before, and mm__spin_woken(s, t)
+ * after a wake-up (not a timeout): a quick one restores the full limit. */
 typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
 
 void     mm__spin_init(mm__spin_t *s);
 bool     mm__spin_begin(void);
-bool     mm__spin_wait(mm__spin_t *s, bool (*ready)(const void *arg),
+bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
+void     mm__spin_missed(mm__spin_t *s);
 uint64_t mm__spin_sleep_begin(void);
 void     mm__spin_woken(mm__spin_t *s, uint64_t slept_at);
 

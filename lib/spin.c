@@ -57,7 +57,7 @@ bool mm__spin_begin(void) {
   return true;
 }
 
-bool mm__spin_wait(mm__spin_t *s, bool (*ready)(const void *arg),
+bool mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                    const void *arg) {
   uint64_t limit = s->limit_ns;
   uint64_t t0 = uv_hrtime(), dt = 0;
@@ -70,10 +70,12 @@ bool mm__spin_wait(mm__spin_t *s, bool (*ready)(const void *arg),
     dt = uv_hrtime() - t0;
   }
   atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
-  /* A spin that found nothing halves the next one. */
-  if (!came && s->limit_ns / 2 >= SPIN_MIN_NS)
-    s->limit_ns /= 2;
   return came;
+}
+
+void mm__spin_missed(mm__spin_t *s) {
+  if (s->limit_ns / 2 >= SPIN_MIN_NS)
+    s->limit_ns /= 2;
 }
 
 uint64_t mm__spin_sleep_begin(void) {

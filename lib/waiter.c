@@ -127,10 +127,13 @@ static int thread_block(mm__wait_t *w, const struct timespec *deadline,
                         int *status) {
   mm__waiter_t *me = w->thread;
 
-  if (mm__spin_begin() && mm__spin_wait(&me->spin, wait_ready, w) &&
-      atomic_load_explicit(&w->done, memory_order_acquire)) {
-    *status = w->status;
-    return 0;
+  if (mm__spin_begin()) {
+    if (!mm__spin_wait(&me->spin, wait_ready, w))
+      mm__spin_missed(&me->spin);
+    else if (atomic_load_explicit(&w->done, memory_order_acquire)) {
+      *status = w->status;
+      return 0;
+    }
   }
   pthread_mutex_lock(&me->mu);
   for (;;) {
