@@ -34,6 +34,7 @@ enum mm__sync_state {
  * it calls cleanup(arg, status) and frees it. */
 typedef struct mm__sync_req {
   mm__list_t link;            /* pool queue; protected by pool->mu */
+  uint64_t queued_at;         /* uv_hrtime() when queued; pool->mu */
   mm__task_t task;            /* MM_AFFINITY_CALLER: in the caller
                                  thread's waiter; protected by its mu */
   mm__waiter_t *waiter;       /* that waiter, or NULL: in a pool */
@@ -67,10 +68,10 @@ int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
 int  mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs);
 /* Removes req if it is still queued; true if it was. */
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
-/* Gives waiting calls the threads that calls grown long have freed;
- * true while calls still wait for a thread the pool could wake or add
- * (check again later). */
-bool mm__pool_recheck(mm__pool_t *pool);
+/* Gives waiting calls the threads that calls grown long have freed, and
+ * reports calls that have waited long for a pool at its maximum.  Returns
+ * in how many ms to check again, 0 when no call waits. */
+unsigned mm__pool_recheck(mm__pool_t *pool);
 /* Whether the calling thread is one of pool's threads. */
 bool mm__pool_is_self(const mm__pool_t *pool);
 void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
@@ -84,7 +85,7 @@ typedef struct mm__bridge {
   mm__pool_t *pool;
   _Atomic(mm__pool_t *) sensitive;  /* made on first use; see run-sync.c */
   mm_loop_t *loop;
-  mm__timer_t grow_timer;     /* loop thread: mm__pool_recheck while armed */
+  mm__timer_t pool_timer;     /* loop thread: mm__pool_recheck while armed */
   mm__list_t staged;          /* loop thread: calls for pool made during
                                  this pass over the ready coroutines */
   unsigned nstaged;           /* loop thread: how many */

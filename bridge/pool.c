@@ -36,6 +36,7 @@
 #include "bridge.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,7 @@ struct mm__pool {
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
+  bool warned;                /* the calls waiting now were reported */
   mm__list_t threads;         /* worker_t, alive */
   mm__list_t dead;            /* worker_t, exited, not yet joined */
   /* queued, readable without mu for the spin before parking; written
@@ -83,6 +85,12 @@ struct mm__pool {
 /* A call that has run this long is taken to block: its thread does not
  * count against the CPUs. */
 #define LONG_CALL_NS 100000
+
+/* A call that waits this long for a pool at its maximum is reported, once
+ * for as long as calls keep waiting.  Until then, and after, the loop
+ * looks every SATURATED_CHECK_MS. */
+#define QUEUE_WARN_MS 1000
+#define SATURATED_CHECK_MS 100
 
 
 static __thread const mm__pool_t *self_pool;
@@ -349,13 +357,17 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
     return -ESHUTDOWN;
   }
   int n = 0;
+  uint64_t now = uv_hrtime();
   mm__list_t *l, *tmp;
   mm__list_foreach_safe(l, tmp, reqs) {
     mm__sync_req_t *req = container_of(l, mm__sync_req_t, link);
     atomic_store_explicit(&req->state, MM__SYNC_QUEUED,
                           memory_order_relaxed);  /* mu orders it */
+    req->queued_at = now;
     n++;
   }
+  if (pool->queued == 0)
+    pool->warned = false;     /* nothing waited: a new episode */
   mm__list_splice_back(&pool->queue, reqs);
   count_queued(pool, n);
   int r = 0;
@@ -401,16 +413,41 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req) {
   return removed;
 }
 
-bool mm__pool_recheck(mm__pool_t *pool) {
+unsigned mm__pool_recheck(mm__pool_t *pool) {
   int err = 0;
+  unsigned next = 0;
+  uint64_t waiting = 0, waited_ms = 0;
+  unsigned busy = 0;
+  bool warn = false;
   pthread_mutex_lock(&pool->mu);
   unsigned wake = assign(pool, 0, &err);
-  bool backlog = pool->queued > (uint64_t) pool->nspinning + pool->nwaking &&
-                 (pool->nidle > pool->nwaking || pool->nthreads < pool->max) &&
-                 !pool->stopping;
+  uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking;
+  if (!pool->stopping && pool->queued > taken) {
+    /* Calls wait with no thread on its way. */
+    if (pool->nidle > pool->nwaking || pool->nthreads < pool->max) {
+      next = 1;               /* one may be woken or started soon */
+    } else {
+      next = SATURATED_CHECK_MS;
+      const mm__sync_req_t *oldest =
+          container_of(pool->queue.next, mm__sync_req_t, link);
+      waited_ms = (uv_hrtime() - oldest->queued_at) / 1000000u;
+      if (!pool->warned && waited_ms >= QUEUE_WARN_MS) {
+        pool->warned = warn = true;
+        waiting = pool->queued;
+        busy = pool->nthreads;
+      }
+    }
+  }
   pthread_mutex_unlock(&pool->mu);
   signal_n(pool, wake);
-  return backlog;
+  if (warn)
+    mm__log(MM_LOG_WARN, "mm_run_sync: %" PRIu64 " call(s) have waited %"
+            PRIu64 " ms for a worker; the pool's %u workers "
+            "(pool_max_threads) are all busy.  If their calls wait for "
+            "this loop (mm_run_async), they wait for these calls: a "
+            "deadlock that only a cancel or a timeout ends", waiting,
+            waited_ms, busy);
+  return next;
 }
 
 bool mm__pool_is_self(const mm__pool_t *pool) {

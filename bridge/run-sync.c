@@ -26,19 +26,21 @@
 /* ---- per-loop state ------------------------------------------------- */
 
 /* A pool with as many threads awake as CPUs takes more only once some of
- * their calls have run long (pool.c); nothing but time may show that, so
- * while calls wait the loop looks again every millisecond. */
-static void watch_growth(mm__bridge_t *b) {
-  if (b->grow_timer.idx == SIZE_MAX &&
-      mm__timer_start(b->loop, &b->grow_timer, 1) != 0)
-    mm__log(MM_LOG_ERROR, "no memory for the pool's growth timer: calls "
-            "that block may wait for a thread until another call comes");
+ * their calls have run long (pool.c), and a pool at its maximum reports
+ * calls that wait long; nothing but time may show either, so while calls
+ * wait the loop looks again (mm__pool_recheck says when). */
+static void watch_pool(mm__bridge_t *b, unsigned ms) {
+  if (b->pool_timer.idx == SIZE_MAX &&
+      mm__timer_start(b->loop, &b->pool_timer, ms) != 0)
+    mm__log(MM_LOG_ERROR, "no memory for the pool's timer: calls that "
+            "block may wait for a thread until another call comes");
 }
 
-static void on_grow_timer(mm__timer_t *t) {
-  mm__bridge_t *b = container_of(t, mm__bridge_t, grow_timer);
-  if (mm__pool_recheck(b->pool))
-    watch_growth(b);
+static void on_pool_timer(mm__timer_t *t) {
+  mm__bridge_t *b = container_of(t, mm__bridge_t, pool_timer);
+  unsigned next = mm__pool_recheck(b->pool);
+  if (next != 0)
+    watch_pool(b, next);
 }
 
 /* The loop's pool calls of a pass over the ready coroutines go to the
@@ -56,7 +58,7 @@ static void bridge_flush(mm_loop_t *loop, void *p) {
   b->nstaged = 0;
   int r = mm__pool_submit_list(b->pool, &b->staged);
   if (r == 0) {
-    watch_growth(b);
+    watch_pool(b, 1);
     return;
   }
   mm__list_t *n;
@@ -71,7 +73,7 @@ static void bridge_flush(mm_loop_t *loop, void *p) {
 static void bridge_free(mm_loop_t *loop, void *p) {
   mm__bridge_t *b = p;
   assert(mm__list_empty(&b->staged));
-  mm__timer_stop(loop, &b->grow_timer);
+  mm__timer_stop(loop, &b->pool_timer);
   mm__list_t *n;
   while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
     mm_lane_t *lane = container_of(n, mm_lane_t, link);
@@ -106,7 +108,7 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   mm__list_init(&b->lanes);
   mm__list_init(&b->staged);
   b->loop = loop;
-  mm__timer_init(&b->grow_timer, on_grow_timer);
+  mm__timer_init(&b->pool_timer, on_pool_timer);
   static const mm__bridge_ops_t ops = { bridge_flush, bridge_free };
   mm__bridge_t *cur = mm__loop_set_bridge(loop, b, &ops);
   if (cur != b)

@@ -230,6 +230,12 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * -ECANCELED / -ETIMEDOUT at once and calls cleanup(arg, status) when fn
  * ends.
  *
+ * When every worker is busy at pool_max_threads, calls wait in the queue
+ * in order; one that has waited a second is reported through the log
+ * (once while calls keep waiting): the workers' calls may be waiting for
+ * the loop themselves (mm_run_async), a deadlock only a cancel or a
+ * timeout ends.
+ *
  * MM_AFFINITY_CALLER (thread-sensitive calls): fn runs on the plain thread
  * blocked in mm_run_async waiting -- directly, through joins of spawned
  * children, or through nested bridges -- for the calling coroutine, so

@@ -732,6 +732,72 @@ static void test_timers_fire_while_quick_calls_keep_the_loop_polling(
   }
 }
 
+/* The classic deadlock of a bounded pool: its only worker runs a call
+ * that waits (mm_run_async) for a coroutine whose own call waits in the
+ * queue behind it.  It is reported after a second, once, and the outer
+ * wait's timeout ends it: the inner call is taken out and never runs. */
+typedef struct {
+  mm_loop_t *loop;
+  counter_t  inner_runs;
+  int        inner;
+  int        outer_async;
+  int        result;
+} pool_deadlock_t;
+
+static int inner_coroutine(void *arg) {
+  pool_deadlock_t *n = arg;
+  n->inner = mm_run_sync(count_call, &n->inner_runs);
+  return n->inner;
+}
+
+static int outer_call(void *arg) {
+  pool_deadlock_t *n = arg;
+  mm_async_options_t o;
+  mm_async_options_init(&o);
+  o.timeout_ms = 3000;
+  n->outer_async = mm_run_async_ex(n->loop, inner_coroutine, n, &o);
+  return 0;
+}
+
+static int outer_coroutine(void *arg) {
+  pool_deadlock_t *n = arg;
+  n->result = mm_run_sync(outer_call, n);
+  return 0;
+}
+
+static int count_in(const char *text, const char *what) {
+  int n = 0;
+  for (const char *p = text; (p = strstr(p, what)) != NULL; p++)
+    n++;
+  return n;
+}
+
+static void test_a_call_waiting_long_for_a_full_pool_is_reported_once(
+    void **state) {
+  pool_deadlock_t n;
+  memset(&n, 0, sizeof n);
+  n.loop = new_loop_with(0, 1, 0);
+  mm_test_log_t log;
+  mm_test_log_init(&log);
+  mm_set_log(mm_test_log_fn, &log);
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(n.loop, outer_coroutine, &n, &c));
+  int rc = mm_loop_run(n.loop);
+  mm_set_log(NULL, NULL);
+  assert_mm_ok(rc);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(n.result);
+  assert_status(n.outer_async, -ETIMEDOUT);
+  assert_status(n.inner, -ETIMEDOUT);
+  assert_int_equal(atomic_load(&n.inner_runs.ran), 0);
+  if (count_in(log.text, "waited") != 1 || log.max_level < MM_LOG_WARN)
+    fail_msg("expected one warning about the waiting call:\n%s", log.text);
+  if (strstr(log.text, "pool_max_threads") == NULL)
+    fail_msg("the warning does not name the limit:\n%s", log.text);
+  mm_test_log_destroy(&log);
+  assert_mm_ok(mm_loop_free(n.loop));
+}
+
 /* Cancelled while its call runs: the call is waited for. */
 typedef struct {
   blocker_t  call;
@@ -1726,6 +1792,7 @@ int main(void) {
     mm_test(test_cancel_in_the_pass_that_made_the_call_and_it_never_runs),
     mm_test(test_timers_fire_while_quick_calls_keep_the_loop_polling),
     mm_test(test_a_long_pass_hands_its_first_calls_over_before_it_ends),
+    mm_test(test_a_call_waiting_long_for_a_full_pool_is_reported_once),
     mm_test(test_cancel_of_a_running_call_waits_for_it_and_returns_its_value),
     mm_test(test_abandon_on_cancel_returns_ecanceled_at_once_then_cleans_up),
     mm_test(test_cancelled_turns_true_inside_fn_when_the_caller_is_cancelled),
