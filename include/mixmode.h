@@ -302,6 +302,40 @@ MM_EXTERN int mm_local_set(const void *key, void *value);
 MM_EXTERN void *mm_local_get(const void *key);
 
 
+/* ---- Channels ---------------------------------------------------------- */
+
+/* A bounded FIFO queue of pointers between coroutines of any loops and
+ * plain threads.  Sends and receives are colour-blind: in a coroutine they
+ * suspend only that coroutine, on a plain thread they block it; on a
+ * loop's thread outside a coroutine they return -EDEADLK.  Waiting senders
+ * and receivers are served in order.  A waiting coroutine that is
+ * cancelled returns -ECANCELED and nothing was sent or received; if the
+ * transfer won the race, it stands and the cancellation stays pending.
+ * The channel holds pointers only: what they point to stays the user's. */
+typedef struct mm_chan mm_chan_t;
+
+/* Errors: -EINVAL (ch NULL, capacity 0 or too large), -ENOMEM. */
+MM_EXTERN int mm_chan_new(mm_chan_t **ch, size_t capacity);
+
+/* Queues item, waiting while the channel is full; hands it straight to a
+ * waiting receiver if there is one.  -EPIPE once the channel is closed
+ * (also for a sender waiting when it closes: the item was not sent). */
+MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
+
+/* Takes the oldest item, waiting while the channel is empty.  -EPIPE
+ * once the channel is closed and drained. */
+MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
+
+/* Closes ch and wakes every waiter (with -EPIPE); receivers still drain
+ * what is queued.  Any thread, raw loop callbacks included.  -EPIPE if
+ * already closed. */
+MM_EXTERN int mm_chan_close(mm_chan_t *ch);
+
+/* Frees ch; items still queued are dropped.  -EBUSY while anyone waits
+ * in it (close it first).  Any thread; nothing may use ch afterwards. */
+MM_EXTERN int mm_chan_free(mm_chan_t *ch);
+
+
 /* ---- Diagnostics ------------------------------------------------------- */
 
 typedef struct mm_stats {

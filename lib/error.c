@@ -18,7 +18,9 @@
   X(ENOMEM, "out of memory (a stack, a handle or a table could not be "      \
             "allocated)")                                                    \
   X(EAGAIN, "a thread could not be created; try again later")                \
-  X(EBUSY, "the loop is running on this thread or another; not allowed now") \
+  X(EBUSY, "busy: the loop is running on this thread or another, or the "   \
+           "channel has waiters; not allowed now")                          \
+  X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
   X(EPERM, "not allowed from this kind of thread")
 
 const char *mm_strerror(int err) {

@@ -29,7 +29,7 @@ static void test_strerror_explains_the_library_errors_specifically(
     void **state) {
   static const int codes[] = {
     -EDEADLK, -ESHUTDOWN, -ECANCELED, -ETIMEDOUT, -EINVAL, -EBUSY, -ENOMEM,
-    -EAGAIN,
+    -EAGAIN, -EPIPE,
   };
   size_t n = sizeof codes / sizeof codes[0];
   const char *unknown = mm_strerror(-4099);   /* no errno has this value */
@@ -50,6 +50,10 @@ static void test_strerror_explains_the_library_errors_specifically(
   if (strstr(deadlk, "loop") == NULL)
     fail_msg("mm_strerror(-EDEADLK) = \"%s\" does not mention the loop",
              deadlk);
+  const char *pipe = mm_strerror(-EPIPE);
+  if (strstr(pipe, "channel") == NULL)
+    fail_msg("mm_strerror(-EPIPE) = \"%s\" does not mention the channel",
+             pipe);
 }
 
 static void test_strerror_passes_system_errors_through(void **state) {
