@@ -302,6 +302,35 @@ MM_EXTERN int mm_local_set(const void *key, void *value);
 MM_EXTERN void *mm_local_get(const void *key);
 
 
+/* ---- Groups (structured concurrency) ------------------------------------ */
+
+/* Children spawned into a group run as coroutines of its loop; the group
+ * ends with mm_group_wait, which waits for all of them. */
+typedef struct mm_group mm_group_t;
+
+/* Any thread.  Errors: -EINVAL (NULL), -ESHUTDOWN (loop stopping),
+ * -ENOMEM. */
+MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
+
+/* Spawns fn(arg) as a child, from any thread, children included, until
+ * mm_group_wait returns.  -ECANCELED once the group is cancelled (by
+ * mm_group_cancel, a failure, or its waiter's cancellation); the errors
+ * of mm_spawn otherwise. */
+MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);
+
+/* Cancels every child still running; later spawns are refused.  Any
+ * thread.  The children's statuses after it are not failures. */
+MM_EXTERN int mm_group_cancel(mm_group_t *g);
+
+/* Waits for every child (colour-blind, like mm_join), then frees g.  The
+ * first child to end with a non-zero status while the group was not
+ * cancelled is its failure: it cancels the others, and the wait returns
+ * its status; else 0.  A waiting coroutine that is cancelled cancels the
+ * group, still waits for the children, and returns -ECANCELED.  On a
+ * loop's thread outside a coroutine: -EDEADLK, and nothing is freed. */
+MM_EXTERN int mm_group_wait(mm_group_t *g);
+
+
 /* ---- Channels ---------------------------------------------------------- */
 
 /* A bounded FIFO queue of pointers between coroutines of any loops and

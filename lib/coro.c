@@ -188,6 +188,11 @@ int mm_join(mm_coro_t *c) {
 }
 
 int mm__join(mm_coro_t *c, bool *loop_stopping) {
+  return mm__join_hook(c, loop_stopping, NULL, NULL);
+}
+
+int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
+                  void (*before_release)(void *arg), void *arg) {
   if (c == NULL)
     return -EINVAL;
   mm_coro_t *self = mm__tls.coro;
@@ -212,6 +217,8 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
             &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
             memory_order_relaxed)) {
       int status = c->status;
+      if (before_release != NULL)
+        before_release(arg);
       give_back(c, loop_stopping);
       return status;
     }
@@ -225,6 +232,8 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
     mm_cancel(c);
   }
   int status = mm__wait_block(&jw.w);
+  if (before_release != NULL)
+    before_release(arg);
   give_back(c, loop_stopping);
   return jw.reason != 0 ? -jw.reason : status;
 }

@@ -465,6 +465,11 @@ int mm__spawn_for(mm_loop_t *loop, mm_fn fn, void *arg,
 /* mm_join that also tells whether the coroutine's loop was stopping when
  * the coroutine's status was taken (read while the loop surely exists). */
 int mm__join(mm_coro_t *c, bool *loop_stopping);
+/* The same, calling before_release(arg) once c has ended and before its
+ * handle goes: the last moment anyone may still use the handle (groups
+ * stop cancelling it there). */
+int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
+                  void (*before_release)(void *arg), void *arg);
 
 /* Installs the bridge state if none is there yet; returns the one in
  * place (ours or an earlier one).  Any thread. */
