@@ -327,7 +327,8 @@ MM_EXTERN int mm_group_cancel(mm_group_t *g);
  * cancelled is its failure: it cancels the others, and the wait returns
  * its status; else 0.  A waiting coroutine that is cancelled cancels the
  * group, still waits for the children, and returns -ECANCELED.  On a
- * loop's thread outside a coroutine: -EDEADLK, and nothing is freed. */
+ * loop's thread outside a coroutine, or in a child of g: -EDEADLK, and
+ * nothing is freed. */
 MM_EXTERN int mm_group_wait(mm_group_t *g);
 
 

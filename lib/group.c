@@ -133,6 +133,14 @@ int mm_group_wait(mm_group_t *g) {
     return -EINVAL;
   if (mm__tls.coro == NULL && mm__tls.loop != NULL)
     return -EDEADLK;      /* nothing waited for, nothing freed */
+  /* A child waiting for its own group would wait for itself. */
+  pthread_mutex_lock(&g->mu);
+  bool own = false;
+  for (const child_t *c = g->first; c != NULL && !own; c = c->next)
+    own = c->coro == mm__tls.coro && mm__tls.coro != NULL;
+  pthread_mutex_unlock(&g->mu);
+  if (own)
+    return -EDEADLK;
   bool waiter_cancelled = false;
   child_t *c = NULL;      /* the child joined last */
   for (;;) {

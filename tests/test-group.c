@@ -310,6 +310,23 @@ typedef struct {
   int wait;
 } raw_t;
 
+static int wait_for_own_group(void *arg) {
+  raw_t *r = arg;
+  r->wait = mm_group_wait(r->g);
+  return 0;
+}
+
+static void test_group_wait_in_its_own_child_returns_edeadlk(void **state) {
+  mm_loop_t *loop = started_loop();
+  raw_t r;
+  memset(&r, 0, sizeof r);
+  assert_mm_ok(mm_group_new(loop, &r.g));
+  assert_mm_ok(mm_group_spawn(r.g, wait_for_own_group, &r));
+  assert_mm_ok(mm_group_wait(r.g));
+  assert_mm_err(r.wait, -EDEADLK);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void wait_from_raw_callback(void *arg) {
   raw_t *r = arg;
   r->wait = mm_group_wait(r->g);
@@ -343,6 +360,7 @@ int main(void) {
     mm_test(test_group_waiter_cancelled_cancels_the_group),
     mm_test(test_group_failures_and_cancels_racing_end_every_child),
     mm_test(test_group_wait_from_a_raw_callback_returns_edeadlk),
+    mm_test(test_group_wait_in_its_own_child_returns_edeadlk),
   };
   return mm_run_tests(tests);
 }
