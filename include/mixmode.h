@@ -366,6 +366,47 @@ MM_EXTERN int mm_chan_close(mm_chan_t *ch);
 MM_EXTERN int mm_chan_free(mm_chan_t *ch);
 
 
+/* ---- TCP ----------------------------------------------------------------- */
+
+/* TCP streams for coroutines.  A handle belongs to the loop of the
+ * coroutine that made it: only that loop's coroutines may use it.  From a
+ * plain thread: -EPERM; on a loop's thread outside a coroutine: -EDEADLK.
+ * One read and one accept at a time per handle (-EBUSY otherwise); writes
+ * queue.  Cancelling a coroutine parked in a read or an accept returns
+ * -ECANCELED and leaves the handle usable; a write or a connect cannot be
+ * taken back, so cancelling one closes the connection (the call returns
+ * -ECANCELED; close the handle still).  A name that does not resolve:
+ * -EHOSTUNREACH.  Other errors are libuv's (negative errno values:
+ * -ECONNREFUSED, -EADDRINUSE...). */
+typedef struct mm_tcp mm_tcp_t;
+
+/* Listens on host:port (host NULL or "": every address; port 0: any free
+ * one, see mm_tcp_port).  backlog <= 0: 128.  Names are resolved on a
+ * worker thread. */
+MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
+                            int backlog);
+
+/* The port srv is bound to (> 0), or a negative error.  Any thread. */
+MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
+
+/* Waits for the next connection to srv. */
+MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
+
+/* Connects to host:port (host NULL or "": the loopback). */
+MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
+
+/* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
+ * end of the stream, or a negative error. */
+MM_EXTERN ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len);
+
+/* Writes all of buf: 0 once it is written, or a negative error. */
+MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
+
+/* Closes c (a connection or a listener) and frees it; whoever waits in it
+ * gets -ECANCELED. */
+MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
+
+
 /* ---- Diagnostics ------------------------------------------------------- */
 
 typedef struct mm_stats {
