@@ -16,8 +16,9 @@
  * other child not yet joined.  The wait marks a child joined under mu
  * once it has ended and before its handle goes (mm__join_hook), so no
  * cancel touches a handle that is gone.  A child cancelled before it
- * started never runs; it ends all the same.  Statuses after a cancellation -- the group's own or a
- * failure's -- are consequences, not failures.
+ * started never runs; it ends all the same.  Statuses after a
+ * cancellation -- the group's own or a failure's -- are consequences,
+ * not failures.
  *
  * Lock order: group->mu, then whatever mm_spawn_ex and mm_cancel take
  * (the loop's mu).  mu is held across the spawn so that a child cannot

@@ -131,7 +131,7 @@ static void close_and_free(mm_tcp_t *t) {
   free(t);
 }
 
-/* ---- names ---------------------------------------------------------------- */
+/* ---- names -------------------------------------------------------------- */
 
 typedef struct resolve {
   const char *host;
@@ -277,7 +277,7 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
   return 0;
 }
 
-/* ---- connecting ----------------------------------------------------------- */
+/* ---- connecting --------------------------------------------------------- */
 
 /* A write or a connect: a request and its caller's wait. */
 typedef struct stream_op {
@@ -343,7 +343,7 @@ int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
   return 0;
 }
 
-/* ---- reading and writing -------------------------------------------------- */
+/* ---- reading and writing ------------------------------------------------ */
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   mm_tcp_t *t = h->data;

@@ -141,7 +141,7 @@ static void test_group_wait_in_a_coroutine_waits_for_every_child(
 }
 
 
-/* ---- Failure and cancellation -------------------------------------------- */
+/* ---- Failure and cancellation ------------------------------------------- */
 
 /* Sleepers first, then two failures, all spawned by a coroutine of the
  * group's loop (they start once it waits, in spawn order): the first
@@ -303,7 +303,7 @@ static void test_group_failures_and_cancels_racing_end_every_child(
 }
 
 
-/* ---- Where it may be called ---------------------------------------------- */
+/* ---- Where it may be called --------------------------------------------- */
 
 typedef struct {
   mm_group_t *g;
