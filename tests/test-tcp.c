@@ -283,6 +283,74 @@ static void test_tcp_cancel_and_close_end_waiting_calls(void **state) {
 }
 
 
+/* A write the peer never reads cannot finish; cancelling the writer
+ * closes the connection and the write returns -ECANCELED. */
+enum { HUGE_WRITE = 32 * 1024 * 1024 };   /* beyond any socket buffers */
+
+typedef struct {
+  mm_tcp_t *srv, *client, *conn;
+  mm_coro_t *writer;
+  char *data;
+  int write_result;
+  int read_after;
+} stuck_t;
+
+static int stuck_setup(void *arg) {
+  stuck_t *s = arg;
+  int r = mm_tcp_listen(&s->srv, "127.0.0.1", 0, 0);
+  if (r == 0)
+    r = mm_tcp_connect(&s->client, "127.0.0.1", mm_tcp_port(s->srv));
+  if (r == 0)
+    r = mm_tcp_accept(s->srv, &s->conn);
+  return r;
+}
+
+static int stuck_write(void *arg) {
+  stuck_t *s = arg;
+  s->write_result = mm_tcp_write(s->client, s->data, HUGE_WRITE);
+  char buf[1];
+  s->read_after = (int) mm_tcp_read(s->client, buf, 1);   /* closing */
+  return mm_tcp_close(s->client);
+}
+
+static int cancel_writer(void *arg) {
+  stuck_t *s = arg;
+  return mm_cancel(s->writer);
+}
+
+static int stuck_cleanup(void *arg) {
+  stuck_t *s = arg;
+  mm_tcp_close(s->conn);
+  return mm_tcp_close(s->srv);
+}
+
+static void test_tcp_cancel_of_a_write_closes_the_connection(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  stuck_t s;
+  memset(&s, 0, sizeof s);
+  s.data = calloc(1, HUGE_WRITE);
+  assert_non_null(s.data);
+  mm_coro_t *h;
+  assert_mm_ok(mm_spawn(loop, stuck_setup, &s, &h));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(h));
+  /* The writer parks in its write before the canceller runs. */
+  assert_mm_ok(mm_spawn(loop, stuck_write, &s, &s.writer));
+  assert_mm_ok(mm_spawn(loop, cancel_writer, &s, &h));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(s.writer));
+  assert_mm_ok(mm_join(h));
+  assert_mm_err(s.write_result, -ECANCELED);
+  assert_mm_err(s.read_after, -ECANCELED);
+  assert_mm_ok(mm_spawn(loop, stuck_cleanup, &s, &h));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(h));
+  free(s.data);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+
 /* ---- Where they may be called ------------------------------------------- */
 
 typedef struct {
@@ -422,6 +490,7 @@ int main(void) {
     mm_test(test_tcp_echo_with_many_clients_at_once),
     mm_test(test_tcp_end_of_stream_refusal_and_names),
     mm_test(test_tcp_cancel_and_close_end_waiting_calls),
+    mm_test(test_tcp_cancel_of_a_write_closes_the_connection),
     mm_test(test_tcp_from_a_thread_eperm_from_a_raw_callback_edeadlk),
     mm_test(test_tcp_calls_with_bad_arguments_return_einval),
   };
