@@ -41,7 +41,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 typedef struct worker {
   mm__list_t link;            /* pool->threads or pool->dead */
@@ -70,7 +69,6 @@ struct mm__pool {
   unsigned nspinning;         /* looking at the queue before parking */
   uint64_t avg_call_ns;       /* moving average of how long calls take */
   mm__spin_t spin;            /* how long the next spin lasts (adaptive) */
-  unsigned ncpu;              /* threads that can run at once */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
@@ -167,9 +165,10 @@ static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   if (pool->avg_call_ns >= LONG_CALL_NS) {
     room = pool->max;                      /* calls block: one thread each */
   } else {
-    if (awake >= pool->ncpu)
+    unsigned ncpu = mm__cpu_count();
+    if (awake >= ncpu)
       awake -= count_blocked(pool);
-    room = awake < pool->ncpu ? pool->ncpu - awake : 0;
+    room = awake < ncpu ? ncpu - awake : 0;
   }
   if (need < room)
     room = (unsigned) need;
@@ -313,8 +312,6 @@ mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
   if (thread_name != NULL)
     snprintf(pool->thread_name, sizeof pool->thread_name, "%s", thread_name);
   pool->lane = lane;
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  pool->ncpu = ncpu > 0 ? (unsigned) ncpu : 1;
 
   pool->min = lane ? 1 : min;
   pool->max = lane ? 1 : max;

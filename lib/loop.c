@@ -276,13 +276,7 @@ static bool heads_empty(mm_loop_t *loop) {
 /* Polling only pays when the thread that answers can run meanwhile: not
  * on one CPU. */
 static bool poll_cpus_ok(void) {
-  static _Atomic int ok = -1;   /* relaxed: every thread finds the same */
-  int v = atomic_load_explicit(&ok, memory_order_relaxed);
-  if (v < 0) {
-    v = sysconf(_SC_NPROCESSORS_ONLN) >= 2;
-    atomic_store_explicit(&ok, v, memory_order_relaxed);
-  }
-  return v;
+  return mm__cpu_count() >= 2;
 }
 
 /* Past this much polling, the poll also yields the CPU at each turn: the

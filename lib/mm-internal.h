@@ -107,6 +107,8 @@ typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
 
+/* CPUs online (at least 1), read once. */
+unsigned mm__cpu_count(void);
 void     mm__spin_init(mm__spin_t *s);
 bool     mm__spin_begin(void);
 bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),

@@ -30,15 +30,16 @@
  * bounds how many threads spin. */
 static _Atomic unsigned spinners;
 
-static unsigned max_spinners(void) {
-  static _Atomic int max = -1;      /* relaxed: every thread finds the same */
-  int v = atomic_load_explicit(&max, memory_order_relaxed);
-  if (v < 0) {
+unsigned mm__cpu_count(void) {
+  static _Atomic unsigned n;    /* 0 until read; relaxed: every thread
+                                   finds the same value */
+  unsigned v = atomic_load_explicit(&n, memory_order_relaxed);
+  if (v == 0) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    v = ncpu > 1 ? (int) (ncpu / 2) : 0;
-    atomic_store_explicit(&max, v, memory_order_relaxed);
+    v = ncpu > 0 ? (unsigned) ncpu : 1;
+    atomic_store_explicit(&n, v, memory_order_relaxed);
   }
-  return (unsigned) v;
+  return v;
 }
 
 void mm__spin_init(mm__spin_t *s) {
@@ -46,7 +47,7 @@ void mm__spin_init(mm__spin_t *s) {
 }
 
 bool mm__spin_begin(void) {
-  unsigned max = max_spinners();
+  unsigned max = mm__cpu_count() / 2;
   unsigned n = atomic_load_explicit(&spinners, memory_order_relaxed);
   do {
     if (n >= max)
