@@ -200,20 +200,28 @@ static void on_connection(uv_stream_t *s, int status) {
   wake(&srv->acceptor, 0);    /* it accepts the connection itself */
 }
 
-int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
+/* What listen and connect share: checks, the address, a new handle of
+ * the calling coroutine's loop.  0 and *t, or an error. */
+static int open_handle(mm_tcp_t **out, const char *host, int port,
+                       bool passive, struct sockaddr_storage *addr,
+                       mm_tcp_t **t) {
   if (out == NULL)
     return -EINVAL;
   *out = NULL;
   mm_loop_t *loop;
   int r = check_context(NULL, &loop);
-  if (r != 0)
-    return r;
+  if (r == 0)
+    r = resolve(host, port, passive, addr);
+  if (r == 0)
+    *t = tcp_new(loop, &r);
+  return r;
+}
+
+int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
   struct sockaddr_storage addr;
-  r = resolve(host, port, true, &addr);
+  mm_tcp_t *t;
+  int r = open_handle(out, host, port, true, &addr, &t);
   if (r != 0)
-    return r;
-  mm_tcp_t *t = tcp_new(loop, &r);
-  if (t == NULL)
     return r;
   r = uv_tcp_bind(&t->h, (const struct sockaddr *) &addr, 0);
   if (r == 0)
@@ -313,19 +321,10 @@ static void stream_op_cancel(mm__wait_t *w, int reason) {
 }
 
 int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
-  if (out == NULL)
-    return -EINVAL;
-  *out = NULL;
-  mm_loop_t *loop;
-  int r = check_context(NULL, &loop);
-  if (r != 0)
-    return r;
   struct sockaddr_storage addr;
-  r = resolve(host, port, false, &addr);
+  mm_tcp_t *t;
+  int r = open_handle(out, host, port, false, &addr, &t);
   if (r != 0)
-    return r;
-  mm_tcp_t *t = tcp_new(loop, &r);
-  if (t == NULL)
     return r;
   stream_op_t op;
   tcp_wait_init(&op.tw, t, stream_op_cancel);
