@@ -84,6 +84,19 @@
 #endif
 
 
+/* ---- One coroutine ---------------------------------------------------- */
+
+/* Spawns fn(arg) on loop, runs the loop on this thread until no coroutine
+ * is left, and checks that the spawn, the run and fn's status (joined)
+ * are all 0. */
+static inline void mm_test_run_one(mm_loop_t *loop, mm_fn fn, void *arg) {
+  mm_coro_t *h;
+  assert_mm_ok(mm_spawn(loop, fn, arg, &h));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(h));
+}
+
+
 /* ---- Time ------------------------------------------------------------- */
 
 static inline uint64_t mm_test_now_ms(void) {

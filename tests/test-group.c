@@ -131,10 +131,7 @@ static void test_group_wait_in_a_coroutine_waits_for_every_child(
   in_coro_t c;
   memset(&c, 0, sizeof c);
   c.loop = loop;
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, wait_in_coroutine, &c, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, wait_in_coroutine, &c);
   assert_mm_ok(c.result);
   assert_int_equal(atomic_load(&c.t.ran), 9);
   assert_mm_ok(mm_loop_free(loop));
@@ -169,10 +166,7 @@ static void test_group_first_failure_cancels_the_others_and_is_returned(
   in_coro_t c;
   memset(&c, 0, sizeof c);
   c.loop = loop;
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, fail_among_sleepers, &c, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, fail_among_sleepers, &c);
   assert_status(c.result, -42);
   assert_int_equal(atomic_load(&c.t.ran), 5);
   assert_int_equal(atomic_load(&c.t.cancelled), 4);

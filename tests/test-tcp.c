@@ -95,10 +95,7 @@ static void run_echo(int clients, size_t len) {
   mm_loop_t *loop;
   assert_mm_ok(mm_loop_new(&loop, NULL));
   server_t s = { .loop = loop, .conns = clients };
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, listen_here, &s, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, listen_here, &s);
   client_t c[16];
   mm_coro_t *ch[16], *sh;
   assert_mm_ok(mm_spawn(loop, echo_server, &s, &sh));
@@ -165,10 +162,7 @@ static void test_tcp_end_of_stream_refusal_and_names(void **state) {
   assert_mm_ok(mm_loop_new(&loop, NULL));
   misc_t m;
   memset(&m, 0, sizeof m);
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, end_of_stream, &m, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, end_of_stream, &m);
   assert_true(m.named);
   assert_int_equal(m.read_at_end, 0);
   assert_int_equal(m.read_again, 0);
@@ -255,30 +249,21 @@ static void test_tcp_cancel_and_close_end_waiting_calls(void **state) {
   assert_mm_ok(mm_loop_new(&loop, NULL));
   waits_t w;
   memset(&w, 0, sizeof w);
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, waits_body, &w, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, waits_body, &w);
   /* A cancelled accept: -ECANCELED; the listener still works. */
   run_pair(loop, wait_in_accept, cancel_it, &w);
   assert_mm_err(w.accept_result, -ECANCELED);
-  assert_mm_ok(mm_spawn(loop, connect_pair, &w, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, connect_pair, &w);
   /* A cancelled read: -ECANCELED; the connection still works. */
   run_pair(loop, wait_in_read, cancel_it, &w);
   assert_mm_err(w.read_result, -ECANCELED);
-  assert_mm_ok(mm_spawn(loop, write_then_read, &w, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, write_then_read, &w);
   assert_int_equal(w.read_after, 5);
   /* A read while another coroutine closes the connection. */
   run_pair(loop, wait_in_read, close_conn, &w);
   assert_mm_ok(w.closer_result);
   assert_mm_err(w.read_result, -ECANCELED);
-  assert_mm_ok(mm_spawn(loop, close_rest, &w, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, close_rest, &w);
   assert_mm_ok(mm_loop_free(loop));
 }
 
@@ -332,9 +317,7 @@ static void test_tcp_cancel_of_a_write_closes_the_connection(void **state) {
   s.data = calloc(1, HUGE_WRITE);
   assert_non_null(s.data);
   mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, stuck_setup, &s, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, stuck_setup, &s);
   /* The writer parks in its write before the canceller runs. */
   assert_mm_ok(mm_spawn(loop, stuck_write, &s, &s.writer));
   assert_mm_ok(mm_spawn(loop, cancel_writer, &s, &h));
@@ -343,9 +326,7 @@ static void test_tcp_cancel_of_a_write_closes_the_connection(void **state) {
   assert_mm_ok(mm_join(h));
   assert_mm_err(s.write_result, -ECANCELED);
   assert_mm_err(s.read_after, -ECANCELED);
-  assert_mm_ok(mm_spawn(loop, stuck_cleanup, &s, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, stuck_cleanup, &s);
   free(s.data);
   assert_mm_ok(mm_loop_free(loop));
 }
@@ -475,10 +456,7 @@ static void test_tcp_calls_with_bad_arguments_return_einval(void **state) {
   mm_loop_t *loop;
   assert_mm_ok(mm_loop_new(&loop, NULL));
   int bad = -1;
-  mm_coro_t *h;
-  assert_mm_ok(mm_spawn(loop, bad_arguments, &bad, &h));
-  assert_mm_ok(mm_loop_run(loop));
-  assert_mm_ok(mm_join(h));
+  mm_test_run_one(loop, bad_arguments, &bad);
   assert_int_equal(bad, 0);
   assert_mm_ok(mm_loop_free(loop));
 }
