@@ -29,7 +29,6 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define DEFAULT_STACK_SIZE (256 * 1024)
 #define MAX_STACK_SIZE ((size_t) 1 << 30)
