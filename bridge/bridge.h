@@ -12,26 +12,31 @@
 
 #include "mm-internal.h"
 
+/* Where a run_sync request is.  Only a request's queue owner changes it:
+ * the loop thread while STAGED, pool->mu (or the caller thread's waiter
+ * mu) for QUEUED -> RUNNING and QUEUED -> CANCELLED. */
 enum mm__sync_state {
   MM__SYNC_STAGED,            /* in the loop's staged list (loop thread) */
-  MM__SYNC_QUEUED,            /* in a pool's queue */
-  MM__SYNC_RUNNING,           /* a worker runs fn */
-  MM__SYNC_DONE,              /* fn returned and the waiter was woken */
-  MM__SYNC_CANCELLED,         /* removed from the queue before it ran */
-  MM__SYNC_ABANDONED          /* the waiter left; the worker cleans up */
+  MM__SYNC_QUEUED,            /* in a pool's queue or a caller's tasks */
+  MM__SYNC_RUNNING,           /* taken by the thread that runs fn */
+  MM__SYNC_CANCELLED          /* removed from its queue before it ran */
 };
 
 /* One run_sync call, shared by the caller and the worker that runs it.
  *
+ * Its ending is end, the completion protocol's word (lib/wait.c): the
+ * caller's wait points at it.  The worker claims WOKEN when fn returns; a
+ * cancel or the call's deadline claims CANCELLED when it takes the call
+ * out of its queue (it never runs), or, with abandon_on_cancel, while fn
+ * runs.
+ *
  * Lifetime.  It lives on the calling coroutine's stack, unless the call
  * may be abandoned (abandon_on_cancel): then it is malloc'ed, because the
- * caller may return before the function does.  QUEUED -> RUNNING happens
- * under pool->mu (so a cancel, also under mu, sees one or the other);
- * RUNNING -> DONE and RUNNING -> ABANDONED are CASes (acq_rel) on state.
- * The worker that wins DONE calls mm__wait_wake(wait, status) as its last
- * access to the request and to the waiter; the loop that wins ABANDONED
- * wakes the caller at once, and then the worker alone owns the request:
- * it calls cleanup(arg, status) and frees it. */
+ * caller may return before the function does, and end must outlive it.
+ * The worker that wins WOKEN calls mm__wait_deliver as its last access to
+ * the request and to the caller; the caller then frees a heap request.  A
+ * worker that loses (the call was abandoned) alone owns the request: it
+ * calls cleanup(arg, status) and frees it. */
 typedef struct mm__sync_req {
   mm__list_t link;            /* pool queue; protected by pool->mu */
   uint64_t queued_at;         /* uv_hrtime() when queued; pool->mu */
@@ -43,6 +48,7 @@ typedef struct mm__sync_req {
   mm_coro_t *coro;            /* the awaiting coroutine, or NULL: a thread */
   mm__wait_t *wait;           /* the waiter's wait (on the waiter's stack) */
   _Atomic int state;          /* enum mm__sync_state */
+  _Atomic int end;            /* enum mm__end: the ending, see above */
   _Atomic int cancel;         /* this call's own cancellation reason;
                                  mm_cancelled() reads it in the worker */
   bool on_heap;

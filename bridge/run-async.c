@@ -37,13 +37,13 @@ typedef struct async_req {
 static void async_start(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
   async_req_t *q = container_of(t, async_req_t, task);
   if (shutdown) {
-    mm__wait_wake(&q->w, -ESHUTDOWN);
+    mm__wait_complete(&q->w, -ESHUTDOWN);
     return;
   }
   int r = mm__spawn_for(loop, q->fn, q->arg, &q->so, &q->w, q->locals,
                         q->w.thread);
   if (r != 0)
-    mm__wait_wake(&q->w, r);
+    mm__wait_complete(&q->w, r);
 }
 
 void mm_async_options_init(mm_async_options_t *o) {

@@ -4,7 +4,7 @@
  *   coroutine C                          worker W
  *   request R (C's stack), push ──────►  pop R (QUEUED -> RUNNING, pool mu)
  *   park C                               proxy = C; status = fn(arg)
- *   ◄── C's loop: remote WAKE(status) ── CAS RUNNING -> DONE, wake C
+ *   ◄── C's loop: remote WAKE(status) ── claim R's end WOKEN, deliver
  *
  * Cancellation and deadlines reach the call through the wait's cancel
  * callback, on the loop thread: a queued call is taken out of the queue
@@ -66,7 +66,8 @@ static void bridge_flush(mm_loop_t *loop, void *p) {
     mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
-    mm__coro_wake_local(req->coro, r);
+    /* Nobody else has seen a staged call: the claim is ours. */
+    mm__wait_cancel(req->wait, r);
   }
 }
 
@@ -146,25 +147,21 @@ void mm__sync_execute(mm__sync_req_t *req) {
   mm__tls.proxy_cancel = saved_cancel;
 
   mm__wait_t *w = req->wait;
-  int expected = MM__SYNC_RUNNING;
-  if (atomic_compare_exchange_strong_explicit(&req->state, &expected,
-                                              MM__SYNC_DONE,
-                                              memory_order_acq_rel,
-                                              memory_order_acquire)) {
-    mm__wait_wake(w, status);   /* last access to req and w */
+  if (mm__end_claim(&req->end, MM__END_WOKEN)) {
+    mm__wait_deliver(w, status);   /* last access to req and w */
     return;
   }
-  /* ABANDONED: the caller is gone; the request is ours. */
+  /* Abandoned: the caller is gone; the request is ours. */
   if (req->cleanup != NULL)
     req->cleanup(req->arg, status);
   free(req);
 }
 
-/* A caller thread runs a MM_AFFINITY_CALLER call it was posted. */
+/* A caller thread runs a MM_AFFINITY_CALLER call it was posted; the
+ * waiter took it off its tasks under its mutex (waiter.c), so a cancel's
+ * mm__waiter_unqueue finds it gone. */
 static void caller_task_run(mm__task_t *t) {
-  mm__sync_req_t *req = container_of(t, mm__sync_req_t, task);
-  atomic_store_explicit(&req->state, MM__SYNC_RUNNING, memory_order_relaxed);
-  mm__sync_execute(req);
+  mm__sync_execute(container_of(t, mm__sync_req_t, task));
 }
 
 /* ---- the caller side --------------------------------------------------- */
@@ -199,27 +196,21 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
     sw->bridge->nstaged--;
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
-    mm__coro_wake_local(sw->w.coro, -reason);
+    mm__wait_cancel(&sw->w, -reason);
     return;
   }
   bool unqueued = req->waiter != NULL ? mm__waiter_unqueue(req->waiter,
                                                           &req->task)
                                        : mm__pool_unqueue(sw->pool, req);
   if (unqueued) {
-    mm__coro_wake_local(sw->w.coro, -reason);   /* it never runs */
+    mm__wait_cancel(&sw->w, -reason);   /* it never runs: ours to end */
     return;
   }
   if (!sw->abandonable)
-    return;                                     /* waited for */
-  int running = MM__SYNC_RUNNING;
-  if (atomic_compare_exchange_strong_explicit(&req->state, &running,
-                                              MM__SYNC_ABANDONED,
-                                              memory_order_acq_rel,
-                                              memory_order_acquire)) {
+    return;                             /* waited for: the worker ends it */
+  if (mm__wait_cancel(&sw->w, -reason))
     sw->abandoned = true;
-    mm__coro_wake_local(sw->w.coro, -reason);
-  }
-  /* else DONE: the worker's wake is on its way. */
+  /* else the worker won: its delivery is on its way. */
 }
 
 static void on_cancel(mm__wait_t *w, int reason) {
@@ -257,6 +248,8 @@ static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
     return r;
   mm__sync_req_t req = { .fn = fn, .arg = arg, .wait = &w };
   atomic_init(&req.cancel, 0);
+  atomic_init(&req.end, MM__END_PENDING);
+  w.end = &req.end;
   r = mm__pool_submit(lane->pool, &req);
   if (r != 0)
     return r;
@@ -313,6 +306,8 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   req->on_heap = sw.abandonable;
   req->cleanup = o != NULL ? o->cleanup : NULL;
   atomic_init(&req->cancel, 0);
+  atomic_init(&req->end, MM__END_PENDING);
+  sw.w.end = &req->end;
   sw.req = req;
 
   if (o != NULL && o->timeout_ms != 0) {

@@ -19,20 +19,28 @@
  *   close:                   wake every waiter with -EPIPE; receivers
  *                            still drain what is buffered
  *
- * Cancelling a waiting coroutine (its cancel callback, on its loop's
- * thread) takes its wait off the list if it is still there: it returns
- * -ECANCELED and nothing was transferred.  If a peer took it first, the
- * transfer stands and the cancellation stays pending for the coroutine's
- * next suspension (as for a run_sync call that completed).
+ * Who ends a wait is decided by the completion protocol (wait.c): a peer
+ * claims WOKEN for a listed wait under mu before it unlinks it and
+ * transfers its item; a cancel (the wait's callback, on its coroutine's
+ * loop thread) claims CANCELLED first and only then takes mu to unlink
+ * itself.  A peer that finds a wait already cancelled skips it and leaves
+ * it listed: its cancel unlinks it.  So a cancel that lost never touches
+ * the channel (which the winner's side may have closed and freed), and one
+ * that won finds the channel alive, because mm_chan_free waits for every
+ * listed wait to leave.  A cancelled wait returns -ECANCELED having
+ * transferred nothing; if a peer claimed it first, the transfer stands and
+ * the cancellation stays pending for the coroutine's next suspension (as
+ * for a run_sync call that completed).
  *
- * Lifetime of a wait: only the thread that takes it off a list touches it
- * afterwards, and its mm__wait_wake is the last access; the waiter cannot
- * return before that wake (a cancel finds it off the list and does
- * nothing).
+ * Lifetime of a wait: its memory is valid while it is listed (the waiter
+ * cannot return before its winner delivers, and a cancel winner unlinks
+ * under mu before delivering); the winner's mm__wait_deliver, after
+ * unlocking, is the last access.
  */
 #include "mm-internal.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 
 struct mm_chan {
@@ -76,23 +84,31 @@ int mm_chan_new(mm_chan_t **out, size_t capacity) {
   return 0;
 }
 
-/* Takes the first wait off list, or NULL.  mu held. */
+/* Claims and takes off list the first wait still pending, or NULL.
+ * Cancelled ones stay listed for their cancel to unlink.  mu held. */
 static chan_wait_t *take_first(mm__list_t *list) {
-  mm__list_t *n = mm__list_pop_front(list);
-  return n != NULL ? container_of(n, chan_wait_t, link) : NULL;
+  mm__list_t *n;
+  for (n = list->next; n != list; n = n->next) {
+    chan_wait_t *cw = container_of(n, chan_wait_t, link);
+    if (mm__end_claim(cw->w.end, MM__END_WOKEN)) {
+      mm__list_remove(n);
+      return cw;
+    }
+  }
+  return NULL;
 }
 
-/* The wait's cancel callback: on the waiting coroutine's loop thread. */
+/* The wait's cancel callback: on the waiting coroutine's loop thread.
+ * Claims first: a loser must not touch ch, which may be freed. */
 static void chan_cancel(mm__wait_t *w, int reason) {
   chan_wait_t *cw = container_of(w, chan_wait_t, w);
+  if (!mm__end_claim(w->end, MM__END_CANCELLED))
+    return;
   mm_chan_t *ch = cw->ch;
   pthread_mutex_lock(&ch->mu);
-  bool waiting = cw->link.next != &cw->link;
-  if (waiting)
-    mm__list_remove(&cw->link);
+  mm__list_remove(&cw->link);
   pthread_mutex_unlock(&ch->mu);
-  if (waiting)
-    mm__coro_wake_local(w->coro, -reason);
+  mm__coro_wake_local(w->coro, -reason);   /* last access: ch may go now */
 }
 
 /* Prepares a wait for the calling context.  Before taking mu: making a
@@ -124,7 +140,7 @@ int mm_chan_send(mm_chan_t *ch, void *item) {
   if (rx != NULL) {               /* then the buffer is empty */
     rx->item = item;
     pthread_mutex_unlock(&ch->mu);
-    mm__wait_wake(&rx->w, 0);
+    mm__wait_deliver(&rx->w, 0);
     return 0;
   }
   if (ch->count < ch->cap) {
@@ -160,7 +176,7 @@ int mm_chan_recv(mm_chan_t *ch, void **item) {
     }
     pthread_mutex_unlock(&ch->mu);
     if (tx != NULL)
-      mm__wait_wake(&tx->w, 0);
+      mm__wait_deliver(&tx->w, 0);
     return 0;
   }
   if (ch->closed) {
@@ -184,8 +200,8 @@ int mm_chan_close(mm_chan_t *ch) {
     return -EPIPE;
   }
   ch->closed = true;
-  /* Every waiter off its list under mu (a cancel then finds it gone), in
-   * order, and woken after unlocking. */
+  /* Every pending waiter claimed and off its list under mu, in order,
+   * and woken after unlocking; cancelled ones leave by themselves. */
   chan_wait_t *first = NULL, **tail = &first, *cw;
   while ((cw = take_first(&ch->senders)) != NULL ||
          (cw = take_first(&ch->receivers)) != NULL) {
@@ -197,20 +213,37 @@ int mm_chan_close(mm_chan_t *ch) {
   while (first != NULL) {
     cw = first;
     first = cw->next;             /* before the wake: its last access */
-    mm__wait_wake(&cw->w, -EPIPE);
+    mm__wait_deliver(&cw->w, -EPIPE);
   }
   return 0;
+}
+
+/* Whether list holds a wait nobody has ended yet.  mu held. */
+static bool any_pending(const mm__list_t *list) {
+  for (const mm__list_t *n = list->next; n != list; n = n->next)
+    if (atomic_load_explicit(container_of(n, chan_wait_t, link)->w.end,
+                             memory_order_acquire) == MM__END_PENDING)
+      return true;
+  return false;
 }
 
 int mm_chan_free(mm_chan_t *ch) {
   if (ch == NULL)
     return -EINVAL;
-  pthread_mutex_lock(&ch->mu);
-  bool waiters = !mm__list_empty(&ch->senders) ||
-                 !mm__list_empty(&ch->receivers);
-  pthread_mutex_unlock(&ch->mu);
-  if (waiters)
-    return -EBUSY;
+  /* A listed wait that is cancelled is leaving: its cancel, on its loop's
+   * thread between its claim and this mutex, unlinks it in a moment. */
+  for (;;) {
+    pthread_mutex_lock(&ch->mu);
+    bool pending = any_pending(&ch->senders) || any_pending(&ch->receivers);
+    bool leaving = !mm__list_empty(&ch->senders) ||
+                   !mm__list_empty(&ch->receivers);
+    pthread_mutex_unlock(&ch->mu);
+    if (pending)
+      return -EBUSY;
+    if (!leaving)
+      break;
+    sched_yield();
+  }
   pthread_mutex_destroy(&ch->mu);
   free(ch->buf);
   free(ch);

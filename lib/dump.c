@@ -38,7 +38,7 @@ typedef struct dump_req {
 static void dump_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
   dump_req_t *d = container_of(t, dump_req_t, task);
   dump_here(loop, d->out);
-  mm__wait_wake(&d->w, 0);   /* last access to d */
+  mm__wait_complete(&d->w, 0);   /* last access to d */
 }
 
 int mm_loop_dump(mm_loop_t *loop, FILE *out) {

@@ -198,23 +198,53 @@ bool mm__waiter_unqueue(mm__waiter_t *w, mm__task_t *t);
 /* Around a thread's mm_run_async wait; the end runs what is left. */
 void mm__waiter_serve_begin(mm__waiter_t *w);
 void mm__waiter_serve_end(mm__waiter_t *w);
+struct mm__wait;
+struct timespec;
+/* Blocks the calling thread, w's, until w is delivered (0, *status) or
+ * the CLOCK_REALTIME deadline passes (-ETIMEDOUT; NULL: none), running
+ * posted tasks meanwhile. */
+int mm__waiter_block(struct mm__wait *w, const struct timespec *deadline,
+                     int *status);
 
-/* ---- the one suspension primitive ----------------------------------------
+/* ---- the one completion protocol (wait.c) ---------------------------------
  *
  * mm__wait_t describes one wait of a coroutine (parked) or of a plain thread
- * (blocked on its waiter).  It lives on the waiting side's stack.  Exactly
- * one party completes it with mm__wait_wake(); that call is the waker's last
- * access to the struct: for a thread it sets done under the waiter's mutex
- * and the waiter cannot return before the mutex is released; for a
- * coroutine, the wake makes it ready and it cannot run (and pop the struct)
- * before the loop thread resumes it, after the waker is done.
+ * (blocked on its waiter).  It lives on the waiting side's stack.  Its
+ * ending is one atomic word (*end) that moves once, by compare-and-swap:
  *
- * cancel (coroutine waits only, loop thread): called once when the
- * coroutine is cancelled or reaches its deadline while parked here, with the
- * reason (ECANCELED or ETIMEDOUT).  NULL means "wake me with -reason".  A
- * wait whose waker may be another thread must provide cancel, so that the
- * wait is not completed twice.
+ *     PENDING --mm__end_claim(WOKEN): the completer----> WOKEN
+ *     PENDING --mm__end_claim(CANCELLED): a cancel, a --> CANCELLED
+ *               deadline or a stop that ends the wait
+ *
+ * Whoever wins owns the ending: it alone calls mm__wait_deliver(w, status),
+ * which is its last access to w.  The loser does nothing more with the wait
+ * and nothing with what the winner may free.  The full rules -- where the
+ * word may live, orderings, who frees what when -- are written once at the
+ * top of wait.c.
+ *
+ * cancel (coroutine waits only, loop thread): called at most once when the
+ * coroutine is cancelled or reaches its deadline while parked here, with
+ * the reason (ECANCELED or ETIMEDOUT).  It must claim CANCELLED before it
+ * touches anything a completer may free, and may instead leave the wait
+ * pending (a running blocking call is waited for).  NULL means "claim
+ * CANCELLED and wake me with -reason": only for waits whose every
+ * completer runs on the loop's thread (a sleep's timer).
  */
+enum mm__end {
+  MM__END_PENDING = 0,
+  MM__END_WOKEN,
+  MM__END_CANCELLED
+};
+
+/* The one transition of the protocol.  acq_rel: the winner sees what was
+ * written before the wait was published, and its own writes before the
+ * claim are visible to whoever later reads the word (acquire). */
+static inline bool mm__end_claim(_Atomic int *end, int to) {
+  int expected = MM__END_PENDING;
+  return atomic_compare_exchange_strong_explicit(
+      end, &expected, to, memory_order_acq_rel, memory_order_acquire);
+}
+
 typedef struct mm__wait mm__wait_t;
 struct mm__wait {
   mm_coro_t *coro;            /* the parked coroutine, or NULL */
@@ -222,26 +252,35 @@ struct mm__wait {
   void (*cancel)(mm__wait_t *w, int reason);
   bool cancellable;           /* false: cancellation never interrupts it */
   bool cancel_seen;           /* cancel already called for this wait */
-  _Atomic bool done;          /* thread waits: written under thread->mu
-                                 (release), read under it or, spinning,
-                                 without it (acquire) */
-  int status;                 /* the value given to mm__wait_wake */
+  _Atomic int own_end;        /* enum mm__end, unless end points elsewhere */
+  _Atomic int *end;           /* the ending word: &own_end, or one that
+                                 outlives the waiter (an abandonable
+                                 run_sync request's, on the heap) */
+  _Atomic bool done;          /* thread waits: delivered; written under
+                                 thread->mu (release), read under it or,
+                                 spinning, without it (acquire) */
+  int status;                 /* the value given to mm__wait_deliver */
 };
 
 /* Prepares w for the calling context: the current coroutine (running on
  * this thread) or this thread's waiter.  -ENOMEM if a waiter cannot be
  * made, -EDEADLK on a loop's thread outside coroutines. */
 int  mm__wait_init(mm__wait_t *w);
-/* Suspends until woken; returns the status given to mm__wait_wake.  A
- * coroutine whose cancellation is already requested returns -reason at
- * once from a cancellable wait without a cancel callback; with one, the
- * callback runs first thing and decides. */
+/* Suspends until delivered; returns the status delivered.  A coroutine
+ * whose cancellation is already requested returns -reason at once from a
+ * cancellable wait without a cancel callback; with one, the callback runs
+ * first thing and decides. */
 int  mm__wait_block(mm__wait_t *w);
-/* A thread wait that gives up after ms: 0 and *status once woken, or
+/* A thread wait that gives up after ms: 0 and *status once delivered, or
  * -ETIMEDOUT with w still pending (block on it again). */
 int  mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status);
-/* Any thread.  Completes w with status. */
-void mm__wait_wake(mm__wait_t *w, int status);
+/* Any thread, by the winner of w's ending only.  Ends w with status. */
+void mm__wait_deliver(mm__wait_t *w, int status);
+/* Any thread: claims WOKEN and delivers; false if the ending was taken. */
+bool mm__wait_complete(mm__wait_t *w, int status);
+/* Loop thread, w a coroutine's: claims CANCELLED and delivers status;
+ * false if the ending was taken. */
+bool mm__wait_cancel(mm__wait_t *w, int status);
 
 /* ---- coroutines ---------------------------------------------------------- */
 

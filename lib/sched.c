@@ -137,7 +137,7 @@ void mm__coro_interrupt(mm_coro_t *c) {
   if (w->cancel != NULL)
     w->cancel(w, reason);
   else
-    mm__coro_wake_local(c, -reason);
+    mm__wait_cancel(w, -reason);
 }
 
 static void on_deadline(mm__timer_t *t) {
@@ -147,7 +147,7 @@ static void on_deadline(mm__timer_t *t) {
 }
 
 static void on_sleep_timer(mm__timer_t *t) {
-  mm__coro_wake_local(container_of(t, mm_coro_t, sleep_timer), 0);
+  mm__wait_complete(container_of(t, mm_coro_t, sleep_timer)->wait, 0);
 }
 
 void mm__coro_admit(mm_coro_t *c) {
@@ -205,14 +205,14 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
     if (status == -ECANCELED && mm__loop_stopping(loop))
       status = -ESHUTDOWN;
     mm__coro_release(c);
-    mm__wait_wake((mm__wait_t *) prev, status);
+    mm__wait_complete((mm__wait_t *) prev, status);
     return;
   }
   mm__list_push_back(&loop->zombies, &c->all);
   if (prev != MM__JOIN_NONE) {
     loop->njoining++;
     c->joiner_woken = true;
-    mm__wait_wake((mm__wait_t *) prev, c->status);
+    mm__wait_complete((mm__wait_t *) prev, c->status);
   }
 }
 
@@ -365,6 +365,9 @@ int mm__park(mm__wait_t *w) {
   if (w->cancellable) {
     int reason = mm__coro_cancel_reason(c);
     if (reason != 0 && w->cancel == NULL) {
+      /* Nobody else can reach a wait without a cancel callback yet: the
+       * claim is ours (wait.c, rule 4). */
+      mm__end_claim(w->end, MM__END_CANCELLED);
       c->wait = NULL;
       c->state = MM__CORO_RUNNING;
       return -reason;
@@ -424,10 +427,12 @@ int mm_yield(void) {
   return reason != 0 ? -reason : 0;
 }
 
+/* The timer and the cancel both run on the loop's thread: whichever
+ * comes first ends the sleep. */
 static void sleep_cancel(mm__wait_t *w, int reason) {
   mm_coro_t *c = w->coro;
   mm__timer_stop(c->loop, &c->sleep_timer);
-  mm__coro_wake_local(c, -reason);
+  mm__wait_cancel(w, -reason);
 }
 
 int mm_sleep(uint64_t ms) {

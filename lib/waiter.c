@@ -93,23 +93,22 @@ void mm__waiter_serve_begin(mm__waiter_t *w) {
 }
 
 void mm__waiter_serve_end(mm__waiter_t *w) {
-  mm__list_t left;
-  mm__list_init(&left);
   pthread_mutex_lock(&w->mu);
   if (--w->serving == 0) {
     /* No new task can come now; run those already here, on this thread,
-     * where their callers asked for them to run. */
+     * where their callers asked for them to run.  Each is taken off under
+     * mu, as in mm__waiter_block: a cancel that unqueues under mu finds a
+     * task either still queued (it never runs) or gone (it runs here). */
     mm__list_t *n;
-    while ((n = mm__list_pop_front(&w->tasks)) != NULL)
-      mm__list_push_back(&left, n);
+    while ((n = mm__list_pop_front(&w->tasks)) != NULL) {
+      pthread_mutex_unlock(&w->mu);
+      mm__task_t *t = container_of(n, mm__task_t, link);
+      t->run(t);
+      pthread_mutex_lock(&w->mu);
+    }
     atomic_store_explicit(&w->task_hint, false, memory_order_relaxed);
   }
   pthread_mutex_unlock(&w->mu);
-  mm__list_t *n;
-  while ((n = mm__list_pop_front(&left)) != NULL) {
-    mm__task_t *t = container_of(n, mm__task_t, link);
-    t->run(t);
-  }
 }
 
 /* The spin's condition: w is done, or tasks came for this thread. */
@@ -123,8 +122,8 @@ static bool wait_ready(const void *arg) {
 /* Blocks until w is done (or, with a deadline, until then), running
  * posted tasks meanwhile.  Spins a while first (lib/spin.c): the answer
  * may be microseconds away. */
-static int thread_block(mm__wait_t *w, const struct timespec *deadline,
-                        int *status) {
+int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
+                     int *status) {
   mm__waiter_t *me = w->thread;
 
   if (mm__spin_begin()) {
@@ -165,72 +164,4 @@ static int thread_block(mm__wait_t *w, const struct timespec *deadline,
   pthread_mutex_unlock(&me->mu);
   *status = w->status;
   return 0;
-}
-
-int mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += (time_t) (ms / 1000);
-  ts.tv_nsec += (long) (ms % 1000) * 1000000;
-  if (ts.tv_nsec >= 1000000000) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000;
-  }
-  int r = thread_block(w, &ts, status);
-  return r;
-}
-
-int mm__wait_init(mm__wait_t *w) {
-  w->coro = mm__tls.coro;
-  w->thread = NULL;
-  w->cancel = NULL;
-  w->cancellable = true;
-  w->cancel_seen = false;
-  atomic_init(&w->done, false);
-  w->status = 0;
-  if (w->coro != NULL)
-    return 0;
-  if (mm__tls.loop != NULL)
-    return -EDEADLK;
-  w->thread = mm__waiter_self();
-  return w->thread != NULL ? 0 : -ENOMEM;
-}
-
-int mm__wait_block(mm__wait_t *w) {
-  if (w->coro != NULL)
-    return mm__park(w);
-  int status;
-  thread_block(w, NULL, &status);
-  return status;
-}
-
-void mm__wait_wake(mm__wait_t *w, int status) {
-  mm_coro_t *c = w->coro;
-
-  if (c != NULL) {
-    /* The coroutine stays parked until its loop resumes it, so w is still
-     * valid while we look at it here. */
-    if (mm__on_loop_thread(c->loop)) {
-      mm__coro_wake_local(c, status);
-    } else {
-      /* Pairs with the acquire exchange of remote_bits in the drain. */
-      atomic_store_explicit(&c->remote_status, status, memory_order_relaxed);
-      mm__loop_post(c, MM__REMOTE_WAKE);
-    }
-    return;
-  }
-
-  mm__waiter_t *t = w->thread;
-  /* Signal after unlocking, so that the woken thread does not block again
-   * on the mutex we hold; the reference keeps t alive in between (its
-   * thread may return and exit as soon as the mutex is free). */
-  mm__waiter_ref(t);
-  pthread_mutex_lock(&t->mu);
-  w->status = status;
-  /* Last access to w: the waiter returns once it sees done, spinning
-   * (acquire) or under t->mu. */
-  atomic_store_explicit(&w->done, true, memory_order_release);
-  pthread_mutex_unlock(&t->mu);
-  pthread_cond_signal(&t->cv);
-  mm__waiter_unref(t);
 }

@@ -473,6 +473,64 @@ static void test_chan_send_racing_a_cancel_delivers_exactly_once(
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* Issue 8, instance 1: a receiver waits; another thread closes the
+ * channel, frees it (no waiter is listed any more) and then cancels the
+ * receiver, while a second coroutine holds the loop so that the loop
+ * takes the wake and the cancel in one drain.  The close won the wait:
+ * the receiver gets -EPIPE and the cancel never touches the freed
+ * channel (ASan and Valgrind saw its mutex locked after free). */
+typedef struct {
+  mm_chan_t *ch;
+  mm_test_latch_t parked;     /* 1: the receiver's step is under way */
+  mm_test_latch_t holding;    /* 1: the holder holds the loop */
+  atomic_int release;         /* the test lets the holder go */
+  int result;
+} freed_t;
+
+static int freed_recv(void *arg) {
+  freed_t *f = arg;
+  void *item;
+  mm_test_latch_add(&f->parked, 1);
+  f->result = mm_chan_recv(f->ch, &item);  /* parks in this same step */
+  return 0;
+}
+
+static int freed_hold(void *arg) {
+  freed_t *f = arg;
+  mm_test_latch_add(&f->holding, 1);
+  while (!atomic_load_explicit(&f->release, memory_order_acquire))
+    ;
+  return 0;
+}
+
+static void test_chan_cancel_after_close_and_free_leaves_the_channel_alone(
+    void **state) {
+  mm_loop_t *loop = started_loop();
+  for (int round = 0; round < MM_TEST_SCALE(200, 50); round++) {
+    freed_t f;
+    memset(&f, 0, sizeof f);
+    mm_test_latch_init(&f.parked);
+    mm_test_latch_init(&f.holding);
+    assert_mm_ok(mm_chan_new(&f.ch, 1));
+    mm_coro_t *rx, *holder;
+    assert_mm_ok(mm_spawn(loop, freed_recv, &f, &rx));
+    mm_test_latch_wait(&f.parked, 1);
+    /* The loop runs the holder only after the receiver's step parked. */
+    assert_mm_ok(mm_spawn(loop, freed_hold, &f, &holder));
+    mm_test_latch_wait(&f.holding, 1);
+    assert_mm_ok(mm_chan_close(f.ch));
+    assert_mm_ok(mm_chan_free(f.ch));
+    assert_mm_ok(mm_cancel(rx));
+    atomic_store_explicit(&f.release, 1, memory_order_release);
+    assert_mm_ok(mm_join(holder));
+    assert_mm_ok(mm_join(rx));
+    assert_status(f.result, -EPIPE);
+    mm_test_latch_destroy(&f.parked);
+    mm_test_latch_destroy(&f.holding);
+  }
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 /* mm_loop_free cancels a coroutine waiting in a receive; the channel is
  * then free of waiters. */
 static int forever_recv(void *arg) {
@@ -545,6 +603,7 @@ int main(void) {
     mm_test(test_chan_close_from_a_thread_wakes_blocked_threads),
     mm_test(test_chan_cancel_of_a_waiting_coroutine_transfers_nothing),
     mm_test(test_chan_send_racing_a_cancel_delivers_exactly_once),
+    mm_test(test_chan_cancel_after_close_and_free_leaves_the_channel_alone),
     mm_test(test_loop_free_cancels_a_coroutine_waiting_in_a_channel),
     mm_test(test_chan_send_and_recv_from_a_raw_callback_return_edeadlk),
   };
