@@ -45,7 +45,9 @@ typedef struct mm__sync_req {
   mm__waiter_t *waiter;       /* that waiter, or NULL: in a pool */
   mm_fn fn;
   void *arg;
-  mm_coro_t *coro;            /* the awaiting coroutine, or NULL: a thread */
+  mm__proxy_t proxy;          /* what fn sees of the awaiting coroutine */
+  mm__proxy_t *as;            /* &proxy, or NULL: a plain thread's call */
+  mm__locals_t snapshot;      /* abandonable: a copy of its locals */
   mm__wait_t *wait;           /* the waiter's wait (on the waiter's stack) */
   _Atomic int state;          /* enum mm__sync_state */
   _Atomic int end;            /* enum mm__end: the ending, see above */

@@ -91,8 +91,7 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   q.so = so;
   /* The caller's locals: a worker running a call for a coroutine sees
    * that coroutine's (DESIGN.md, "Locals"), so its coroutine does too. */
-  q.locals = mm__tls.proxy != NULL ? &mm__tls.proxy->locals
-                                   : &mm__tls.locals;
+  q.locals = mm__locals_here();
   int r = mm__wait_init(&q.w);
   if (r != 0)
     return r;

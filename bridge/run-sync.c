@@ -136,15 +136,20 @@ static mm__pool_t *sensitive_of(mm__bridge_t *b) {
 
 /* ---- the worker side --------------------------------------------------- */
 
-void mm__sync_execute(mm__sync_req_t *req) {
-  mm_coro_t *saved_proxy = mm__tls.proxy;
-  _Atomic int *saved_cancel = mm__tls.proxy_cancel;
+/* Frees a heap request, with its snapshot. */
+static void req_free(mm__sync_req_t *req) {
+  mm__locals_free(&req->snapshot);
+  if (req->proxy.caller != NULL)
+    mm__waiter_unref(req->proxy.caller);
+  free(req);
+}
 
-  mm__tls.proxy = req->coro;
-  mm__tls.proxy_cancel = &req->cancel;
+void mm__sync_execute(mm__sync_req_t *req) {
+  const mm__proxy_t *saved = mm__tls.proxy;
+
+  mm__tls.proxy = req->as;
   int status = req->fn(req->arg);
-  mm__tls.proxy = saved_proxy;
-  mm__tls.proxy_cancel = saved_cancel;
+  mm__tls.proxy = saved;
 
   mm__wait_t *w = req->wait;
   if (mm__end_claim(&req->end, MM__END_WOKEN)) {
@@ -154,7 +159,7 @@ void mm__sync_execute(mm__sync_req_t *req) {
   /* Abandoned: the caller is gone; the request is ours. */
   if (req->cleanup != NULL)
     req->cleanup(req->arg, status);
-  free(req);
+  req_free(req);
 }
 
 /* A caller thread runs a MM_AFFINITY_CALLER call it was posted; the
@@ -301,8 +306,26 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   memset(req, 0, sizeof(*req));
   req->fn = fn;
   req->arg = arg;
-  req->coro = c;
   req->wait = &sw.w;
+  req->as = &req->proxy;
+  req->proxy.handle = c->handle;
+  req->proxy.loop = c->loop;
+  req->proxy.cancel = &req->cancel;
+  if (sw.abandonable) {
+    /* The coroutine may end while fn runs: fn gets a copy of what it
+     * would read of it (API.md, "The bridges"). */
+    if (mm__locals_copy(&req->snapshot, &c->locals) != 0) {
+      free(req);
+      return -ENOMEM;
+    }
+    req->proxy.locals = &req->snapshot;
+    req->proxy.caller = c->caller;
+    if (c->caller != NULL)
+      mm__waiter_ref(c->caller);
+  } else {
+    req->proxy.locals = &c->locals;
+    req->proxy.coro_cancel = &c->cancel_reason;
+  }
   req->on_heap = sw.abandonable;
   req->cleanup = o != NULL ? o->cleanup : NULL;
   atomic_init(&req->cancel, 0);
@@ -351,7 +374,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   if (sw.armed)
     mm__timer_stop(c->loop, &sw.deadline);
   if (!sw.abandoned && req->on_heap)
-    free(req);
+    req_free(req);
   return status;
 
 err_timer:
@@ -359,7 +382,7 @@ err_timer:
     mm__timer_stop(c->loop, &sw.deadline);
 err_req:
   if (req != &local)
-    free(req);
+    req_free(req);
   return r;
 }
 

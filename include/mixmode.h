@@ -138,7 +138,10 @@ MM_EXTERN void mm_spawn_options_init(mm_spawn_options_t *o);
 
 /* Starts a coroutine running fn(arg) on loop.  Any thread.  If coro is not
  * NULL it receives a handle that must be given to mm_join() or mm_detach()
- * exactly once; if coro is NULL the coroutine is detached.  The coroutine
+ * exactly once; if coro is NULL the coroutine is detached.  A handle is an
+ * opaque value with a generation, not an address: once it is given back
+ * (joined, or detached and ended) every call with it returns -EINVAL and
+ * never reaches a later coroutine, even one that reuses its memory.  The coroutine
  * starts with a copy of the spawner's locals and inherits nothing else.
  * A coroutine cancelled before it first runs never runs; its status is
  * -ECANCELED (or -ETIMEDOUT).
@@ -154,26 +157,32 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
  * Colour-blind: suspends a calling coroutine (of any loop), blocks a
  * plain thread; a coroutine that has already ended is never waited for.  If the joining coroutine is cancelled, the joined one
  * is cancelled too and waited for, then -ECANCELED is returned.
- * Errors: -EINVAL (NULL, a detached or already joined handle as far as
- * can be told), -EDEADLK (a coroutine joining itself, or a call on a
+ * Errors: -EINVAL (NULL, a detached or already joined handle: stale
+ * handles are always recognised), -EDEADLK (a coroutine joining itself, or a call on a
  * loop's thread outside a coroutine: the handle is left untouched and may
  * be joined later). */
 MM_EXTERN int mm_join(mm_coro_t *coro);
 
 /* Gives up the handle: the coroutine runs on and is freed when it ends.
- * Any thread.  Errors: -EINVAL (NULL, already detached or joined). */
+ * Any thread.  Errors: -EINVAL (NULL, already detached or joined: a
+ * stale handle). */
 MM_EXTERN int mm_detach(mm_coro_t *coro);
 
 /* Requests cancellation.  Any thread.  The coroutine's current suspension
  * (mm_sleep, mm_join, mm_yield, ...) and every later one returns
  * -ECANCELED at once; mm_cancelled() turns true.  Cancelling a coroutine
- * that has ended, or twice, does nothing.  Errors: -EINVAL (NULL). */
+ * that has ended, or twice, does nothing.  Errors: -EINVAL (NULL, or a
+ * stale handle: joined, or detached and ended; it never acts on a later
+ * coroutine). */
 MM_EXTERN int mm_cancel(mm_coro_t *coro);
 
-/* The calling coroutine, or NULL on a plain thread / outside coroutines. */
+/* The calling coroutine, or NULL on a plain thread / outside coroutines.
+ * In a run_sync call: the awaiting coroutine's handle (with
+ * abandon_on_cancel, possibly stale by the time it is used). */
 MM_EXTERN mm_coro_t *mm_current(void);
 
-/* The name given at spawn, or "" if none; NULL if coro is NULL. */
+/* The name given at spawn, or "" if none; NULL if coro is NULL or stale.
+ * Valid until the handle is given back. */
 MM_EXTERN const char *mm_coro_name(const mm_coro_t *coro);
 
 /* Lets the other ready coroutines of the loop run, then continues.
@@ -218,7 +227,10 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * No memory is allocated per call (except with abandon_on_cancel).
  * Inside fn, mm_current() is the awaiting coroutine, its locals are
  * visible, mm_cancelled() tells whether it (or this call) was cancelled,
- * and a nested mm_run_sync runs inline.
+ * and a nested mm_run_sync runs inline.  With abandon_on_cancel the
+ * coroutine may end while fn runs, so fn sees a copy of its locals taken
+ * when the call was made (never another coroutine's, never freed memory),
+ * and its caller thread and handle as they were then.
  * On a plain thread (and in a worker): fn runs inline -- the thread may
  * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
  * and this thread waits.

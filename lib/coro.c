@@ -13,6 +13,12 @@
  * coroutine's block is given back on its loop's thread (mm__loop_post with
  * MM__REMOTE_RELEASE), never by a joiner on another thread.
  *
+ * The handles users hold are not block addresses but handle.c's values
+ * with a generation: every public call here pins the handle's block for
+ * the few atomic steps that check and claim the join word, and the
+ * generation moves on (mm__handle_retire) at the transition to FREED, so
+ * that a handle used after it was given back is refused (-EINVAL).
+ *
  * Colour-blindness comes from mm__wait_t: a join parks a coroutine or
  * blocks a thread, and the end wakes either the same way.
  */
@@ -27,9 +33,12 @@ void mm_spawn_options_init(mm_spawn_options_t *o) {
     memset(o, 0, sizeof(*o));
 }
 
-static const mm__locals_t *spawner_locals(void) {
-  mm_coro_t *c = mm_current();
-  return c != NULL ? &c->locals : &mm__tls.locals;
+/* The caller thread a spawn made here inherits: the running coroutine's,
+ * or the one of the coroutine a blocking call runs for. */
+static mm__waiter_t *caller_here(void) {
+  if (mm__tls.coro != NULL)
+    return mm__tls.coro->caller;
+  return mm__tls.proxy != NULL ? mm__tls.proxy->caller : NULL;
 }
 
 /* w: spawned for that wait (mm__spawn_for), no handle; else out. */
@@ -89,12 +98,12 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
   if (opt.name != NULL && (c->name = strdup(opt.name)) == NULL)
     goto err_block;
   if (mm__locals_copy(&c->locals,
-                      locals != NULL ? locals : spawner_locals()) != 0)
+                      locals != NULL ? locals : mm__locals_here()) != 0)
     goto err_name;
   /* The caller thread is inherited from the spawning coroutine (or the
    * one a worker runs a call for), or given by mm_run_async. */
-  if (caller == NULL && mm_current() != NULL)
-    caller = mm_current()->caller;
+  if (caller == NULL)
+    caller = caller_here();
   c->caller = caller;
   if (caller != NULL)
     mm__waiter_ref(caller);
@@ -107,9 +116,10 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
     atomic_init(&c->join, out != NULL ? MM__JOIN_NONE : MM__JOIN_DETACHED);
   }
   atomic_fetch_add_explicit(&loop->coros_spawned, 1, memory_order_relaxed);
+  c->handle = mm__handle_make(c);
 
   if (out != NULL)
-    *out = c;
+    *out = c->handle;
   if (locked && local) {
     /* Nobody drives the loop: act as its driver while holding mu. */
     mm_loop_t *saved = mm__tls.loop;
@@ -163,14 +173,23 @@ int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro) {
  * waiting for it. */
 typedef struct join_wait {
   mm__wait_t w;
-  mm_coro_t *target;
+  mm_coro_t *target;        /* the block: the joiner owns its handle */
   int reason;               /* the joiner's cancellation, once seen */
 } join_wait_t;
+
+/* Records reason as c's cancellation and interrupts its wait.  c's block
+ * stays valid throughout: the caller owns its handle or has it pinned. */
+static void cancel_block(mm_coro_t *c, int reason) {
+  /* The interrupt is ordered by the remote queue (or happens right here
+   * on the loop's thread). */
+  if (mm__set_reason(&c->cancel_reason, reason))
+    mm__loop_post(c, MM__REMOTE_CANCEL);
+}
 
 static void join_cancel(mm__wait_t *w, int reason) {
   join_wait_t *jw = container_of(w, join_wait_t, w);
   jw->reason = reason;
-  mm_cancel(jw->target);
+  cancel_block(jw->target, ECANCELED);
 }
 
 /* The handle is ours and the coroutine has ended: give the block back.
@@ -179,7 +198,7 @@ static void join_cancel(mm__wait_t *w, int reason) {
 static void give_back(mm_coro_t *c, bool *loop_stopping) {
   if (loop_stopping != NULL)
     *loop_stopping = mm__loop_stopping(c->loop);
-  atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
+  mm__handle_retire(c);
   mm__loop_post(c, MM__REMOTE_RELEASE);
 }
 
@@ -191,22 +210,25 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
   return mm__join_hook(c, loop_stopping, NULL, NULL);
 }
 
-int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
+int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
                   void (*before_release)(void *arg), void *arg) {
-  if (c == NULL)
+  if (h == NULL)
     return -EINVAL;
   mm_coro_t *self = mm__tls.coro;
-  if (self == c)
+  if (self != NULL && self->handle == h)
     return -EDEADLK;
 
   join_wait_t jw;
   int r = mm__wait_init(&jw.w);
   if (r != 0)
     return r;
-  jw.target = c;
   jw.reason = 0;
   jw.w.cancel = join_cancel;
 
+  mm_coro_t *c = mm__handle_pin(h);
+  if (c == NULL)
+    return -EINVAL;  /* stale: joined, detached and ended, or freed */
+  jw.target = c;
   uintptr_t expected = MM__JOIN_NONE;
   if (!atomic_compare_exchange_strong_explicit(&c->join, &expected,
                                                (uintptr_t) &jw.w,
@@ -216,20 +238,23 @@ int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
         atomic_compare_exchange_strong_explicit(
             &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
             memory_order_relaxed)) {
+      mm__handle_unpin(c);    /* the handle is ours now */
       int status = c->status;
       if (before_release != NULL)
         before_release(arg);
       give_back(c, loop_stopping);
       return status;
     }
-    return -EINVAL;  /* detached, freed, or another joiner */
+    mm__handle_unpin(c);
+    return -EINVAL;  /* detached, or another joiner */
   }
+  mm__handle_unpin(c);        /* the handle is ours now */
 
   if (self != NULL && mm__coro_cancel_reason(self) != 0) {
     /* Already cancelled: cancel the target and wait for it regardless. */
     jw.reason = mm__coro_cancel_reason(self);
     jw.w.cancellable = false;
-    mm_cancel(c);
+    cancel_block(c, ECANCELED);
   }
   int status = mm__wait_block(&jw.w);
   if (before_release != NULL)
@@ -238,39 +263,51 @@ int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
   return jw.reason != 0 ? -jw.reason : status;
 }
 
-int mm_detach(mm_coro_t *c) {
+int mm_detach(mm_coro_t *h) {
+  mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return -EINVAL;
   uintptr_t expected = MM__JOIN_NONE;
-  if (atomic_compare_exchange_strong_explicit(&c->join, &expected,
-                                              MM__JOIN_DETACHED,
-                                              memory_order_acq_rel,
-                                              memory_order_acquire))
-    return 0;
-  if (expected == MM__JOIN_ENDED &&
-      atomic_compare_exchange_strong_explicit(&c->join, &expected,
-                                              MM__JOIN_FREED,
-                                              memory_order_acquire,
-                                              memory_order_relaxed)) {
+  bool detached = atomic_compare_exchange_strong_explicit(
+      &c->join, &expected, MM__JOIN_DETACHED, memory_order_acq_rel,
+      memory_order_acquire);
+  bool ended = !detached && expected == MM__JOIN_ENDED &&
+               atomic_compare_exchange_strong_explicit(
+                   &c->join, &expected, MM__JOIN_FREED,
+                   memory_order_acquire, memory_order_relaxed);
+  mm__handle_unpin(c);
+  if (ended)
     give_back(c, NULL);
-    return 0;
-  }
-  return -EINVAL;
+  return detached || ended ? 0 : -EINVAL;
 }
 
-int mm_cancel(mm_coro_t *c) {
+int mm_cancel(mm_coro_t *h) {
+  mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return -EINVAL;
-  /* The interrupt is ordered by the remote queue (or happens right here
-   * on the loop's thread). */
-  if (!mm__set_reason(&c->cancel_reason, ECANCELED))
+  if (!mm__set_reason(&c->cancel_reason, ECANCELED)) {
+    mm__handle_unpin(c);
     return 0;
-  mm__loop_post(c, MM__REMOTE_CANCEL);
+  }
+  if (mm__on_loop_thread(c->loop)) {
+    /* Nobody but this thread releases blocks of this loop now. */
+    mm__handle_unpin(c);
+    mm__coro_interrupt(c);
+    return 0;
+  }
+  /* Queued while pinned (lock-free), so that the block cannot be reused
+   * before the event is in; the loop is poked once the pin is gone. */
+  mm_loop_t *loop = mm__loop_push(c, MM__REMOTE_CANCEL);
+  mm__handle_unpin(c);
+  mm__loop_poke(loop);
   return 0;
 }
 
-const char *mm_coro_name(const mm_coro_t *c) {
+const char *mm_coro_name(const mm_coro_t *h) {
+  mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return NULL;
-  return c->name != NULL ? c->name : "";
+  const char *name = c->name != NULL ? c->name : "";
+  mm__handle_unpin(c);
+  return name;
 }

@@ -138,7 +138,7 @@ int mm_group_wait(mm_group_t *g) {
   pthread_mutex_lock(&g->mu);
   bool own = false;
   for (const child_t *c = g->first; c != NULL && !own; c = c->next)
-    own = c->coro == mm__tls.coro && mm__tls.coro != NULL;
+    own = c->coro == mm_current() && mm__tls.coro != NULL;
   pthread_mutex_unlock(&g->mu);
   if (own)
     return -EDEADLK;

@@ -2,7 +2,9 @@
  * thread.  A spawned coroutine starts with a copy of its spawner's table
  * (values are copied, not what they point to).  Inside a blocking call run
  * on a coroutine's behalf (bridge/), the table is that coroutine's: it is
- * parked meanwhile, so only one thread touches it at a time.
+ * parked meanwhile, so only one thread touches it at a time -- except for
+ * a call that may be abandoned, which works on a copy taken when it was
+ * made (the coroutine may end while it runs).
  *
  * A small unsorted array: programs keep a handful of locals, and a linear
  * scan of a few entries beats any hashing.  No malloc until the first set.
@@ -13,9 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static mm__locals_t *table(void) {
-  mm_coro_t *c = mm__tls.coro != NULL ? mm__tls.coro : mm__tls.proxy;
-  return c != NULL ? &c->locals : &mm__tls.locals;
+mm__locals_t *mm__locals_here(void) {
+  if (mm__tls.coro != NULL)
+    return &mm__tls.coro->locals;
+  if (mm__tls.proxy != NULL)
+    return mm__tls.proxy->locals;
+  return &mm__tls.locals;
 }
 
 /* A plain thread's table is freed with its waiter at thread exit. */
@@ -26,7 +31,7 @@ static bool table_owned(mm__locals_t *l) {
 int mm_local_set(const void *key, void *value) {
   if (key == NULL)
     return -EINVAL;
-  mm__locals_t *l = table();
+  mm__locals_t *l = mm__locals_here();
   for (size_t i = 0; i < l->n; i++) {
     if (l->v[i].key != key)
       continue;
@@ -56,7 +61,7 @@ int mm_local_set(const void *key, void *value) {
 }
 
 void *mm_local_get(const void *key) {
-  mm__locals_t *l = table();
+  mm__locals_t *l = mm__locals_here();
   for (size_t i = 0; i < l->n; i++)
     if (l->v[i].key == key)
       return l->v[i].value;

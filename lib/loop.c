@@ -15,9 +15,12 @@
  *          which is why remote.next was read before.
  *
  * Only the drain pops, so ABA cannot occur.  A poster touches the loop
- * after its push (the uv_async_send), so loop->posting counts posters in
- * flight and mm_loop_free waits for it to drop to zero before the loop's
- * memory goes.
+ * after its push (the uv_async_send, or a drain under mu when nobody
+ * drives the loop), so loop->posting counts posters in flight, from
+ * mm__loop_push to the end of mm__loop_poke, and mm_loop_free waits for
+ * it to drop to zero before the loop's memory goes.  The push and the
+ * poke are apart so that mm_cancel can push while its handle's block is
+ * pinned (handle.c: a pinned section takes no lock) and poke after.
  *
  * Locks: loop->mu protects driven, background and the state transitions;
  * see mm-internal.h for the order.
@@ -96,16 +99,44 @@ static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
     mm__coro_release(c);
 }
 
-static void push_remote(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
+mm_loop_t *mm__loop_push(mm_coro_t *c, unsigned bits) {
+  mm_loop_t *loop = c->loop;
+  /* Counted until mm__loop_poke is done with the loop; see
+   * wait_posters() in mm_loop_free. */
   atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
   unsigned prev = atomic_fetch_or_explicit(&c->remote_bits,
                                            bits | MM__REMOTE_QUEUED,
                                            memory_order_acq_rel);
-  if (!(prev & MM__REMOTE_QUEUED)) {
+  if (!(prev & MM__REMOTE_QUEUED))
     mm__mpsc_push(&loop->remote_head, &c->remote);
-    wake_if_asleep(loop);
+  return loop;
+}
+
+static void drain_coros(mm_loop_t *loop);
+
+void mm__loop_poke(mm_loop_t *loop) {
+  /* driven only turns false once the loop has nothing left that could be
+   * waiting for an event, or under mu below; reading it without the lock
+   * can only send us to the slower path.  Nobody drives the loop: drain
+   * what is queued right here, as its driver, under mu. */
+  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
+    pthread_mutex_lock(&loop->mu);
+    bool undriven = !atomic_load_explicit(&loop->driven,
+                                          memory_order_relaxed);
+    if (undriven) {
+      mm_loop_t *saved = mm__tls.loop;
+      mm__tls.loop = loop;
+      drain_coros(loop);
+      mm__tls.loop = saved;
+    }
+    pthread_mutex_unlock(&loop->mu);
+    if (undriven) {
+      atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
+      return;
+    }
   }
-  /* Pairs with the acquire load in wait_posters(): our last access to the
+  wake_if_asleep(loop);
+  /* Pairs with the acquire load in mm_loop_free: our last access to the
    * loop happened before. */
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
 }
@@ -146,51 +177,44 @@ bool mm__loop_driven(const mm_loop_t *loop) {
   return atomic_load_explicit(&loop->driven, memory_order_relaxed);
 }
 
+static void handle_coros(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
+  while (fifo != NULL) {
+    mm_coro_t *c = container_of(fifo, mm_coro_t, remote);
+    fifo = fifo->next;        /* before the exchange: c may be pushed again */
+    unsigned bits = atomic_exchange_explicit(&c->remote_bits, 0,
+                                             memory_order_acq_rel);
+    handle_bits(loop, c, bits);
+  }
+}
+
+static void drain_coros(mm_loop_t *loop) {
+  handle_coros(loop, mm__mpsc_take(&loop->remote_head));
+}
+
 /* Tasks are taken before the remote queue and run after it: whatever a
  * thread posted before a task (a spawn, a cancel) has then been handled
  * when the task runs (a dump lists that spawn). */
 static void drain_remote(mm_loop_t *loop) {
   mm__mpsc_node_t *tasks = mm__mpsc_take(&loop->tasks);
-  mm__mpsc_node_t *fifo = mm__mpsc_take(&loop->remote_head);
-  while (fifo != NULL) {
-    mm_coro_t *c = container_of(fifo, mm_coro_t, remote);
-    fifo = fifo->next;
-    unsigned bits = atomic_exchange_explicit(&c->remote_bits, 0,
-                                             memory_order_acq_rel);
-    handle_bits(loop, c, bits);
-  }
+  handle_coros(loop, mm__mpsc_take(&loop->remote_head));
   run_tasks(loop, tasks);
 }
 
 /* Hands bits for c to its loop: handled here if this thread drives the
- * loop, or if nobody does (then under mu); otherwise posted. */
+ * loop, else queued, and then handled by its driver or, if nobody drives
+ * it, right away by this thread under mu (mm__loop_poke). */
 void mm__loop_post(mm_coro_t *c, unsigned bits) {
-  mm_loop_t *loop = c->loop;
-
-  if (mm__on_loop_thread(loop)) {
-    handle_bits(loop, c, bits);
+  if (mm__on_loop_thread(c->loop)) {
+    handle_bits(c->loop, c, bits);
     return;
   }
-  /* driven only turns false once the loop has nothing left that could be
-   * waiting for an event, or under mu below; reading it without the lock
-   * can only send us to the slower path. */
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
-      mm_loop_t *saved = mm__tls.loop;
-      mm__tls.loop = loop;
-      handle_bits(loop, c, bits);
-      mm__tls.loop = saved;
-      pthread_mutex_unlock(&loop->mu);
-      return;
-    }
-    pthread_mutex_unlock(&loop->mu);
-  }
-  push_remote(loop, c, bits);
+  mm__loop_poke(mm__loop_push(c, bits));
 }
 
 void mm__loop_post_spawn(mm_coro_t *c) {
-  push_remote(c->loop, c, MM__REMOTE_SPAWN);
+  mm_loop_t *loop = mm__loop_push(c, MM__REMOTE_SPAWN);
+  wake_if_asleep(loop);
+  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
 }
 
 /* ---- handles ------------------------------------------------------------ */

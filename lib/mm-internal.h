@@ -162,6 +162,9 @@ typedef struct mm__locals {
 
 int  mm__locals_copy(mm__locals_t *dst, const mm__locals_t *src);
 void mm__locals_free(mm__locals_t *l);
+/* The table mm_local_get/set use here: the running coroutine's, the one a
+ * blocking call runs for, or this plain thread's. */
+mm__locals_t *mm__locals_here(void);
 
 /* ---- waiter.c: blocking a plain thread ----------------------------------- */
 
@@ -324,6 +327,8 @@ struct mm_coro {
   bool joiner_woken;          /* loop thread: counted in loop->njoining */
   bool auto_release;          /* made by mm__spawn_for: no handle */
   uint64_t born;              /* uv_hrtime() at spawn */
+  mm_coro_t *handle;          /* the public handle of this spawn (handle.c) */
+  uint32_t slot;              /* the block's slot in the handle table */
 
   /* memory (stack.c) */
   void *map;
@@ -457,15 +462,27 @@ struct mm_loop {
   _Atomic uint64_t slow_steps;  /* like nlive */
 };
 
+/* What a blocking call run for a coroutine (bridge/) sees of it: the
+ * coroutine's own state while the coroutine surely waits for the call, or
+ * a snapshot taken when the call may be abandoned, since the coroutine may
+ * then end (and its block be reused) while the call still runs. */
+typedef struct mm__proxy {
+  mm_coro_t *handle;          /* the coroutine's handle (may go stale) */
+  mm_loop_t *loop;
+  mm__locals_t *locals;       /* the coroutine's, or the snapshot's */
+  mm__waiter_t *caller;       /* its caller thread, or NULL */
+  _Atomic int *cancel;        /* the call's own cancellation */
+  const _Atomic int *coro_cancel;  /* the coroutine's, or NULL: snapshot */
+} mm__proxy_t;
+
 /* Thread-local state of the calling thread. */
 typedef struct mm__tls {
   mm_loop_t *loop;            /* loop this thread drives right now (an
                                  owned loop: inside drive(); a borrowed
                                  one: while it has work, see loop.c) */
   mm_coro_t *coro;            /* coroutine running on this thread */
-  mm_coro_t *proxy;           /* coroutine on whose behalf this thread runs
-                                 a blocking call (bridge/) */
-  _Atomic int *proxy_cancel;  /* that call's own cancellation, or NULL */
+  const mm__proxy_t *proxy;   /* the coroutine on whose behalf this thread
+                                 runs a blocking call (bridge/), or NULL */
   mm__locals_t locals;        /* plain-thread locals */
 } mm__tls_t;
 
@@ -476,6 +493,12 @@ extern __thread mm__tls_t mm__tls __attribute__((tls_model("initial-exec")));
 
 /* loop.c */
 void mm__loop_post(mm_coro_t *c, unsigned bits);   /* any thread */
+/* mm__loop_post in two steps: push queues the bits (lock-free) and
+ * returns c's loop, which stays valid until poke (posting counted);
+ * poke sees them handled: by the driver, woken if asleep, or here under
+ * loop->mu if nobody drives the loop.  Not on the loop's thread. */
+mm_loop_t *mm__loop_push(mm_coro_t *c, unsigned bits);
+void mm__loop_poke(mm_loop_t *loop);
 void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
@@ -534,6 +557,17 @@ void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
 void mm__cache_free(mm_loop_t *loop);
 size_t mm__page_size(void);
+
+/* handle.c: public handles with a generation.  A block owns a slot while
+ * it is mapped.  pin: the block of a handle that is not stale, pinned
+ * (not reused until unpinned), or NULL; a pinned section never blocks.
+ * retire: the handle goes (any later pin fails); waits for pinners. */
+int  mm__slot_new(mm_coro_t *c);
+void mm__slot_free(mm_coro_t *c);
+mm_coro_t *mm__handle_make(mm_coro_t *c);
+mm_coro_t *mm__handle_pin(const mm_coro_t *h);
+void mm__handle_unpin(mm_coro_t *c);
+void mm__handle_retire(mm_coro_t *c);
 
 /* guard.c */
 void mm__guard_install(void);   /* once per process */

@@ -192,6 +192,7 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
                                             memory_order_acq_rel);
   if (prev == MM__JOIN_DETACHED) {
     atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
+    mm__handle_retire(c);
     mm__coro_release(c);
     return;
   }
@@ -204,6 +205,7 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
     int status = c->status;
     if (status == -ECANCELED && mm__loop_stopping(loop))
       status = -ESHUTDOWN;
+    mm__handle_retire(c);
     mm__coro_release(c);
     mm__wait_complete((mm__wait_t *) prev, status);
     return;
@@ -395,17 +397,24 @@ void mm__cancel_all(mm_loop_t *loop) {
 /* ---- public calls of the running coroutine ----------------------------- */
 
 mm_coro_t *mm_current(void) {
-  return mm__tls.coro != NULL ? mm__tls.coro : mm__tls.proxy;
+  if (mm__tls.coro != NULL)
+    return mm__tls.coro->handle;
+  return mm__tls.proxy != NULL ? mm__tls.proxy->handle : NULL;
 }
 
 bool mm_cancelled(void) {
+  if (mm__tls.coro != NULL)
+    return mm__coro_cancel_reason(mm__tls.coro) != 0;
+  const mm__proxy_t *p = mm__tls.proxy;
+  if (p == NULL)
+    return false;
   /* In a blocking call run for a coroutine, the call itself may have been
-   * cancelled (its deadline) without the coroutine being cancelled. */
-  if (mm__tls.proxy_cancel != NULL &&
-      atomic_load_explicit(mm__tls.proxy_cancel, memory_order_relaxed) != 0)
-    return true;
-  mm_coro_t *c = mm_current();
-  return c != NULL && mm__coro_cancel_reason(c) != 0;
+   * cancelled (its deadline) without the coroutine being cancelled; an
+   * abandonable call's snapshot has only the call's own (a cancel of the
+   * coroutine reaches it there too). */
+  return atomic_load_explicit(p->cancel, memory_order_relaxed) != 0 ||
+         (p->coro_cancel != NULL &&
+          atomic_load_explicit(p->coro_cancel, memory_order_relaxed) != 0);
 }
 
 int mm_yield(void) {

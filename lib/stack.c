@@ -51,6 +51,7 @@ static void coro_reset(mm_coro_t *c) {
   size_t stack_size = c->stack_size;
   unsigned vg = c->vg_stack_id;
   void *fiber = c->tsan_fiber;
+  uint32_t slot = c->slot;
 
   memset(c, 0, sizeof(*c));
   c->map = map;
@@ -59,6 +60,7 @@ static void coro_reset(mm_coro_t *c) {
   c->stack_size = stack_size;
   c->vg_stack_id = vg;
   c->tsan_fiber = fiber;
+  c->slot = slot;
   mm__list_init(&c->link);
   mm__list_init(&c->all);
 #ifdef MM__ASAN
@@ -103,6 +105,10 @@ mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached) {
   c->map_size = map_size;
   c->stack_lo = map + page;
   c->stack_size = (size_t) ((char *) c - c->stack_lo);
+  if (mm__slot_new(c) != 0) {
+    munmap(map, map_size);
+    return NULL;
+  }
   c->vg_stack_id = VALGRIND_STACK_REGISTER(c->stack_lo,
                                            c->stack_lo + c->stack_size);
   coro_reset(c);
@@ -115,6 +121,7 @@ void mm__coro_unmap(mm_coro_t *c) {
     __tsan_destroy_fiber(c->tsan_fiber);
 #endif
   VALGRIND_STACK_DEREGISTER(c->vg_stack_id);
+  mm__slot_free(c);
   munmap(c->map, c->map_size);
 }
 

@@ -248,12 +248,117 @@ static void test_a_queued_caller_call_cancelled_never_runs(void **state) {
   mm_test_latch_destroy(&q.release);
 }
 
+/* ---- calls left behind when the caller thread leaves ------------------- */
+
+/* Issue 8, instance 4: a thread leaves mm_run_async with MM_AFFINITY_CALLER
+ * calls still queued for it; it runs them on its way out while their
+ * deadlines (1 ms) take some out of its queue.  Every call answers once:
+ * fn's value after running once, or -ETIMEDOUT having never run -- or,
+ * abandoned, -ETIMEDOUT with exactly one cleanup after its one run. */
+#define LEFT_CALLS 8
+
+typedef struct {
+  mm_loop_t *loop;
+  mm_test_latch_t ended;       /* children that returned */
+  atomic_int parked;           /* children whose call is queued */
+  atomic_int ran[LEFT_CALLS];
+  atomic_int cleanups[LEFT_CALLS];
+  int result[LEFT_CALLS];
+} left_t;
+
+typedef struct {
+  left_t *l;
+  int i;
+} left_call_t;
+
+static int left_fn(void *arg) {
+  left_call_t *c = arg;
+  atomic_fetch_add(&c->l->ran[c->i], 1);
+  struct timespec ts = { 0, 300 * 1000 };   /* the call's own work */
+  nanosleep(&ts, NULL);
+  return 42;
+}
+
+static void left_cleanup(void *arg, int status) {
+  left_call_t *c = arg;
+  atomic_fetch_add(&c->l->cleanups[c->i], 1);
+}
+
+static left_call_t left_calls[LEFT_CALLS];
+
+static int left_child(void *arg) {
+  left_call_t *c = arg;
+  mm_sync_options_t o = caller_opts();
+  o.timeout_ms = 1;
+  o.abandon_on_cancel = c->i % 2 == 1;
+  o.cleanup = left_cleanup;
+  atomic_fetch_add(&c->l->parked, 1);
+  c->l->result[c->i] = mm_run_sync_ex(left_fn, c, &o);
+  mm_test_latch_add(&c->l->ended, 1);
+  return 0;
+}
+
+/* Spawns the children (they inherit this thread as their caller), lets
+ * each queue its call, and returns while they wait. */
+static int leave_with_calls_queued(void *arg) {
+  left_t *l = arg;
+  for (int i = 0; i < LEFT_CALLS; i++) {
+    left_calls[i].l = l;
+    left_calls[i].i = i;
+    int r = mm_spawn(l->loop, left_child, &left_calls[i], NULL);
+    if (r != 0)
+      return r;
+  }
+  while (atomic_load(&l->parked) < LEFT_CALLS)
+    if (mm_yield() != 0)
+      return -1;
+  return 7;
+}
+
+static void test_calls_left_for_a_leaving_caller_answer_once_under_deadlines(
+    void **state) {
+  left_t l;
+  memset(&l, 0, sizeof l);
+  assert_mm_ok(mm_loop_new(&l.loop, NULL));
+  assert_mm_ok(mm_loop_start(l.loop));
+  int rounds = MM_TEST_SCALE(300, 60);
+  for (int round = 0; round < rounds; round++) {
+    mm_test_latch_init(&l.ended);
+    atomic_store(&l.parked, 0);
+    for (int i = 0; i < LEFT_CALLS; i++) {
+      atomic_store(&l.ran[i], 0);
+      atomic_store(&l.cleanups[i], 0);
+    }
+    assert_status(mm_run_async(l.loop, leave_with_calls_queued, &l), 7);
+    mm_test_latch_wait(&l.ended, LEFT_CALLS);
+    /* Every call ran on this thread, before mm_run_async returned, and
+     * so did the cleanup of each one abandoned while it ran. */
+    for (int i = 0; i < LEFT_CALLS; i++) {
+      int ran = atomic_load(&l.ran[i]);
+      int cleanups = atomic_load(&l.cleanups[i]);
+      if (l.result[i] == 42) {
+        assert_int_equal(ran, 1);
+        assert_int_equal(cleanups, 0);
+      } else {
+        assert_status(l.result[i], -ETIMEDOUT);
+        assert_true(ran <= 1);
+        if (i % 2 == 0)
+          assert_int_equal(ran, 0);   /* waited for if it ran */
+        assert_int_equal(cleanups, ran);
+      }
+    }
+    mm_test_latch_destroy(&l.ended);
+  }
+  assert_mm_ok(mm_loop_free(l.loop));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_caller_calls_without_a_caller_run_on_one_sensitive_thread),
     mm_test(test_caller_call_on_a_plain_thread_runs_inline),
     mm_test(test_caller_calls_run_on_the_thread_blocked_in_run_async),
     mm_test(test_a_queued_caller_call_cancelled_never_runs),
+    mm_test(test_calls_left_for_a_leaving_caller_answer_once_under_deadlines),
   };
   return mm_run_tests(tests);
 }

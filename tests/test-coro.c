@@ -510,6 +510,101 @@ static void test_cancel_of_an_ended_coroutine_does_nothing(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* Issue 8, instance 3: handles carry a generation.  After mm_join(a) a
+ * new spawn reuses a's block; a late cancel, join, detach or name of a is
+ * refused and never reaches the new coroutine. */
+static void test_stale_handle_is_refused_and_never_acts_on_a_new_coroutine(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  mm_coro_t *a, *b;
+  assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)3, &a));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_status(mm_join(a), 3);
+  assert_mm_ok(mm_spawn(loop, yield_then_return_arg, (void *)(intptr_t)7,
+                        &b));                  /* a's block, from the cache */
+  assert_mm_err(mm_cancel(a), -EINVAL);
+  assert_mm_err(mm_join(a), -EINVAL);
+  assert_mm_err(mm_detach(a), -EINVAL);
+  assert_null(mm_coro_name(a));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_status(mm_join(b), 7);
+  assert_mm_err(mm_join(b), -EINVAL);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* A detached coroutine's handle goes when it ends; handles of blocks that
+ * were unmapped (more than the loop caches) are refused without a fault. */
+static void test_handles_of_ended_detached_and_unmapped_coroutines_are_stale(
+    void **state) {
+  enum { N = 200 };
+  mm_loop_t *loop = new_loop();
+  mm_coro_t *h[N];
+  for (int i = 0; i < N; i++)
+    assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)i, &h[i]));
+  assert_mm_ok(mm_detach(h[0]));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_err(mm_cancel(h[0]), -EINVAL);     /* detached and ended */
+  for (int i = 1; i < N; i++)
+    assert_status(mm_join(h[i]), i);
+  for (int i = 0; i < N; i++) {
+    assert_mm_err(mm_cancel(h[i]), -EINVAL);
+    assert_mm_err(mm_join(h[i]), -EINVAL);
+  }
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* A thread cancels a handle again and again while the test joins it and
+ * spawns the next coroutine, which reuses the block: the cancel lands on
+ * the old coroutine or is refused, never on the new one. */
+typedef struct {
+  _Atomic(mm_coro_t *) target;
+  atomic_int stop;
+  atomic_long refused;
+} reuse_canceller_t;
+
+static void *cancel_loop(void *arg) {
+  reuse_canceller_t *k = arg;
+  while (!atomic_load(&k->stop)) {
+    mm_coro_t *t = atomic_load(&k->target);
+    if (t != NULL && mm_cancel(t) == -EINVAL)
+      atomic_fetch_add(&k->refused, 1);
+  }
+  return NULL;
+}
+
+static int block_briefly(void *arg) {
+  (void) arg;
+  for (int i = 0; i < 3; i++)
+    if (mm_yield() != 0)
+      return -ECANCELED;
+  return 0;
+}
+
+static void test_cancel_racing_join_and_reuse_never_cancels_the_next(
+    void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_loop_start(loop));
+  reuse_canceller_t k;
+  atomic_init(&k.target, NULL);
+  atomic_init(&k.stop, 0);
+  atomic_init(&k.refused, 0);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, cancel_loop, &k), 0);
+  int rounds = MM_TEST_SCALE(3000, 300);
+  for (int i = 0; i < rounds; i++) {
+    mm_coro_t *c;
+    assert_mm_ok(mm_spawn(loop, block_briefly, NULL, &c));
+    /* Joined before the canceller may see it: it must run to its end. */
+    assert_mm_ok(mm_join(c));
+    atomic_store(&k.target, c);   /* now stale */
+  }
+  atomic_store(&k.stop, 1);
+  pthread_join(t, NULL);
+  assert_true(atomic_load(&k.refused) > 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void test_cancelled_is_false_until_a_cancel(void **state) {
   assert_false(mm_cancelled());   /* plain thread */
   mm_loop_t *loop = new_loop();
@@ -1132,6 +1227,9 @@ int main(void) {
     mm_test(test_cancel_from_another_coroutine),
     mm_test(test_cancel_before_first_run_means_it_never_runs),
     mm_test(test_cancel_of_an_ended_coroutine_does_nothing),
+    mm_test(test_stale_handle_is_refused_and_never_acts_on_a_new_coroutine),
+    mm_test(test_handles_of_ended_detached_and_unmapped_coroutines_are_stale),
+    mm_test(test_cancel_racing_join_and_reuse_never_cancels_the_next),
     mm_test(test_cancelled_is_false_until_a_cancel),
     mm_test(test_coroutine_cancelled_while_joining_cancels_the_joined_one),
     mm_test(test_spawn_timeout_cancels_with_etimedout),

@@ -948,6 +948,119 @@ static void test_abandon_on_cancel_returns_ecanceled_at_once_then_cleans_up(
   abandon_destroy(&a);
 }
 
+/* Issue 8, instance 2: an abandoned call outlives its coroutine, whose
+ * block the next coroutine of the loop reuses.  Inside the call,
+ * mm_current(), locals, mm_spawn and mm_run_async keep seeing its own
+ * coroutine's state (a snapshot), never the new coroutine's or freed
+ * memory. */
+static const char outlive_key;
+
+typedef struct {
+  mm_loop_t *loop;
+  mm_chan_t *go;              /* the reuser tells fn to look */
+  mm_chan_t *done;            /* fn tells the reuser it looked */
+  mm_test_latch_t cleaned;
+  int a_value, b_value;
+  mm_coro_t *a_handle;
+  int a_result;
+  /* what fn saw */
+  void *local_seen;
+  void *child_local_seen;
+  int current_is_a;
+  int cancel_current;
+  int spawn_result, join_result, async_result;
+} outlive_t;
+
+static int outlive_child(void *arg) {
+  outlive_t *o = arg;
+  o->child_local_seen = mm_local_get(&outlive_key);
+  return 0;
+}
+
+static int outlive_async(void *arg) {
+  return 5;
+}
+
+static int outlive_fn(void *arg) {
+  outlive_t *o = arg;
+  void *item;
+  if (mm_chan_recv(o->go, &item) != 0)
+    return -1;
+  o->local_seen = mm_local_get(&outlive_key);
+  o->current_is_a = mm_current() == o->a_handle;
+  o->cancel_current = mm_cancel(mm_current());
+  mm_coro_t *child;
+  o->spawn_result = mm_spawn(o->loop, outlive_child, o, &child);
+  if (o->spawn_result == 0)
+    o->join_result = mm_join(child);
+  o->async_result = mm_run_async(o->loop, outlive_async, NULL);
+  mm_chan_send(o->done, NULL);
+  return 13;
+}
+
+static void outlive_cleanup(void *arg, int status) {
+  outlive_t *o = arg;
+  mm_test_latch_add(&o->cleaned, 1);
+}
+
+static int outlive_a(void *arg) {
+  outlive_t *o = arg;
+  mm_local_set(&outlive_key, &o->a_value);
+  mm_sync_options_t so;
+  mm_sync_options_init(&so);
+  so.abandon_on_cancel = true;
+  so.timeout_ms = 1;
+  so.cleanup = outlive_cleanup;
+  o->a_result = mm_run_sync_ex(outlive_fn, o, &so);
+  return 0;
+}
+
+static int outlive_b(void *arg) {
+  outlive_t *o = arg;
+  mm_local_set(&outlive_key, &o->b_value);
+  void *item;
+  if (mm_chan_send(o->go, NULL) != 0 || mm_chan_recv(o->done, &item) != 0)
+    return -1;
+  return 0;
+}
+
+/* Runs a, joins it, then runs b on the block a left in the cache. */
+static int outlive_driver(void *arg) {
+  outlive_t *o = arg;
+  int r = mm_spawn(o->loop, outlive_a, o, &o->a_handle);
+  if (r != 0 || (r = mm_join(o->a_handle)) != 0)
+    return r;
+  mm_coro_t *b;
+  if ((r = mm_spawn(o->loop, outlive_b, o, &b)) != 0)
+    return r;
+  return mm_join(b);
+}
+
+static void test_abandoned_call_sees_its_own_coroutine_after_it_ended(
+    void **state) {
+  outlive_t o;
+  memset(&o, 0, sizeof o);
+  mm_test_latch_init(&o.cleaned);
+  assert_mm_ok(mm_chan_new(&o.go, 1));
+  assert_mm_ok(mm_chan_new(&o.done, 1));
+  assert_mm_ok(mm_loop_new(&o.loop, NULL));
+  assert_mm_ok(mm_loop_start(o.loop));
+  assert_mm_ok(mm_run_async(o.loop, outlive_driver, &o));
+  mm_test_latch_wait(&o.cleaned, 1);
+  assert_status(o.a_result, -ETIMEDOUT);
+  assert_ptr_equal(o.local_seen, &o.a_value);
+  assert_true(o.current_is_a);
+  assert_mm_err(o.cancel_current, -EINVAL);    /* a was joined: stale */
+  assert_mm_ok(o.spawn_result);
+  assert_mm_ok(o.join_result);
+  assert_ptr_equal(o.child_local_seen, &o.a_value);
+  assert_status(o.async_result, 5);
+  assert_mm_ok(mm_loop_free(o.loop));
+  assert_mm_ok(mm_chan_free(o.go));
+  assert_mm_ok(mm_chan_free(o.done));
+  mm_test_latch_destroy(&o.cleaned);
+}
+
 /* The function polls mm_cancelled() until it turns true. */
 typedef struct {
   atomic_int started;
@@ -1798,6 +1911,7 @@ int main(void) {
     mm_test(test_cancelled_turns_true_inside_fn_when_the_caller_is_cancelled),
     mm_test(test_timeout_of_a_queued_call_returns_etimedout_and_it_never_runs),
     mm_test(test_abandoned_running_call_times_out_etimedout_then_cleans_up),
+    mm_test(test_abandoned_call_sees_its_own_coroutine_after_it_ended),
     mm_test(test_timeout_of_a_running_call_sets_cancelled_and_returns_value),
     mm_test(test_fn_sees_the_awaiting_coroutine_as_current_and_its_locals),
     mm_test(test_lane_runs_calls_on_one_thread_one_at_a_time_in_order),
