@@ -12,6 +12,8 @@
 
 #include "mm-internal.h"
 
+#include <errno.h>
+
 /* Where a run_sync request is.  Only a request's queue owner changes it:
  * the loop thread while STAGED, pool->mu (or the caller thread's waiter
  * mu) for QUEUED -> RUNNING and QUEUED -> CANCELLED. */
@@ -62,9 +64,10 @@ typedef struct mm__sync_req {
  * exactly one thread that never idles out. */
 typedef struct mm__pool mm__pool_t;
 
-/* thread_name: the name of a lane's thread (NULL: mm-lane-NAME). */
-mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
-                         unsigned idle_ms, bool lane,
+/* thread_name: the name of a lane's thread (NULL: mm-lane-NAME).  Its
+ * threads serve loop (mm__tls.serves). */
+mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
+                         unsigned max, unsigned idle_ms, bool lane,
                          const char *thread_name);
 /* Runs every queued call, stops and joins the threads, frees the pool. */
 void mm__pool_free(mm__pool_t *pool);
@@ -103,7 +106,11 @@ typedef struct mm__bridge {
   _Atomic uint64_t async_calls;
 } mm__bridge_t;
 
-mm__bridge_t *mm__bridge_of(mm_loop_t *loop);   /* NULL: out of memory */
+/* NULL: out of memory, or the loop is stopping (mm__bridge_error). */
+mm__bridge_t *mm__bridge_of(mm_loop_t *loop);
+static inline int mm__bridge_error(const mm_loop_t *loop) {
+  return mm__loop_stopping(loop) ? -ESHUTDOWN : -ENOMEM;
+}
 
 struct mm_lane {
   mm__list_t link;            /* bridge->lanes */

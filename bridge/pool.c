@@ -57,6 +57,7 @@ struct mm__pool {
   pthread_cond_t exit_cv;     /* a worker exited */
   char name[32];
   char thread_name[16];       /* a lane's fixed thread name, or "" */
+  mm_loop_t *loop;            /* the loop its threads serve */
   unsigned min, max, idle_ms;
   bool lane;
   /* protected by mu */
@@ -210,6 +211,7 @@ static void *worker_main(void *arg) {
   pthread_setname_np(pthread_self(), name);
 #endif
   self_pool = pool;
+  mm__tls.serves = pool->loop;  /* mm_loop_free refuses to run here */
 
   pthread_mutex_lock(&pool->mu);
   pool->nstarting--;
@@ -292,12 +294,13 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-mm__pool_t *mm__pool_new(const char *name, unsigned min, unsigned max,
-                         unsigned idle_ms, bool lane,
+mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
+                         unsigned max, unsigned idle_ms, bool lane,
                          const char *thread_name) {
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
+  pool->loop = loop;
   /* Adaptive: the sections under mu are a few list operations, so a
    * thread that finds it taken spins briefly instead of sleeping in the
    * kernel. */

@@ -30,12 +30,15 @@ typedef struct async_req {
   mm_spawn_options_t so;
   const mm__locals_t *locals; /* the caller's, read while it blocks */
   mm__wait_t w;               /* the caller's wait; K's joiner */
+  _Atomic bool taken;         /* the loop has run the task (relaxed: only
+                                 a warning depends on it) */
 } async_req_t;
 
 /* Loop thread.  Every path ends in exactly one wake of q->w: here, or at
  * K's end (sched.c, finish). */
 static void async_start(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
   async_req_t *q = container_of(t, async_req_t, task);
+  atomic_store_explicit(&q->taken, true, memory_order_relaxed);
   if (shutdown) {
     mm__wait_complete(&q->w, -ESHUTDOWN);
     return;
@@ -56,11 +59,14 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                     const mm_async_options_t *o) {
   if (loop == NULL || fn == NULL)
     return -EINVAL;
-  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
-    return -EDEADLK;          /* a loop's thread outside coroutines */
+  /* A loop's thread outside coroutines; also the thread a borrowed loop
+   * belongs to, whether or not it has work: nobody else runs that loop. */
+  if (mm__tls.coro == NULL &&
+      (mm__tls.loop != NULL || mm__on_loop_thread(loop)))
+    return -EDEADLK;
   mm__bridge_t *b = mm__bridge_of(loop);
   if (b == NULL)
-    return -ENOMEM;
+    return mm__bridge_error(loop);
   atomic_fetch_add_explicit(&b->async_calls, 1, memory_order_relaxed);
 
   mm_spawn_options_t so;
@@ -92,6 +98,7 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   /* The caller's locals: a worker running a call for a coroutine sees
    * that coroutine's (DESIGN.md, "Locals"), so its coroutine does too. */
   q.locals = mm__locals_here();
+  atomic_init(&q.taken, false);
   int r = mm__wait_init(&q.w);
   if (r != 0)
     return r;
@@ -105,7 +112,9 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   }
   int status;
   if (mm__wait_block_for(&q.w, NOT_RUNNING_WARN_MS, &status) != 0) {
-    if (!mm__loop_driven(loop))
+    /* Not the loop's state: once our task has run, the loop may end and
+     * be freed at any moment; the task is ours until we are answered. */
+    if (!atomic_load_explicit(&q.taken, memory_order_relaxed))
       mm__log(MM_LOG_WARN, "mm_run_async: the loop has not run for %d ms; "
               "the call waits until it does (mm_loop_run, mm_loop_start)",
               NOT_RUNNING_WARN_MS);

@@ -98,7 +98,7 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   b = calloc(1, sizeof(*b));
   if (b == NULL)
     return NULL;
-  b->pool = mm__pool_new("", loop->opt.pool_min_threads,
+  b->pool = mm__pool_new(loop, "", loop->opt.pool_min_threads,
                          loop->opt.pool_max_threads, loop->opt.pool_idle_ms,
                          false, NULL);
   if (b->pool == NULL) {
@@ -126,7 +126,7 @@ static mm__pool_t *sensitive_of(mm__bridge_t *b) {
   pthread_mutex_lock(&b->mu);
   p = atomic_load_explicit(&b->sensitive, memory_order_relaxed);
   if (p == NULL) {
-    p = mm__pool_new("sensitive", 1, 1, 0, true, "mm-sensitive");
+    p = mm__pool_new(b->loop, "sensitive", 1, 1, 0, true, "mm-sensitive");
     /* Release pairs with the acquire load above. */
     atomic_store_explicit(&b->sensitive, p, memory_order_release);
   }
@@ -282,7 +282,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     return -reason;
   mm__bridge_t *b = mm__bridge_of(c->loop);
   if (b == NULL)
-    return -ENOMEM;
+    return mm__bridge_error(c->loop);
 
   sync_wait_t sw;
   r = mm__wait_init(&sw.w);
@@ -407,12 +407,12 @@ int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
     return -ESHUTDOWN;
   mm__bridge_t *b = mm__bridge_of(loop);
   if (b == NULL)
-    return -ENOMEM;
+    return mm__bridge_error(loop);
   mm_lane_t *lane = calloc(1, sizeof(*lane));
   if (lane == NULL)
     return -ENOMEM;
   lane->loop = loop;
-  lane->pool = mm__pool_new(name, 1, 1, 0, true, NULL);
+  lane->pool = mm__pool_new(loop, name, 1, 1, 0, true, NULL);
   if (lane->pool == NULL) {
     free(lane);
     return -EAGAIN;

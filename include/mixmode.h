@@ -111,16 +111,23 @@ MM_EXTERN int mm_loop_start(mm_loop_t *loop);
 
 /* Stops the loop: final.  Any thread; asynchronous.  New requests (spawns)
  * get -ESHUTDOWN from now on, live coroutines are cancelled, and the loop's
- * run returns once they have finished.  Idempotent.  Errors: -EINVAL. */
+ * run returns once they have finished.  On a loop nobody runs at the
+ * moment (never started, or between two mm_loop_run calls) the stop is
+ * carried out at once: every caller waiting in mm_run_async is answered
+ * (-ESHUTDOWN) and the coroutines that never ran end cancelled.
+ * Idempotent.  Errors: -EINVAL. */
 MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
 
 /* Shuts the loop down and frees it: stops it, cancels live coroutines and
  * lets them finish (running the loop on the calling thread when nobody else
  * does), joins the threads it started, reports through the log coroutine
  * handles never joined, and releases everything.  Not from the loop's own
- * thread while it runs (-EBUSY; the loop is left untouched).
+ * thread while it runs (-EBUSY; the loop is left untouched), nor from a
+ * thread the loop would wait for -- its workers, lanes and sensitive
+ * thread, or any thread running a blocking call for one of its coroutines
+ * (-EDEADLK; the loop is left usable).
  * Handles of the loop's coroutines are invalid afterwards.
- * Errors: -EINVAL, -EBUSY. */
+ * Errors: -EINVAL, -EBUSY, -EDEADLK. */
 MM_EXTERN int mm_loop_free(mm_loop_t *loop);
 
 
@@ -282,7 +289,8 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  * In a coroutine: spawn and join -- no thread hop on the same loop, a
  * suspension until the other loop's coroutine ends otherwise.
  * Errors: -EINVAL (NULL loop or fn), -EDEADLK (on a loop's thread outside
- * coroutines), -ESHUTDOWN (the loop is stopping, was stopped or freed
+ * coroutines, and on the thread a borrowed loop belongs to for a call to
+ * that loop, whether or not it has coroutines), -ESHUTDOWN (the loop is stopping, was stopped or freed
  * while the call waited: every waiting caller is answered), -ETIMEDOUT,
  * -ECANCELED (a calling coroutine was cancelled), -ENOMEM. */
 MM_EXTERN int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg);
@@ -324,8 +332,10 @@ typedef struct mm_group mm_group_t;
  * -ENOMEM. */
 MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
 
-/* Spawns fn(arg) as a child, from any thread, children included, until
- * mm_group_wait returns.  -ECANCELED once the group is cancelled (by
+/* Spawns fn(arg) as a child: from the group's own children (and the
+ * blocking calls they make) until mm_group_wait returns; from anyone else
+ * only before mm_group_wait is called (-EBUSY after: the wait may return
+ * and free g meanwhile).  -ECANCELED once the group is cancelled (by
  * mm_group_cancel, a failure, or its waiter's cancellation); the errors
  * of mm_spawn otherwise. */
 MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);

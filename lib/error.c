@@ -8,8 +8,10 @@
 #include <string.h>
 
 #define MM__ERRORS(X)                                                        \
-  X(EDEADLK, "the call would block the thread that runs the loop it waits "  \
-             "for (made on a loop's thread outside any coroutine)")          \
+  X(EDEADLK, "the call would block a thread that the loop it waits for "    \
+             "needs (a loop's thread outside any coroutine, a borrowed "    \
+             "loop's own thread, or a worker, lane or caller thread "        \
+             "serving that loop)")                                          \
   X(ECANCELED, "the coroutine was cancelled")                                \
   X(ETIMEDOUT, "the deadline passed before the call completed")              \
   X(ESHUTDOWN, "the loop is stopping or stopped; no new requests accepted")  \
@@ -18,8 +20,9 @@
   X(ENOMEM, "out of memory (a stack, a handle or a table could not be "      \
             "allocated)")                                                    \
   X(EAGAIN, "a thread could not be created; try again later")                \
-  X(EBUSY, "busy: the loop is running on this thread or another, or the "   \
-           "channel has waiters; not allowed now")                          \
+  X(EBUSY, "busy: the loop is running on this thread or another, the "     \
+           "channel has waiters, or the group is being waited for; not "    \
+           "allowed now")                                                   \
   X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
   X(EPERM, "not allowed from this kind of thread")
 

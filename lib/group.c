@@ -7,8 +7,10 @@
  * colour-blind and gives it mm_join's cancellation: a waiter that is
  * cancelled cancels the child it joins, and then the whole group.
  * Children may spawn siblings while they run (the wait cannot have passed
- * a child that is still running); nothing may spawn once the wait has
- * returned, as the group is gone.
+ * a child that is still running), and so may the blocking calls they
+ * make; anyone else may spawn only until the wait begins (-EBUSY after:
+ * the wait could return and free the group under that spawn).  Nothing
+ * may spawn once the wait has returned, as the group is gone.
  *
  * A child's end (child_main, on the loop's thread) records its status
  * under mu: the first non-zero status of a child that ended while the
@@ -45,6 +47,7 @@ struct mm_group {
   /* protected by mu */
   child_t *first, **tail;     /* spawn order */
   bool cancelled;
+  bool waiting;               /* mm_group_wait has begun */
   int failure;                /* the first failure's status, or 0 */
 };
 
@@ -73,6 +76,16 @@ static void cancel_children(mm_group_t *g) {
       mm_cancel(c->coro);
 }
 
+/* Whether h is one of g's children (or a call run for one).  mu held. */
+static bool is_child(const mm_group_t *g, const mm_coro_t *h) {
+  if (h == NULL)
+    return false;
+  for (const child_t *c = g->first; c != NULL; c = c->next)
+    if (c->coro == h)
+      return true;
+  return false;
+}
+
 static int child_main(void *arg) {
   child_t *c = arg;
   int status = c->fn(c->arg);
@@ -99,8 +112,13 @@ int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg) {
   c->fn = fn;
   c->arg = arg;
   pthread_mutex_lock(&g->mu);
-  int r = g->cancelled ? -ECANCELED
-                       : mm_spawn_ex(g->loop, child_main, c, NULL, &c->coro);
+  int r;
+  if (g->waiting && !is_child(g, mm_current()))
+    r = -EBUSY;
+  else if (g->cancelled)
+    r = -ECANCELED;
+  else
+    r = mm_spawn_ex(g->loop, child_main, c, NULL, &c->coro);
   if (r == 0) {
     *g->tail = c;
     g->tail = &c->next;
@@ -136,9 +154,9 @@ int mm_group_wait(mm_group_t *g) {
     return -EDEADLK;      /* nothing waited for, nothing freed */
   /* A child waiting for its own group would wait for itself. */
   pthread_mutex_lock(&g->mu);
-  bool own = false;
-  for (const child_t *c = g->first; c != NULL && !own; c = c->next)
-    own = c->coro == mm_current() && mm__tls.coro != NULL;
+  bool own = mm__tls.coro != NULL && is_child(g, mm_current());
+  if (!own)
+    g->waiting = true;
   pthread_mutex_unlock(&g->mu);
   if (own)
     return -EDEADLK;

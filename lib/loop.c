@@ -112,30 +112,30 @@ mm_loop_t *mm__loop_push(mm_coro_t *c, unsigned bits) {
   return loop;
 }
 
-static void drain_coros(mm_loop_t *loop);
+static void serve_undriven(mm_loop_t *loop);
 
-void mm__loop_poke(mm_loop_t *loop) {
+/* Sees that what was just queued for the loop is handled: by its driver,
+ * woken if it may be asleep, or, if nobody drives the loop, right here
+ * under mu (serve_undriven). */
+static void kick(mm_loop_t *loop) {
   /* driven only turns false once the loop has nothing left that could be
    * waiting for an event, or under mu below; reading it without the lock
-   * can only send us to the slower path.  Nobody drives the loop: drain
-   * what is queued right here, as its driver, under mu. */
+   * can only send us to the slower path. */
   if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
     pthread_mutex_lock(&loop->mu);
     bool undriven = !atomic_load_explicit(&loop->driven,
                                           memory_order_relaxed);
-    if (undriven) {
-      mm_loop_t *saved = mm__tls.loop;
-      mm__tls.loop = loop;
-      drain_coros(loop);
-      mm__tls.loop = saved;
-    }
+    if (undriven)
+      serve_undriven(loop);
     pthread_mutex_unlock(&loop->mu);
-    if (undriven) {
-      atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
+    if (undriven)
       return;
-    }
   }
   wake_if_asleep(loop);
+}
+
+void mm__loop_poke(mm_loop_t *loop) {
+  kick(loop);
   /* Pairs with the acquire load in mm_loop_free: our last access to the
    * loop happened before. */
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
@@ -168,13 +168,9 @@ int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
     return -ESHUTDOWN;
   }
   mm__mpsc_push(&loop->tasks, &t->node);
-  wake_if_asleep(loop);
+  kick(loop);   /* a loop stopped while nobody drives it answers here */
   atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
   return 0;
-}
-
-bool mm__loop_driven(const mm_loop_t *loop) {
-  return atomic_load_explicit(&loop->driven, memory_order_relaxed);
 }
 
 static void handle_coros(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
@@ -189,6 +185,29 @@ static void handle_coros(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
 
 static void drain_coros(mm_loop_t *loop) {
   handle_coros(loop, mm__mpsc_take(&loop->remote_head));
+}
+
+static void process_stop(mm_loop_t *loop);
+static void drain_remote(mm_loop_t *loop);
+
+/* Nobody drives the loop, and this thread holds mu: act as its driver for
+ * what cannot wait.  Events for coroutines are handled.  Once the loop is
+ * stopping, every waiting caller is answered: requests in the inbox get
+ * -ESHUTDOWN and the coroutines admitted meanwhile -- none has run, as
+ * mm_loop_run and the background thread only stop driving once no
+ * coroutine is left -- end cancelled, which answers their joiners and
+ * run_async callers.  Requests for a loop that is open wait for its run. */
+static void serve_undriven(mm_loop_t *loop) {
+  mm_loop_t *saved = mm__tls.loop;
+  mm__tls.loop = loop;
+  if (stopping(loop)) {
+    drain_remote(loop);
+    process_stop(loop);
+    mm__sched_end_unstarted(loop);
+  } else {
+    drain_coros(loop);
+  }
+  mm__tls.loop = saved;
 }
 
 /* Tasks are taken before the remote queue and run after it: whatever a
@@ -228,7 +247,9 @@ void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
                           const mm__bridge_ops_t *ops) {
   pthread_mutex_lock(&loop->mu);
   void *cur = atomic_load_explicit(&loop->bridge, memory_order_relaxed);
-  if (cur == NULL) {
+  /* None is made once the loop stops: mm_loop_free reads the slot after
+   * it has set STOPPING under mu, so a later one would never be freed. */
+  if (cur == NULL && !stopping(loop)) {
     loop->bridge_ops = ops;
     /* Release: the bridge's fields are visible to whoever loads it with
      * acquire (the bridge layer's fast path). */
@@ -592,9 +613,10 @@ int mm_loop_stop(mm_loop_t *loop) {
     process_stop(loop);
     mm__loop_update_refs(loop);
   } else {
-    /* The driver, if any, carries out the stop in on_async; otherwise the
-     * next drive (or mm_loop_free) does. */
+    /* The driver, if any, carries out the stop in on_async; nobody: here,
+     * at once (serve_undriven answers every waiting caller). */
     uv_async_send(&loop->async);
+    kick(loop);
   }
   return 0;
 }
@@ -635,6 +657,12 @@ static void report_live(mm_loop_t *loop) {
 int mm_loop_free(mm_loop_t *loop) {
   if (loop == NULL)
     return -EINVAL;
+  /* A thread the loop would wait for: one of its workers, lanes or its
+   * sensitive thread, or any thread running a call for one of its
+   * coroutines (a caller thread serving it). */
+  if (mm__tls.serves == loop ||
+      (mm__tls.proxy != NULL && mm__tls.proxy->loop == loop))
+    return -EDEADLK;
   if (mm__tls.coro != NULL && mm__tls.coro->loop == loop)
     return -EBUSY;
   if (mm__tls.loop == loop && !loop->borrowed)

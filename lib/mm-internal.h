@@ -483,6 +483,8 @@ typedef struct mm__tls {
   mm_coro_t *coro;            /* coroutine running on this thread */
   const mm__proxy_t *proxy;   /* the coroutine on whose behalf this thread
                                  runs a blocking call (bridge/), or NULL */
+  mm_loop_t *serves;          /* the loop whose worker, lane or sensitive
+                                 thread this is (bridge/), or NULL */
   mm__locals_t locals;        /* plain-thread locals */
 } mm__tls_t;
 
@@ -515,8 +517,6 @@ struct mm__loop_task {
 /* Any thread.  -ESHUTDOWN once the loop is stopping (then run is never
  * called).  Runs t->run on the loop's thread in posting order. */
 int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t);
-/* Whether some thread drives the loop (or the user's uv_run does). */
-bool mm__loop_driven(const mm_loop_t *loop);
 
 /* Loop thread.  Spawns fn(arg) for w, which is woken with the status when
  * it ends; no handle exists, so nobody else can cancel or join it (the
@@ -535,8 +535,9 @@ int mm__join(mm_coro_t *c, bool *loop_stopping);
 int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
                   void (*before_release)(void *arg), void *arg);
 
-/* Installs the bridge state if none is there yet; returns the one in
- * place (ours or an earlier one).  Any thread. */
+/* Installs the bridge state if none is there yet and the loop is not
+ * stopping; returns the one in place (ours or an earlier one), or NULL.
+ * Any thread. */
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
                           const mm__bridge_ops_t *ops);
 bool mm__loop_stopping(const mm_loop_t *loop);
@@ -584,5 +585,8 @@ int  mm__coro_cancel_reason(const mm_coro_t *c);
 int  mm__park(mm__wait_t *w);                      /* coroutine */
 void mm__coro_suspend(mm_coro_t *c);               /* coroutine */
 void mm__cancel_all(mm_loop_t *loop);
+/* Ends the ready coroutines that never ran and are cancelled (a stop of a
+ * loop nobody drives: none has started).  Loop thread or mu holder. */
+void mm__sched_end_unstarted(mm_loop_t *loop);
 
 #endif /* MM_INTERNAL_H */

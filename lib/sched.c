@@ -385,6 +385,22 @@ int mm__park(mm__wait_t *w) {
   return c->wake_status;
 }
 
+void mm__sched_end_unstarted(mm_loop_t *loop) {
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->ready) {
+    mm_coro_t *c = container_of(n, mm_coro_t, link);
+    int reason = mm__coro_cancel_reason(c);
+    if (c->started || reason == 0)
+      continue;
+    mm__list_remove(&c->link);
+    c->status = -reason;
+    finish(loop, c);
+  }
+  if (mm__list_empty(&loop->ready))
+    uv_idle_stop(&loop->idle);
+  mm__loop_update_refs(loop);
+}
+
 void mm__cancel_all(mm_loop_t *loop) {
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {

@@ -310,6 +310,62 @@ static int wait_for_own_group(void *arg) {
   return 0;
 }
 
+/* Issue 8, instance 6: once the wait has begun, only the group's own
+ * children may spawn into it; anyone else gets -EBUSY instead of racing
+ * the wait's free. */
+typedef struct {
+  mm_group_t *g;
+  mm_test_latch_t release;
+  int sibling;                /* the child's own spawn during the wait */
+  int wait_result;
+} busy_t;
+
+static int held_child(void *arg) {
+  busy_t *b = arg;
+  mm_test_latch_wait(&b->release, 1);     /* a plain wait: holds a thread */
+  return 0;
+}
+
+static int quick_child(void *arg) {
+  return 0;
+}
+
+static int spawning_child(void *arg) {
+  busy_t *b = arg;
+  int r = mm_run_sync(held_child, b);
+  b->sibling = mm_group_spawn(b->g, quick_child, NULL);
+  return r;
+}
+
+static void *wait_group(void *arg) {
+  busy_t *b = arg;
+  b->wait_result = mm_group_wait(b->g);
+  return NULL;
+}
+
+static void test_group_spawn_from_outside_once_the_wait_began_returns_ebusy(
+    void **state) {
+  mm_loop_t *loop = started_loop();
+  busy_t b;
+  memset(&b, 0, sizeof b);
+  mm_test_latch_init(&b.release);
+  assert_mm_ok(mm_group_new(loop, &b.g));
+  assert_mm_ok(mm_group_spawn(b.g, spawning_child, &b));
+  pthread_t w;
+  assert_int_equal(pthread_create(&w, NULL, wait_group, &b), 0);
+  int r, tries = 0;
+  while ((r = mm_group_spawn(b.g, quick_child, NULL)) == 0 &&
+         ++tries < 100000)
+    sched_yield();
+  assert_mm_err(r, -EBUSY);
+  mm_test_latch_add(&b.release, 1);
+  assert_int_equal(pthread_join(w, NULL), 0);
+  assert_mm_ok(b.wait_result);
+  assert_mm_ok(b.sibling);                 /* a child still may */
+  mm_test_latch_destroy(&b.release);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void test_group_wait_in_its_own_child_returns_edeadlk(void **state) {
   mm_loop_t *loop = started_loop();
   raw_t r;
@@ -355,6 +411,7 @@ int main(void) {
     mm_test(test_group_failures_and_cancels_racing_end_every_child),
     mm_test(test_group_wait_from_a_raw_callback_returns_edeadlk),
     mm_test(test_group_wait_in_its_own_child_returns_edeadlk),
+    mm_test(test_group_spawn_from_outside_once_the_wait_began_returns_ebusy),
   };
   return mm_run_tests(tests);
 }

@@ -307,6 +307,38 @@ static void test_run_async_from_a_raw_uv_callback_returns_edeadlk(
   assert_mm_ok(mm_loop_free(r.other));
 }
 
+/* Issue 8, instance 5: the thread a borrowed loop belongs to, in a raw
+ * callback with no coroutine alive (or outside uv_run altogether), gets
+ * -EDEADLK from mm_run_async on that loop instead of hanging: nobody else
+ * runs it. */
+typedef struct {
+  mm_loop_t *loop;
+  int result;
+} idle_raw_t;
+
+static void idle_raw_cb(uv_timer_t *t) {
+  idle_raw_t *r = t->data;
+  r->result = mm_run_async(r->loop, return_arg, (void *)(intptr_t)1);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_run_async_on_the_thread_of_an_idle_borrowed_loop_gets_edeadlk(
+    void **state) {
+  uv_loop_t uv;
+  uv_timer_t timer;
+  idle_raw_t r = { NULL, 0 };
+  assert_int_equal(uv_loop_init(&uv), 0);
+  assert_mm_ok(mm_loop_from_uv(&r.loop, &uv, NULL));
+  assert_mm_err(mm_run_async(r.loop, return_arg, NULL), -EDEADLK);
+  assert_int_equal(uv_timer_init(&uv, &timer), 0);
+  timer.data = &r;
+  assert_int_equal(uv_timer_start(&timer, idle_raw_cb, 0, 0), 0);
+  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
+  assert_status(r.result, -EDEADLK);
+  assert_mm_ok(mm_loop_free(r.loop));
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
 static void test_run_async_with_null_loop_or_fn_returns_einval(void **state) {
   mm_loop_t *loop = new_started_loop();
   mm_async_options_t o;
@@ -563,6 +595,116 @@ static void test_loop_stop_while_4_threads_call_run_async_answers_every_call(
 
 /* ---- A loop nobody runs ----------------------------------------------- */
 
+/* Issue 8, instance 5: mm_loop_stop answers a thread blocked in
+ * mm_run_async on a loop nobody drives at that moment -- never started,
+ * or between two mm_loop_run calls -- with -ESHUTDOWN, at once. */
+typedef struct {
+  mm_test_log_t    log;
+  mm_test_latch_t  warned;
+} stop_watch_t;
+
+static void watch_stop_warning(int level, const char *msg, void *data) {
+  stop_watch_t *w = data;
+  mm_test_log_fn(level, msg, &w->log);
+  if (level == MM_LOG_WARN && msg != NULL && strstr(msg, "has not run"))
+    mm_test_latch_add(&w->warned, 1);
+}
+
+typedef struct {
+  mm_loop_t *loop;
+  int result;
+} undriven_caller_t;
+
+static void *call_and_record(void *arg) {
+  undriven_caller_t *b = arg;
+  b->result = mm_run_async(b->loop, return_arg, (void *)(intptr_t)42);
+  return NULL;
+}
+
+/* Blocks a thread in mm_run_async on loop until it has warned that the
+ * loop does not run (so it surely waits), stops the loop, and checks the
+ * answer. */
+static void stop_answers_blocked_caller(mm_loop_t *loop) {
+  stop_watch_t watch;
+  mm_test_log_init(&watch.log);
+  mm_test_latch_init(&watch.warned);
+  mm_set_log(watch_stop_warning, &watch);
+  undriven_caller_t b = { loop, 0 };
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, call_and_record, &b), 0);
+  mm_test_latch_wait(&watch.warned, 1);
+  assert_mm_ok(mm_loop_stop(loop));
+  assert_int_equal(pthread_join(t, NULL), 0);
+  mm_set_log(NULL, NULL);
+  assert_status(b.result, -ESHUTDOWN);
+  assert_mm_ok(mm_loop_free(loop));
+  mm_test_latch_destroy(&watch.warned);
+  mm_test_log_destroy(&watch.log);
+}
+
+static void test_loop_stop_answers_a_caller_of_a_loop_never_run(void **state) {
+  stop_answers_blocked_caller(new_loop());
+}
+
+static void test_loop_stop_answers_a_caller_between_two_runs(void **state) {
+  mm_loop_t *loop = new_loop();
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, return_arg, NULL, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(c));
+  stop_answers_blocked_caller(loop);
+}
+
+/* Threads and a coroutine of another loop call a loop nobody runs while
+ * it is stopped: each is answered, with -ESHUTDOWN, whether its call came
+ * before the stop or after. */
+static int call_undriven(void *arg) {
+  return mm_run_async(arg, return_arg, (void *)(intptr_t)42);
+}
+
+static void test_loop_stop_racing_callers_of_a_loop_nobody_runs(void **state) {
+  enum { THREADS = 3 };
+  mm_loop_t *other = new_started_loop();
+  int rounds = scaled(200, 20);
+  for (int round = 0; round < rounds; round++) {
+    mm_loop_t *loop = new_loop();
+    undriven_caller_t b[THREADS];
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+      b[i] = (undriven_caller_t){ loop, 0 };
+      assert_int_equal(pthread_create(&t[i], NULL, call_and_record, &b[i]),
+                       0);
+    }
+    mm_coro_t *k;
+    assert_mm_ok(mm_spawn(other, call_undriven, loop, &k));
+    assert_mm_ok(mm_loop_stop(loop));
+    for (int i = 0; i < THREADS; i++) {
+      assert_int_equal(pthread_join(t[i], NULL), 0);
+      assert_status(b[i].result, -ESHUTDOWN);
+    }
+    assert_status(mm_join(k), -ESHUTDOWN);
+    assert_mm_ok(mm_loop_free(loop));
+  }
+  assert_mm_ok(mm_loop_free(other));
+}
+
+/* Issue 8, instance 6: a stopping loop makes no pool (mm_loop_free would
+ * already have looked for it and never free it). */
+static void test_run_async_on_a_stopping_loop_makes_no_pool(void **state) {
+  mm_loop_options_t o;
+  mm_loop_options_init(&o);
+  o.pool_min_threads = 2;
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, &o));
+  assert_mm_ok(mm_loop_start(loop));
+  assert_mm_ok(mm_loop_stop(loop));
+  assert_mm_err(mm_run_async(loop, return_arg, NULL), -ESHUTDOWN);
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.pool_threads, 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 typedef struct {
   mm_test_log_t    log;
   mm_test_latch_t  warned;   /* counts "has not run" warnings */
@@ -789,6 +931,11 @@ int main(void) {
         test_run_async_coroutine_starts_with_a_copy_of_the_threads_locals),
     mm_test(test_workers_calling_run_async_back_into_their_loop_get_values),
     mm_test(test_loop_stats_count_run_async_calls),
+    mm_test(test_run_async_on_the_thread_of_an_idle_borrowed_loop_gets_edeadlk),
+    mm_test(test_loop_stop_answers_a_caller_of_a_loop_never_run),
+    mm_test(test_loop_stop_answers_a_caller_between_two_runs),
+    mm_test(test_loop_stop_racing_callers_of_a_loop_nobody_runs),
+    mm_test(test_run_async_on_a_stopping_loop_makes_no_pool),
   };
   return mm_run_tests(tests);
 }

@@ -957,6 +957,7 @@ static const char outlive_key;
 
 typedef struct {
   mm_loop_t *loop;
+  mm_chan_t *started;         /* fn tells the driver it runs */
   mm_chan_t *go;              /* the reuser tells fn to look */
   mm_chan_t *done;            /* fn tells the reuser it looked */
   mm_test_latch_t cleaned;
@@ -984,7 +985,7 @@ static int outlive_async(void *arg) {
 static int outlive_fn(void *arg) {
   outlive_t *o = arg;
   void *item;
-  if (mm_chan_recv(o->go, &item) != 0)
+  if (mm_chan_send(o->started, NULL) != 0 || mm_chan_recv(o->go, &item) != 0)
     return -1;
   o->local_seen = mm_local_get(&outlive_key);
   o->current_is_a = mm_current() == o->a_handle;
@@ -1009,7 +1010,6 @@ static int outlive_a(void *arg) {
   mm_sync_options_t so;
   mm_sync_options_init(&so);
   so.abandon_on_cancel = true;
-  so.timeout_ms = 1;
   so.cleanup = outlive_cleanup;
   o->a_result = mm_run_sync_ex(outlive_fn, o, &so);
   return 0;
@@ -1024,11 +1024,14 @@ static int outlive_b(void *arg) {
   return 0;
 }
 
-/* Runs a, joins it, then runs b on the block a left in the cache. */
+/* Runs a, cancels it once its call runs, joins it, then runs b on the
+ * block a left in the cache. */
 static int outlive_driver(void *arg) {
   outlive_t *o = arg;
+  void *item;
   int r = mm_spawn(o->loop, outlive_a, o, &o->a_handle);
-  if (r != 0 || (r = mm_join(o->a_handle)) != 0)
+  if (r != 0 || (r = mm_chan_recv(o->started, &item)) != 0 ||
+      (r = mm_cancel(o->a_handle)) != 0 || (r = mm_join(o->a_handle)) != 0)
     return r;
   mm_coro_t *b;
   if ((r = mm_spawn(o->loop, outlive_b, o, &b)) != 0)
@@ -1041,13 +1044,14 @@ static void test_abandoned_call_sees_its_own_coroutine_after_it_ended(
   outlive_t o;
   memset(&o, 0, sizeof o);
   mm_test_latch_init(&o.cleaned);
+  assert_mm_ok(mm_chan_new(&o.started, 1));
   assert_mm_ok(mm_chan_new(&o.go, 1));
   assert_mm_ok(mm_chan_new(&o.done, 1));
   assert_mm_ok(mm_loop_new(&o.loop, NULL));
   assert_mm_ok(mm_loop_start(o.loop));
   assert_mm_ok(mm_run_async(o.loop, outlive_driver, &o));
   mm_test_latch_wait(&o.cleaned, 1);
-  assert_status(o.a_result, -ETIMEDOUT);
+  assert_status(o.a_result, -ECANCELED);
   assert_ptr_equal(o.local_seen, &o.a_value);
   assert_true(o.current_is_a);
   assert_mm_err(o.cancel_current, -EINVAL);    /* a was joined: stale */
@@ -1056,9 +1060,63 @@ static void test_abandoned_call_sees_its_own_coroutine_after_it_ended(
   assert_ptr_equal(o.child_local_seen, &o.a_value);
   assert_status(o.async_result, 5);
   assert_mm_ok(mm_loop_free(o.loop));
+  assert_mm_ok(mm_chan_free(o.started));
   assert_mm_ok(mm_chan_free(o.go));
   assert_mm_ok(mm_chan_free(o.done));
   mm_test_latch_destroy(&o.cleaned);
+}
+
+/* Issue 8, instance 5: mm_loop_free from a thread the loop would wait for
+ * -- a worker, a lane (called from a coroutine or from a plain thread), the
+ * sensitive thread -- returns -EDEADLK at once and leaves the loop usable,
+ * instead of waiting for itself. */
+static int free_own_loop(void *arg) {
+  return mm_loop_free(arg);
+}
+
+typedef struct {
+  mm_loop_t *loop;
+  mm_lane_t *lane;
+  int pool, lane_call, sensitive;
+} free_inside_t;
+
+static int free_from_calls(void *arg) {
+  free_inside_t *f = arg;
+  mm_sync_options_t o;
+  f->pool = mm_run_sync(free_own_loop, f->loop);
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = f->lane;
+  f->lane_call = mm_run_sync_ex(free_own_loop, f->loop, &o);
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_CALLER;   /* no caller: the sensitive thread */
+  f->sensitive = mm_run_sync_ex(free_own_loop, f->loop, &o);
+  return 0;
+}
+
+static void test_loop_free_from_its_own_worker_lane_or_sensitive_thread(
+    void **state) {
+  free_inside_t f;
+  memset(&f, 0, sizeof f);
+  f.loop = new_loop();
+  assert_mm_ok(mm_loop_start(f.loop));
+  assert_mm_ok(mm_lane_new(f.loop, "free", &f.lane));
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(f.loop, free_from_calls, &f, &c));
+  assert_mm_ok(mm_join(c));
+  assert_status(f.pool, -EDEADLK);
+  assert_status(f.lane_call, -EDEADLK);
+  assert_status(f.sensitive, -EDEADLK);
+  /* A lane call from a plain thread runs on the lane as well. */
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = f.lane;
+  assert_mm_err(mm_run_sync_ex(free_own_loop, f.loop, &o), -EDEADLK);
+  /* Still usable. */
+  assert_status(mm_run_async(f.loop, return_arg, (void *)(intptr_t)7), 7);
+  assert_mm_ok(mm_lane_free(f.lane));
+  assert_mm_ok(mm_loop_free(f.loop));
 }
 
 /* The function polls mm_cancelled() until it turns true. */
@@ -1912,6 +1970,7 @@ int main(void) {
     mm_test(test_timeout_of_a_queued_call_returns_etimedout_and_it_never_runs),
     mm_test(test_abandoned_running_call_times_out_etimedout_then_cleans_up),
     mm_test(test_abandoned_call_sees_its_own_coroutine_after_it_ended),
+    mm_test(test_loop_free_from_its_own_worker_lane_or_sensitive_thread),
     mm_test(test_timeout_of_a_running_call_sets_cancelled_and_returns_value),
     mm_test(test_fn_sees_the_awaiting_coroutine_as_current_and_its_locals),
     mm_test(test_lane_runs_calls_on_one_thread_one_at_a_time_in_order),
