@@ -165,9 +165,12 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
  * plain thread; a coroutine that has already ended is never waited for.  If the joining coroutine is cancelled, the joined one
  * is cancelled too and waited for, then -ECANCELED is returned.
  * Errors: -EINVAL (NULL, a detached or already joined handle: stale
- * handles are always recognised), -EDEADLK (a coroutine joining itself, or a call on a
- * loop's thread outside a coroutine: the handle is left untouched and may
- * be joined later). */
+ * handles are always recognised), -EDEADLK (a coroutine joining itself
+ * or one that waits for it through a chain of joins, even across loops --
+ * of two joins that close a ring at once at least one gets it --, a
+ * blocking call joining the coroutine it runs for, or a call on a loop's
+ * thread outside a coroutine: the handle is left untouched and may be
+ * joined later). */
 MM_EXTERN int mm_join(mm_coro_t *coro);
 
 /* Gives up the handle: the coroutine runs on and is freed when it ends.
@@ -349,7 +352,8 @@ MM_EXTERN int mm_group_cancel(mm_group_t *g);
  * cancelled is its failure: it cancels the others, and the wait returns
  * its status; else 0.  A waiting coroutine that is cancelled cancels the
  * group, still waits for the children, and returns -ECANCELED.  On a
- * loop's thread outside a coroutine, or in a child of g: -EDEADLK, and
+ * loop's thread outside a coroutine, in a child of g, or in a coroutine a
+ * child waits for (a grandchild joined by its parent): -EDEADLK, and
  * nothing is freed. */
 MM_EXTERN int mm_group_wait(mm_group_t *g);
 

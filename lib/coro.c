@@ -109,6 +109,7 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
     mm__waiter_ref(caller);
   atomic_init(&c->cancel_reason, 0);
   atomic_init(&c->remote_bits, 0);
+  atomic_init(&c->joining, NULL);
   if (w != NULL) {
     atomic_init(&c->join, (uintptr_t) w);
     c->auto_release = true;
@@ -202,6 +203,30 @@ static void give_back(mm_coro_t *c, bool *loop_stopping) {
   mm__loop_post(c, MM__REMOTE_RELEASE);
 }
 
+/* Join cycles.  A coroutine that joins publishes whom it joins (joining,
+ * seq_cst) before it looks down the chain of joins from there: if the
+ * chain comes back to it, the join would wait for itself and returns
+ * -EDEADLK instead (the handle untouched).  Two joins that close a cycle
+ * at the same moment each store, then load the other's: with seq_cst at
+ * least one of them sees the other, so they cannot both wait (both may
+ * refuse).  The chain is followed through pins, so an ending coroutine's
+ * block is never read after its reuse.  A blocking call run for a
+ * coroutine (a worker) looks for that coroutine in the chain. */
+#define JOIN_CHAIN_MAX 4096
+
+static bool joins_back(mm_coro_t *h, const mm_coro_t *self) {
+  for (int i = 0; i < JOIN_CHAIN_MAX && h != NULL; i++) {
+    if (h == self)
+      return true;
+    mm_coro_t *c = mm__handle_pin(h);
+    if (c == NULL)
+      return false;
+    h = atomic_load_explicit(&c->joining, memory_order_seq_cst);
+    mm__handle_unpin(c);
+  }
+  return false;
+}
+
 int mm_join(mm_coro_t *c) {
   return mm__join(c, NULL);
 }
@@ -210,6 +235,9 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
   return mm__join_hook(c, loop_stopping, NULL, NULL);
 }
 
+static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
+                        void (*before_release)(void *arg), void *arg);
+
 int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
                   void (*before_release)(void *arg), void *arg) {
   if (h == NULL)
@@ -217,7 +245,25 @@ int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
   mm_coro_t *self = mm__tls.coro;
   if (self != NULL && self->handle == h)
     return -EDEADLK;
+  const mm_coro_t *me = self != NULL ? self->handle
+                        : mm__tls.proxy != NULL ? mm__tls.proxy->handle : NULL;
+  if (me != NULL) {
+    if (self != NULL)
+      atomic_store_explicit(&self->joining, h, memory_order_seq_cst);
+    if (joins_back(h, me)) {
+      if (self != NULL)
+        atomic_store_explicit(&self->joining, NULL, memory_order_relaxed);
+      return -EDEADLK;
+    }
+  }
+  int r = join_handle(h, self, loop_stopping, before_release, arg);
+  if (self != NULL)
+    atomic_store_explicit(&self->joining, NULL, memory_order_relaxed);
+  return r;
+}
 
+static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
+                        void (*before_release)(void *arg), void *arg) {
   join_wait_t jw;
   int r = mm__wait_init(&jw.w);
   if (r != 0)

@@ -155,6 +155,7 @@ int mm_group_wait(mm_group_t *g) {
   /* A child waiting for its own group would wait for itself. */
   pthread_mutex_lock(&g->mu);
   bool own = mm__tls.coro != NULL && is_child(g, mm_current());
+  bool was_waiting = g->waiting;   /* a grandchild's wait inside ours */
   if (!own)
     g->waiting = true;
   pthread_mutex_unlock(&g->mu);
@@ -169,7 +170,16 @@ int mm_group_wait(mm_group_t *g) {
     if (next == NULL)
       break;
     c = next;
-    mm__join_hook(c->coro, NULL, mark_joined, c);
+    if (c->joined)
+      continue;             /* by an earlier wait that returned -EDEADLK */
+    if (mm__join_hook(c->coro, NULL, mark_joined, c) == -EDEADLK) {
+      /* The child waits, through a chain of joins, for this waiter (a
+       * grandchild waiting for its own group): nothing is freed. */
+      pthread_mutex_lock(&g->mu);
+      g->waiting = was_waiting;
+      pthread_mutex_unlock(&g->mu);
+      return -EDEADLK;
+    }
     if (!waiter_cancelled && mm_cancelled()) {
       /* The waiter was cancelled: so is everything it waits for. */
       waiter_cancelled = true;

@@ -354,6 +354,9 @@ struct mm_coro {
    * a joiner CASes NONE -> its wait (acq_rel), and the failure load
    * (acquire) of ENDED makes status visible.  See coro.c. */
   _Atomic uintptr_t join;
+  /* The handle of the coroutine this one waits for in mm_join, or NULL;
+   * seq_cst, read by other joiners through pins (coro.c, join cycles). */
+  _Atomic(mm_coro_t *) joining;
 
   /* Remote queue link and events (loop.c). */
   _Atomic unsigned remote_bits;

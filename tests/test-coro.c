@@ -605,6 +605,105 @@ static void test_cancel_racing_join_and_reuse_never_cancels_the_next(
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* ---- Join cycles -------------------------------------------------------- */
+
+/* Coroutines that join each other in a ring return -EDEADLK instead of
+ * waiting forever: at least one of them, and whoever got it detaches the
+ * handle it could not join, so that the ring unwinds and every coroutine
+ * ends. */
+#define RING_MAX 3
+
+typedef struct {
+  mm_coro_t *h[RING_MAX];
+  int n;
+  atomic_int ready;            /* handles published */
+  int result[RING_MAX];
+  mm_test_latch_t ended;
+} ring_t;
+
+typedef struct {
+  ring_t *ring;
+  int i;
+} ring_member_t;
+
+static int ring_join(void *arg) {
+  ring_member_t *m = arg;
+  ring_t *r = m->ring;
+  while (!atomic_load_explicit(&r->ready, memory_order_acquire))
+    if (mm_yield() != 0)
+      return -1;
+  mm_coro_t *next = r->h[(m->i + 1) % r->n];
+  r->result[m->i] = mm_join(next);
+  if (r->result[m->i] == -EDEADLK)
+    mm_detach(next);
+  mm_test_latch_add(&r->ended, 1);
+  return 100 + m->i;
+}
+
+static void run_ring(mm_loop_t **loops, int nloops, int n, int rounds) {
+  for (int round = 0; round < rounds; round++) {
+    ring_t r;
+    ring_member_t m[RING_MAX];
+    memset(&r, 0, sizeof r);
+    r.n = n;
+    mm_test_latch_init(&r.ended);
+    for (int i = 0; i < n; i++) {
+      m[i] = (ring_member_t){ &r, i };
+      assert_mm_ok(mm_spawn(loops[i % nloops], ring_join, &m[i], &r.h[i]));
+    }
+    atomic_store_explicit(&r.ready, 1, memory_order_release);
+    mm_test_latch_wait(&r.ended, n);
+    int deadlocks = 0;
+    for (int i = 0; i < n; i++) {
+      if (r.result[i] == -EDEADLK)
+        deadlocks++;
+      else
+        assert_status(r.result[i], 100 + (i + 1) % n);
+    }
+    assert_true(deadlocks >= 1);
+    mm_test_latch_destroy(&r.ended);
+  }
+}
+
+static void test_two_coroutines_joining_each_other_get_edeadlk(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_loop_start(loop));
+  run_ring(&loop, 1, 2, 20);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+static void test_join_rings_across_loops_get_edeadlk(void **state) {
+  mm_loop_t *loops[2];
+  for (int i = 0; i < 2; i++) {
+    assert_mm_ok(mm_loop_new(&loops[i], NULL));
+    assert_mm_ok(mm_loop_start(loops[i]));
+  }
+  run_ring(loops, 2, 2, MM_TEST_SCALE(300, 50));
+  run_ring(loops, 2, 3, MM_TEST_SCALE(300, 50));
+  for (int i = 0; i < 2; i++)
+    assert_mm_ok(mm_loop_free(loops[i]));
+}
+
+/* A blocking call run for a coroutine that joins that coroutine. */
+static int join_my_coroutine(void *arg) {
+  return mm_join(mm_current());
+}
+
+static int call_join_my_coroutine(void *arg) {
+  return mm_run_sync(join_my_coroutine, NULL);
+}
+
+static void test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, call_join_my_coroutine, NULL, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_status(mm_join(c), -EDEADLK);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void test_cancelled_is_false_until_a_cancel(void **state) {
   assert_false(mm_cancelled());   /* plain thread */
   mm_loop_t *loop = new_loop();
@@ -1230,6 +1329,9 @@ int main(void) {
     mm_test(test_stale_handle_is_refused_and_never_acts_on_a_new_coroutine),
     mm_test(test_handles_of_ended_detached_and_unmapped_coroutines_are_stale),
     mm_test(test_cancel_racing_join_and_reuse_never_cancels_the_next),
+    mm_test(test_two_coroutines_joining_each_other_get_edeadlk),
+    mm_test(test_join_rings_across_loops_get_edeadlk),
+    mm_test(test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk),
     mm_test(test_cancelled_is_false_until_a_cancel),
     mm_test(test_coroutine_cancelled_while_joining_cancels_the_joined_one),
     mm_test(test_spawn_timeout_cancels_with_etimedout),

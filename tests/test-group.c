@@ -366,6 +366,38 @@ static void test_group_spawn_from_outside_once_the_wait_began_returns_ebusy(
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* A grandchild waiting for its own group: its parent, a child of the
+ * group, waits for it, so the wait would wait for itself. */
+typedef struct {
+  mm_loop_t *loop;
+  mm_group_t *g;
+  int grandchild_wait;
+} grand_t;
+
+static int grandchild(void *arg) {
+  grand_t *gr = arg;
+  gr->grandchild_wait = mm_group_wait(gr->g);
+  return 0;
+}
+
+static int parent_child(void *arg) {
+  grand_t *gr = arg;
+  mm_coro_t *c;
+  int r = mm_spawn(gr->loop, grandchild, gr, &c);
+  return r != 0 ? r : mm_join(c);
+}
+
+static void test_group_wait_in_a_grandchild_returns_edeadlk(void **state) {
+  grand_t gr;
+  memset(&gr, 0, sizeof gr);
+  gr.loop = started_loop();
+  assert_mm_ok(mm_group_new(gr.loop, &gr.g));
+  assert_mm_ok(mm_group_spawn(gr.g, parent_child, &gr));
+  assert_mm_ok(mm_group_wait(gr.g));
+  assert_status(gr.grandchild_wait, -EDEADLK);
+  assert_mm_ok(mm_loop_free(gr.loop));
+}
+
 static void test_group_wait_in_its_own_child_returns_edeadlk(void **state) {
   mm_loop_t *loop = started_loop();
   raw_t r;
@@ -412,6 +444,7 @@ int main(void) {
     mm_test(test_group_wait_from_a_raw_callback_returns_edeadlk),
     mm_test(test_group_wait_in_its_own_child_returns_edeadlk),
     mm_test(test_group_spawn_from_outside_once_the_wait_began_returns_ebusy),
+    mm_test(test_group_wait_in_a_grandchild_returns_edeadlk),
   };
   return mm_run_tests(tests);
 }
