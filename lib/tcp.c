@@ -93,11 +93,24 @@ static mm_tcp_t *tcp_new(mm_loop_t *loop, int *err) {
   return t;
 }
 
+/* Waits on a handle are kept in its slots (reader, acceptor, closer) and
+ * ended on the loop's thread by whoever takes them out of the slot first:
+ * a libuv callback completes one (WOKEN), its cancel callback cancels it
+ * (CANCELLED) -- lib/wait.c's protocol, with the slot as the one way to
+ * reach the wait. */
 static void wake(mm__wait_t **slot, int status) {
   mm__wait_t *w = *slot;
   if (w != NULL) {
     *slot = NULL;
-    mm__coro_wake_local(w->coro, status);
+    mm__wait_complete(w, status);
+  }
+}
+
+/* w's cancel: ends it if it still is in its slot. */
+static void cancel_slot(mm__wait_t **slot, mm__wait_t *w, int reason) {
+  if (*slot == w) {
+    *slot = NULL;
+    mm__wait_cancel(w, -reason);
   }
 }
 
@@ -250,7 +263,7 @@ int mm_tcp_port(mm_tcp_t *srv) {
 }
 
 static void accept_cancel(mm__wait_t *w, int reason) {
-  wake(&tcp_of(w)->acceptor, -reason);
+  cancel_slot(&tcp_of(w)->acceptor, w, reason);
 }
 
 int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
@@ -302,7 +315,7 @@ static void op_done(stream_op_t *op, int status) {
   t->inflight--;
   if (t->closed && t->inflight == 0)
     wake(&t->closer, 0);
-  mm__coro_wake_local(op->tw.w.coro, status);
+  mm__wait_complete(&op->tw.w, status);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -368,7 +381,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 static void read_cancel(mm__wait_t *w, int reason) {
   mm_tcp_t *t = tcp_of(w);
   uv_read_stop((uv_stream_t *) &t->h);
-  wake(&t->reader, -reason);
+  cancel_slot(&t->reader, w, reason);
 }
 
 ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len) {
