@@ -24,6 +24,31 @@
  * section under it is a few list operations, and the loop's batches and
  * the workers meet on it often.
  *
+ * Counters and their invariants, all protected by mu (checked at each
+ * assign() by pool_ok()):
+ *   queued      the length of queue; queued_hint mirrors it after every
+ *               change (count_queued), for spins that read it unlocked.
+ *   nthreads    workers started and not exited: the length of threads;
+ *               at most max (1 for a lane).  Of them, each is in at most
+ *               one of the states counted next, so
+ *               nstarting + running + nspinning + nidle <= nthreads;
+ *               a worker holding mu between two states is in none.
+ *   nstarting   created, not yet past the first lock in worker_main;
+ *               assign() starts a new thread only while it is 0.
+ *   running     popped a call and not yet back under mu after it (exactly
+ *               the workers whose call_start is not 0).
+ *   nspinning   watching queued_hint before parking, mu released.
+ *   nidle       blocked on work_cv.
+ *   nwaking     signals sent (or about to be, after unlocking) to idle
+ *               workers for queued calls, not yet taken by a waking one;
+ *               nwaking <= nidle.  Awake workers: nthreads - (nidle -
+ *               nwaking).  A worker that wakes for another reason (its
+ *               idle timeout) takes one too, so that a lost signal is
+ *               never counted as on its way.
+ *   avg_call_ns a moving average (weight 1/8) of call durations.
+ *   stopping    false -> true once, in mm__pool_free; no submit succeeds
+ *               after it.
+ *
  * Wake-ups (DESIGN.md, "Wake-ups cost more than the work").  A worker
  * that runs out of work spins on the queue's lock-free mirror before it
  * parks (lib/spin.c), so that a coroutine's next call, made once its loop
@@ -132,6 +157,16 @@ static int start_worker(mm__pool_t *pool) {
   return 0;
 }
 
+/* The counters' invariants (see the top of the file).  mu held. */
+static bool pool_ok(const mm__pool_t *pool) {
+  return pool->nwaking <= pool->nidle &&
+         pool->nstarting + pool->running + pool->nspinning + pool->nidle <=
+             pool->nthreads &&
+         pool->nthreads <= pool->max &&
+         atomic_load_explicit(&pool->queued_hint, memory_order_relaxed) ==
+             pool->queued;
+}
+
 /* Workers whose call has run for LONG_CALL_NS so far.  mu held. */
 static unsigned count_blocked(const mm__pool_t *pool) {
   uint64_t now = uv_hrtime();
@@ -156,6 +191,7 @@ static unsigned count_blocked(const mm__pool_t *pool) {
  * signal work_cv once it has released mu; *err is set only when an empty
  * pool cannot start a thread. */
 static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
+  mm__assert(pool_ok(pool));
   uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking + free;
   if (pool->queued <= taken)
     return 0;
