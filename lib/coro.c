@@ -266,6 +266,12 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
                         void (*before_release)(void *arg), void *arg) {
   join_wait_t jw;
   int r = mm__wait_init(&jw.w);
+  if (r == -ENOMEM) {
+    /* No waiter for this thread: the join cannot wait, and the handle
+     * goes all the same (only -EDEADLK leaves it). */
+    mm_detach(h);
+    return r;
+  }
   if (r != 0)
     return r;
   jw.reason = 0;
