@@ -633,11 +633,12 @@ static int ring_join(void *arg) {
     if (mm_yield() != 0)
       return -1;
   mm_coro_t *next = r->h[(m->i + 1) % r->n];
+  int status = 100 + m->i;     /* m and r are gone once ended is added */
   r->result[m->i] = mm_join(next);
   if (r->result[m->i] == -EDEADLK)
     mm_detach(next);
   mm_test_latch_add(&r->ended, 1);
-  return 100 + m->i;
+  return status;
 }
 
 static void run_ring(mm_loop_t **loops, int nloops, int n, int rounds) {
