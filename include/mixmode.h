@@ -84,7 +84,13 @@ MM_EXTERN void mm_loop_options_init(mm_loop_options_t *o);
 
 /* Creates a loop with its own libuv loop.  o may be NULL (defaults).
  * Any thread.  Errors: -EINVAL (loop NULL, bad options), -ENOMEM, or a
- * libuv error when the uv loop cannot be initialised. */
+ * libuv error when the uv loop cannot be initialised.
+ *
+ * The first loop of the process (made by this or mm_loop_from_uv)
+ * installs a SIGSEGV/SIGBUS handler that names a coroutine whose stack
+ * overflowed.  It is installed once, in front of the handler there then,
+ * and hands everything else to that one (a raised SIGSEGV still kills).
+ * MIXMODE_NO_SIGNALS=1 in the environment leaves the signals alone. */
 MM_EXTERN int mm_loop_new(mm_loop_t **loop, const mm_loop_options_t *o);
 
 /* Creates a loop on an existing libuv loop that the user keeps running with

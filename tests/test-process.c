@@ -1,0 +1,293 @@
+/* White-box tests of what a process shares with the library: the fault
+ * handler (lib/guard.c), fork (spinner places, a thread's waiter, loops
+ * inherited from the parent) and borrowed loops shut down the libuv way.
+ *
+ * Every test of the signal handler runs in a forked child (mm_test_fork)
+ * and needs a child in which no loop was ever made: the handler is
+ * installed once per process, and a child inherits it.  They therefore
+ * come first in main(); a child of a parent that made a loop exits 77 and
+ * says so.  The child first drops cmocka's own SIGSEGV and SIGBUS
+ * handlers, to start as a plain program does.
+ */
+#include "config.h"
+
+#include <sys/mman.h>
+
+#include "helpers.h"
+#include "mm-internal.h"
+
+/* ---- helpers of the signal tests -------------------------------------- */
+
+/* Writes s to stderr from anywhere, signal handlers included. */
+static void say(const char *s) {
+  ssize_t w = write(STDERR_FILENO, s, strlen(s));
+  (void) w;
+}
+
+/* Set by every test that makes a loop in this (the parent) process. */
+static bool parent_made_a_loop;
+
+/* The child starts as a program that never made a loop: default actions
+ * for SIGSEGV and SIGBUS. */
+static void require_pristine_child(void) {
+  if (parent_made_a_loop) {
+    say("the parent made a loop: run the signal tests before any test "
+        "that does\n");
+    _exit(77);
+  }
+  signal(SIGSEGV, SIG_DFL);
+  signal(SIGBUS, SIG_DFL);
+}
+
+static mm_loop_t *new_loop_or_exit(void) {
+  mm_loop_t *loop;
+  if (mm_loop_new(&loop, NULL) != 0)
+    _exit(3);
+  return loop;
+}
+
+/* A page nobody may touch: a real fault that is no coroutine's overflow. */
+static volatile int *forbidden_page(void) {
+  void *p = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    _exit(4);
+  return p;
+}
+
+/* A crash reporter installed in front of the library: reports, then hands
+ * the signal on to the handler it replaced, calling it directly.  On the
+ * alternate stack, as any handler that wants to see an overflow must be. */
+static struct sigaction reporter_prev;
+static volatile sig_atomic_t reporter_calls;
+
+static void reporter(int sig, siginfo_t *si, void *uc) {
+  reporter_calls++;
+  say(reporter_calls == 1 ? "reporter: call 1\n" : "reporter: called again\n");
+  if (reporter_calls > 1)
+    _exit(42);            /* it recurses: it would go on until the stack ends */
+  if (reporter_prev.sa_flags & SA_SIGINFO) {
+    reporter_prev.sa_sigaction(sig, si, uc);
+  } else if (reporter_prev.sa_handler == SIG_DFL) {
+    signal(sig, SIG_DFL);
+  } else if (reporter_prev.sa_handler != SIG_IGN) {
+    reporter_prev.sa_handler(sig);
+  }
+}
+
+static void install_reporter(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = reporter;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGSEGV, &sa, &reporter_prev) != 0)
+    _exit(5);
+}
+
+/* Fails unless the child was killed by SIGSEGV. */
+static void assert_killed_by_sigsegv(const mm_test_child_t *child) {
+  if (child->exited || child->code != SIGSEGV)
+    fail_msg("child %s %d, expected to be killed by SIGSEGV; output:\n%s",
+             child->exited ? "exited with" : "was killed by signal",
+             child->code, child->out);
+}
+
+static int nothing(void *arg) {
+  return 0;
+}
+
+static int raise_segv(void *arg) {
+  raise(SIGSEGV);
+  return 0;
+}
+
+static int touch_forbidden_page(void *arg) {
+  *forbidden_page() = 1;
+  return 0;
+}
+
+static volatile int keep_recursing = 1;   /* volatile: no "infinite" */
+
+static __attribute__((noinline)) int recurse_forever(int depth) {
+  volatile char frame[1024];
+  frame[0] = (char)depth;
+  int r = keep_recursing ? recurse_forever(depth + 1) : 0;
+  return r + frame[0];
+}
+
+static int overflow(void *arg) {
+  return recurse_forever(0);
+}
+
+/* Runs fn in a coroutine named "overflowing-one" with a 64 KiB stack. */
+static void run_in_coroutine(mm_loop_t *loop, mm_fn fn) {
+  mm_spawn_options_t o;
+  mm_spawn_options_init(&o);
+  o.name = "overflowing-one";
+  o.stack_size = 64 * 1024;
+  if (mm_spawn_ex(loop, fn, NULL, &o, NULL) != 0)
+    _exit(6);
+  mm_loop_run(loop);
+}
+
+/* ---- the fault handler --------------------------------------------------- */
+
+static void raise_on_plain_thread(void *arg) {
+  require_pristine_child();
+  new_loop_or_exit();
+  raise(SIGSEGV);
+  _exit(9);               /* the signal was swallowed */
+}
+
+static void test_raise_sigsegv_kills_with_sigsegv(void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(raise_on_plain_thread, NULL, &child), 0);
+  assert_killed_by_sigsegv(&child);
+}
+
+static void raise_in_coroutine(void *arg) {
+  require_pristine_child();
+  run_in_coroutine(new_loop_or_exit(), raise_segv);
+  _exit(9);
+}
+
+static void test_raise_sigsegv_in_a_coroutine_kills_with_sigsegv(
+    void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(raise_in_coroutine, NULL, &child), 0);
+  assert_killed_by_sigsegv(&child);
+  if (strstr(child.out, "overflowed") != NULL)
+    fail_msg("a raised signal was reported as an overflow:\n%s", child.out);
+}
+
+/* arg: non-NULL to fault inside a coroutine (on its stack, not its guard
+ * page), NULL to fault on the main thread. */
+static void fault_behind_a_later_reporter(void *arg) {
+  require_pristine_child();
+  new_loop_or_exit();
+  install_reporter();
+  mm_loop_t *second = new_loop_or_exit();
+  if (arg != NULL)
+    run_in_coroutine(second, touch_forbidden_page);
+  else
+    touch_forbidden_page(NULL);
+  _exit(9);
+}
+
+static void check_reporter_called_once(const mm_test_child_t *child) {
+  assert_killed_by_sigsegv(child);
+  if (strstr(child->out, "reporter: call 1") == NULL ||
+      strstr(child->out, "called again") != NULL)
+    fail_msg("the reporter was not called exactly once; output:\n%s",
+             child->out);
+}
+
+static void test_handler_set_between_two_loops_gets_a_fault_once(
+    void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(fault_behind_a_later_reporter, NULL, &child),
+                   0);
+  check_reporter_called_once(&child);
+}
+
+static void test_handler_set_between_two_loops_gets_a_coroutine_fault_once(
+    void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(fault_behind_a_later_reporter, "coro",
+                                &child), 0);
+  check_reporter_called_once(&child);
+}
+
+static void overflow_behind_a_later_reporter(void *arg) {
+  require_pristine_child();
+  new_loop_or_exit();
+  install_reporter();
+  run_in_coroutine(new_loop_or_exit(), overflow);
+  _exit(9);
+}
+
+static void test_stack_overflow_is_reported_with_the_coroutine_name(
+    void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(overflow_behind_a_later_reporter, NULL,
+                                &child), 0);
+  check_reporter_called_once(&child);
+  if (strstr(child.out, "'overflowing-one' overflowed") == NULL)
+    fail_msg("the overflow was not reported by name; output:\n%s",
+             child.out);
+}
+
+/* SIG_IGN before the first loop: a raised SIGSEGV is ignored, as without
+ * the library, and the overflow report stays in place afterwards. */
+static void ignored_raise_then_overflow(void *arg) {
+  require_pristine_child();
+  signal(SIGSEGV, SIG_IGN);
+  mm_loop_t *loop = new_loop_or_exit();
+  raise(SIGSEGV);
+  say("the raised SIGSEGV was ignored\n");
+  run_in_coroutine(loop, overflow);
+  _exit(9);
+}
+
+static void test_ignored_sigsegv_stays_ignored_and_overflows_are_reported(
+    void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(ignored_raise_then_overflow, NULL, &child),
+                   0);
+  assert_killed_by_sigsegv(&child);
+  if (strstr(child.out, "was ignored") == NULL ||
+      strstr(child.out, "'overflowing-one' overflowed") == NULL)
+    fail_msg("expected the raise ignored, then the overflow reported; "
+             "output:\n%s", child.out);
+}
+
+static void no_signals_child(void *arg) {
+  require_pristine_child();
+  setenv("MIXMODE_NO_SIGNALS", "1", 1);
+  struct sigaction before[2], after[2];
+  sigaction(SIGSEGV, NULL, &before[0]);
+  sigaction(SIGBUS, NULL, &before[1]);
+  mm_loop_t *loop = new_loop_or_exit();
+  mm_coro_t *c;
+  if (mm_spawn(loop, nothing, NULL, &c) != 0 || mm_loop_run(loop) != 0 ||
+      mm_join(c) != 0)
+    _exit(7);
+  sigaction(SIGSEGV, NULL, &after[0]);
+  sigaction(SIGBUS, NULL, &after[1]);
+  for (int i = 0; i < 2; i++)
+    if (after[i].sa_handler != before[i].sa_handler ||
+        after[i].sa_flags != before[i].sa_flags) {
+      say("the disposition changed\n");
+      _exit(10);
+    }
+  stack_t ss;
+  if (sigaltstack(NULL, &ss) != 0 || !(ss.ss_flags & SS_DISABLE)) {
+    say("an alternate signal stack was set up\n");
+    _exit(11);
+  }
+  run_in_coroutine(loop, overflow);
+  _exit(9);
+}
+
+static void test_no_signals_env_leaves_the_disposition_alone(void **state) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(no_signals_child, NULL, &child), 0);
+  assert_killed_by_sigsegv(&child);
+  if (strstr(child.out, "overflowed") != NULL)
+    fail_msg("the library reported with MIXMODE_NO_SIGNALS=1:\n%s",
+             child.out);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    /* First: they need children of a process that made no loop. */
+    mm_test(test_raise_sigsegv_kills_with_sigsegv),
+    mm_test(test_raise_sigsegv_in_a_coroutine_kills_with_sigsegv),
+    mm_test(test_handler_set_between_two_loops_gets_a_fault_once),
+    mm_test(test_handler_set_between_two_loops_gets_a_coroutine_fault_once),
+    mm_test(test_stack_overflow_is_reported_with_the_coroutine_name),
+    mm_test(test_ignored_sigsegv_stays_ignored_and_overflows_are_reported),
+    mm_test(test_no_signals_env_leaves_the_disposition_alone),
+  };
+  return mm_run_tests(tests);
+}
