@@ -580,6 +580,17 @@ static void on_closed(uv_handle_t *h) {
   loop->handles_closed++;
 }
 
+/* Closes h unless it is closing or closed already: a borrowed loop shut
+ * down the libuv way (uv_walk, uv_close of every handle) before
+ * mm_loop_free.  Its close callback was then the user's, not on_closed.
+ * Returns how many on_closed calls to wait for. */
+static unsigned close_ours(uv_handle_t *h) {
+  if (uv_is_closing(h))
+    return 0;
+  uv_close(h, on_closed);
+  return 1;
+}
+
 /* Reports and frees the handles nobody joined. */
 static void reap_zombies(mm_loop_t *loop) {
   mm__list_t *n, *tmp;
@@ -659,14 +670,17 @@ int mm_loop_free(mm_loop_t *loop) {
   if (bridge != NULL)
     loop->bridge_ops->free(loop, bridge);
 
-  uv_close((uv_handle_t *) &loop->async, on_closed);
-  uv_close((uv_handle_t *) &loop->idle, on_closed);
-  uv_close((uv_handle_t *) &loop->prepare, on_closed);
-  uv_close((uv_handle_t *) &loop->check, on_closed);
+  unsigned closing = close_ours((uv_handle_t *) &loop->async) +
+                     close_ours((uv_handle_t *) &loop->idle) +
+                     close_ours((uv_handle_t *) &loop->prepare) +
+                     close_ours((uv_handle_t *) &loop->check);
   loop->uvtimer.data = loop;
-  mm__timers_close(loop, on_closed);
-  while (loop->handles_closed < 5)
+  closing += mm__timers_close(loop, on_closed);
+  /* At least one pass: it also ends the closes the user started and did
+   * not run uv for, before the handles' memory goes with the loop. */
+  do
     uv_run(loop->uv, UV_RUN_NOWAIT);
+  while (loop->handles_closed < closing);
   mm__tls.loop = NULL;
 
   mm__cache_free(loop);

@@ -145,7 +145,9 @@ void mm__timer_init(mm__timer_t *t, mm__timer_fn cb);
 int  mm__timer_start(mm_loop_t *loop, mm__timer_t *t, uint64_t ms);
 void mm__timer_stop(mm_loop_t *loop, mm__timer_t *t);
 int  mm__timers_init(mm_loop_t *loop);
-void mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
+/* Closes the uv timer unless it is closing already; returns how many
+ * calls of cb to wait for (0 or 1). */
+unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
 void mm__timers_free(mm_loop_t *loop);
 
 /* ---- local.c ------------------------------------------------------------- */

@@ -278,6 +278,69 @@ static void test_no_signals_env_leaves_the_disposition_alone(void **state) {
              child.out);
 }
 
+/* ---- borrowed loops shut down the libuv way ------------------------------ */
+
+static int sleep_a_little(void *arg) {
+  return mm_sleep(1);
+}
+
+typedef struct {
+  int closes;               /* the user's close callbacks that ran */
+  bool with_callback;
+} walk_t;
+
+static void on_user_close(uv_handle_t *h) {
+  walk_t *w = h->loop->data;
+  w->closes++;
+}
+
+/* The usual libuv shutdown: close every handle not closing yet. */
+static void close_every_handle(uv_handle_t *h, void *arg) {
+  walk_t *w = arg;
+  if (!uv_is_closing(h))
+    uv_close(h, w->with_callback ? on_user_close : NULL);
+}
+
+/* arg: whether the user's uv_close passes a callback; run_after: whether
+ * the user runs uv until the closes are done before mm_loop_free. */
+static void shut_down_borrowed_loop_the_libuv_way(bool with_callback,
+                                                  bool run_after) {
+  parent_made_a_loop = true;
+  uv_loop_t uv;
+  assert_int_equal(uv_loop_init(&uv), 0);
+  walk_t w = { 0, with_callback };
+  uv.data = &w;
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_from_uv(&loop, &uv, NULL));
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, sleep_a_little, NULL, &c));  /* a timer too */
+  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
+  assert_mm_ok(mm_join(c));
+
+  uv_walk(&uv, close_every_handle, &w);
+  if (run_after)
+    assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
+  assert_mm_ok(mm_loop_free(loop));
+  if (with_callback)
+    assert_int_equal(w.closes, 5);   /* async, idle, prepare, check, timer */
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
+static void test_borrowed_loop_closed_by_uv_walk_and_run_is_freed(
+    void **state) {
+  shut_down_borrowed_loop_the_libuv_way(false, true);
+}
+
+static void test_borrowed_loop_closed_by_uv_walk_with_callbacks_is_freed(
+    void **state) {
+  shut_down_borrowed_loop_the_libuv_way(true, true);
+}
+
+static void test_borrowed_loop_closed_by_uv_walk_not_yet_run_is_freed(
+    void **state) {
+  shut_down_borrowed_loop_the_libuv_way(true, false);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     /* First: they need children of a process that made no loop. */
@@ -288,6 +351,9 @@ int main(void) {
     mm_test(test_stack_overflow_is_reported_with_the_coroutine_name),
     mm_test(test_ignored_sigsegv_stays_ignored_and_overflows_are_reported),
     mm_test(test_no_signals_env_leaves_the_disposition_alone),
+    mm_test(test_borrowed_loop_closed_by_uv_walk_and_run_is_freed),
+    mm_test(test_borrowed_loop_closed_by_uv_walk_with_callbacks_is_freed),
+    mm_test(test_borrowed_loop_closed_by_uv_walk_not_yet_run_is_freed),
   };
   return mm_run_tests(tests);
 }
