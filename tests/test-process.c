@@ -92,6 +92,10 @@ static void assert_killed_by_sigsegv(const mm_test_child_t *child) {
              child->code, child->out);
 }
 
+static bool always_ready(const void *arg) {
+  return true;
+}
+
 static int nothing(void *arg) {
   return 0;
 }
@@ -341,6 +345,170 @@ static void test_borrowed_loop_closed_by_uv_walk_not_yet_run_is_freed(
   shut_down_borrowed_loop_the_libuv_way(true, false);
 }
 
+/* ---- fork ---------------------------------------------------------------- */
+
+static int seven(void *arg) {
+  return 7;
+}
+
+static int sync_seven(void *arg) {
+  return mm_run_sync(seven, NULL);
+}
+
+/* What the parent's threads hold while it forks; a helper thread takes
+ * it, says so, and keeps it until the parent has its child's verdict. */
+typedef struct {
+  mm__waiter_t *waiter;     /* lock this waiter's mutex, or */
+  bool spinner_places;      /* claim every spinner place */
+  mm_test_latch_t held;     /* 1: taken */
+  mm_test_latch_t release;  /* 1: the child is done: give it back */
+} holder_t;
+
+static void *hold(void *arg) {
+  holder_t *h = arg;
+  unsigned places = 0;
+  mm__spin_t s;             /* made first, as every spinner's is */
+  mm__spin_init(&s);
+  if (h->waiter != NULL)
+    pthread_mutex_lock(&h->waiter->mu);   /* as a waker in mm__wait_wake */
+  if (h->spinner_places)
+    while (mm__spin_begin())              /* as workers in a spin */
+      places++;
+  mm_test_latch_add(&h->held, 1);
+  mm_test_latch_wait(&h->release, 1);
+  if (h->waiter != NULL)
+    pthread_mutex_unlock(&h->waiter->mu);
+  while (places-- > 0)
+    mm__spin_wait(&s, always_ready, NULL);   /* gives a place back */
+  return NULL;
+}
+
+/* The child of a parent that used the bridges: a new loop, mm_run_sync in
+ * a coroutine (the loop run on this thread), then mm_run_async from this
+ * thread to the loop started in the background; and, where half the CPUs
+ * are at least one, a spinner place.  A hang is the failure the alarm
+ * turns into SIGALRM. */
+static void child_uses_a_new_loop(void *arg) {
+  alarm(mm_test_under_valgrind() ? 120 : 10);
+  if (mm__cpu_count() / 2 >= 1) {
+    if (!mm__spin_begin()) {
+      say("no spinner place is free in the child\n");
+      _exit(8);
+    }
+    mm__spin_t s;
+    mm__spin_init(&s);
+    mm__spin_wait(&s, always_ready, NULL);
+  }
+  mm_loop_t *loop;
+  if (mm_loop_new(&loop, NULL) != 0)
+    _exit(3);
+  mm_coro_t *c;
+  if (mm_spawn(loop, sync_seven, NULL, &c) != 0 || mm_loop_run(loop) != 0 ||
+      mm_join(c) != 7)
+    _exit(4);
+  if (mm_loop_start(loop) != 0)
+    _exit(5);
+  if (mm_run_async(loop, sync_seven, NULL) != 7)
+    _exit(6);
+  if (mm_loop_free(loop) != 0)
+    _exit(7);
+}
+
+static void assert_child_exited_0(const mm_test_child_t *child) {
+  if (!child->exited || child->code != 0)
+    fail_msg("child %s %d%s; output:\n%s",
+             child->exited ? "exited with" : "was killed by signal",
+             child->code,
+             !child->exited && child->code == SIGALRM ? " (it hung)" : "",
+             child->out);
+}
+
+/* Forks while a helper thread holds what h says, runs
+ * child_uses_a_new_loop in the child and checks it. */
+static void fork_while_held(holder_t *h) {
+  mm_test_latch_init(&h->held);
+  mm_test_latch_init(&h->release);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, hold, h), 0);
+  mm_test_latch_wait(&h->held, 1);
+  static mm_test_child_t child;
+  int r = mm_test_fork(child_uses_a_new_loop, NULL, &child);
+  mm_test_latch_add(&h->release, 1);
+  pthread_join(t, NULL);
+  mm_test_latch_destroy(&h->held);
+  mm_test_latch_destroy(&h->release);
+  assert_int_equal(r, 0);
+  assert_child_exited_0(&child);
+}
+
+static void test_fork_child_spins_though_parent_threads_held_every_place(
+    void **state) {
+  holder_t h = { .spinner_places = true };
+  fork_while_held(&h);
+}
+
+/* The parent's thread forked right after its mm_run_async returned, while
+ * the loop's thread that woke it still held its waiter's mutex. */
+static void test_fork_child_waits_though_a_waker_held_its_waiter(
+    void **state) {
+  holder_t h = { .waiter = mm__waiter_self() };
+  assert_non_null(h.waiter);
+  fork_while_held(&h);
+}
+
+typedef struct {
+  mm_loop_t *loop;
+  mm_test_latch_t in_call;  /* the run_sync call has started */
+  mm_test_latch_t release;  /* it may return */
+  int status;
+} busy_t;
+
+static int block_until_released(void *arg) {
+  busy_t *b = arg;
+  mm_test_latch_add(&b->in_call, 1);
+  mm_test_latch_wait(&b->release, 1);
+  return 7;
+}
+
+static int sync_block(void *arg) {
+  return mm_run_sync(block_until_released, arg);
+}
+
+static void *run_async_thread(void *arg) {
+  busy_t *b = arg;
+  b->status = mm_run_async(b->loop, sync_block, b);
+  return NULL;
+}
+
+/* The parent's loop runs in the background, a thread waits in
+ * mm_run_async for a coroutine whose mm_run_sync call a worker is running,
+ * quick calls of both bridges went before. */
+static void test_fork_child_uses_a_new_loop_while_the_parent_is_busy(
+    void **state) {
+  parent_made_a_loop = true;
+  busy_t b;
+  mm_test_latch_init(&b.in_call);
+  mm_test_latch_init(&b.release);
+  assert_mm_ok(mm_loop_new(&b.loop, NULL));
+  assert_mm_ok(mm_loop_start(b.loop));
+  for (int i = 0; i < 100; i++)
+    assert_int_equal(mm_run_async(b.loop, sync_seven, NULL), 7);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, run_async_thread, &b), 0);
+  mm_test_latch_wait(&b.in_call, 1);
+
+  static mm_test_child_t child;
+  int r = mm_test_fork(child_uses_a_new_loop, NULL, &child);
+  mm_test_latch_add(&b.release, 1);
+  pthread_join(t, NULL);
+  assert_int_equal(r, 0);
+  assert_child_exited_0(&child);
+  assert_int_equal(b.status, 7);
+  assert_mm_ok(mm_loop_free(b.loop));
+  mm_test_latch_destroy(&b.in_call);
+  mm_test_latch_destroy(&b.release);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     /* First: they need children of a process that made no loop. */
@@ -354,6 +522,9 @@ int main(void) {
     mm_test(test_borrowed_loop_closed_by_uv_walk_and_run_is_freed),
     mm_test(test_borrowed_loop_closed_by_uv_walk_with_callbacks_is_freed),
     mm_test(test_borrowed_loop_closed_by_uv_walk_not_yet_run_is_freed),
+    mm_test(test_fork_child_spins_though_parent_threads_held_every_place),
+    mm_test(test_fork_child_waits_though_a_waker_held_its_waiter),
+    mm_test(test_fork_child_uses_a_new_loop_while_the_parent_is_busy),
   };
   return mm_run_tests(tests);
 }
