@@ -107,17 +107,19 @@ MM_EXTERN uv_loop_t *mm_loop_uv(mm_loop_t *loop);
  * request is pending, or until mm_loop_stop().  May be called again later.
  * Returns 0.  Errors: -EINVAL (NULL, borrowed loop), -EBUSY (already
  * running on some thread, or started), -ESHUTDOWN (stopped), -EDEADLK
- * (called from a coroutine or from inside another loop's run). */
+ * (called from a coroutine or from inside another loop's run), -ECHILD
+ * (a loop inherited across fork(), see mm_loop_free). */
 MM_EXTERN int mm_loop_run(mm_loop_t *loop);
 
 /* Runs the loop on a new background thread until it is stopped or freed.
  * Errors: -EINVAL, -EBUSY (already running), -ESHUTDOWN, -EAGAIN (thread
- * creation failed). */
+ * creation failed), -ECHILD (inherited across fork()). */
 MM_EXTERN int mm_loop_start(mm_loop_t *loop);
 
 /* Stops the loop: final.  Any thread; asynchronous.  New requests (spawns)
  * get -ESHUTDOWN from now on, live coroutines are cancelled, and the loop's
- * run returns once they have finished.  Idempotent.  Errors: -EINVAL. */
+ * run returns once they have finished.  Idempotent.  Errors: -EINVAL,
+ * -ECHILD (inherited across fork()). */
 MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
 
 /* Shuts the loop down and frees it: stops it, cancels live coroutines and
@@ -126,7 +128,15 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
  * handles never joined, and releases everything.  Not from the loop's own
  * thread while it runs (-EBUSY; the loop is left untouched).
  * Handles of the loop's coroutines are invalid afterwards.
- * Errors: -EINVAL, -EBUSY. */
+ * Errors: -EINVAL, -EBUSY.
+ *
+ * In a child process forked after the loop was made, the loop is the
+ * parent's: run, start and stop return -ECHILD, and mm_loop_free releases
+ * its memory at once without running its coroutines or joining its
+ * threads (they stayed with the parent; an owned uv loop is given its own
+ * kernel state first, so that the parent's loop is left alone; on a
+ * borrowed one, call uv_loop_fork first, as libuv requires).  The child
+ * may make and use new loops. */
 MM_EXTERN int mm_loop_free(mm_loop_t *loop);
 
 

@@ -348,6 +348,7 @@ struct mm_loop {
   uv_loop_t own_uv;
   bool borrowed;
   pthread_t owner;            /* borrowed: the thread that runs uv_run */
+  pid_t pid;                  /* the process that made it (fork, loop.c) */
   mm_loop_options_t opt;
 
   /* handles; async is ref'd only while the loop has work (loop.c) */
@@ -443,6 +444,9 @@ void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
 bool mm__on_loop_thread(const mm_loop_t *loop);
+/* Made by another process: this is a child forked since.  A system call:
+ * for life-cycle calls, not per request. */
+bool mm__loop_inherited(const mm_loop_t *loop);
 
 /* Work for the loop's thread posted from anywhere (the run_async inbox).
  * run is called on the loop's thread; with shutdown set, the loop is
