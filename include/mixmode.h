@@ -84,7 +84,13 @@ MM_EXTERN void mm_loop_options_init(mm_loop_options_t *o);
 
 /* Creates a loop with its own libuv loop.  o may be NULL (defaults).
  * Any thread.  Errors: -EINVAL (loop NULL, bad options), -ENOMEM, or a
- * libuv error when the uv loop cannot be initialised. */
+ * libuv error when the uv loop cannot be initialised.
+ *
+ * The first loop of the process (made by this or mm_loop_from_uv)
+ * installs a SIGSEGV/SIGBUS handler that names a coroutine whose stack
+ * overflowed.  It is installed once, in front of the handler there then,
+ * and hands everything else to that one (a raised SIGSEGV still kills).
+ * MIXMODE_NO_SIGNALS=1 in the environment leaves the signals alone. */
 MM_EXTERN int mm_loop_new(mm_loop_t **loop, const mm_loop_options_t *o);
 
 /* Creates a loop on an existing libuv loop that the user keeps running with
@@ -101,12 +107,13 @@ MM_EXTERN uv_loop_t *mm_loop_uv(mm_loop_t *loop);
  * request is pending, or until mm_loop_stop().  May be called again later.
  * Returns 0.  Errors: -EINVAL (NULL, borrowed loop), -EBUSY (already
  * running on some thread, or started), -ESHUTDOWN (stopped), -EDEADLK
- * (called from a coroutine or from inside another loop's run). */
+ * (called from a coroutine or from inside another loop's run), -ECHILD
+ * (a loop inherited across fork(), see mm_loop_free). */
 MM_EXTERN int mm_loop_run(mm_loop_t *loop);
 
 /* Runs the loop on a new background thread until it is stopped or freed.
  * Errors: -EINVAL, -EBUSY (already running), -ESHUTDOWN, -EAGAIN (thread
- * creation failed). */
+ * creation failed), -ECHILD (inherited across fork()). */
 MM_EXTERN int mm_loop_start(mm_loop_t *loop);
 
 /* Stops the loop: final.  Any thread; asynchronous.  New requests (spawns)
@@ -115,7 +122,7 @@ MM_EXTERN int mm_loop_start(mm_loop_t *loop);
  * moment (never started, or between two mm_loop_run calls) the stop is
  * carried out at once: every caller waiting in mm_run_async is answered
  * (-ESHUTDOWN) and the coroutines that never ran end cancelled.
- * Idempotent.  Errors: -EINVAL. */
+ * Idempotent.  Errors: -EINVAL, -ECHILD (inherited across fork()). */
 MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
 
 /* Shuts the loop down and frees it: stops it, cancels live coroutines and
@@ -127,7 +134,15 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
  * thread, or any thread running a blocking call for one of its coroutines
  * (-EDEADLK; the loop is left usable).
  * Handles of the loop's coroutines are invalid afterwards.
- * Errors: -EINVAL, -EBUSY, -EDEADLK. */
+ * Errors: -EINVAL, -EBUSY, -EDEADLK.
+ *
+ * In a child process forked after the loop was made, the loop is the
+ * parent's: run, start and stop return -ECHILD, and mm_loop_free releases
+ * its memory at once without running its coroutines or joining its
+ * threads (they stayed with the parent; an owned uv loop is given its own
+ * kernel state first, so that the parent's loop is left alone; on a
+ * borrowed one, call uv_loop_fork first, as libuv requires).  The child
+ * may make and use new loops. */
 MM_EXTERN int mm_loop_free(mm_loop_t *loop);
 
 

@@ -24,7 +24,9 @@
            "channel has waiters, or the group is being waited for; not "    \
            "allowed now")                                                   \
   X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
-  X(EPERM, "not allowed from this kind of thread")
+  X(EPERM, "not allowed from this kind of thread")                          \
+  X(ECHILD, "the loop was inherited across fork(): it belongs to the "       \
+            "parent process; a child can only free it (mm_loop_free)")
 
 const char *mm_strerror(int err) {
   switch (err) {

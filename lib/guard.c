@@ -1,20 +1,36 @@
-/* Stack overflow reports.  Every coroutine stack sits above a PROT_NONE
- * guard page (stack.c).  A SIGSEGV handler, running on a per-thread
- * alternate signal stack, checks whether the fault hit the guard page of
- * (or just below) the coroutine running on this thread; if so it writes
- * one line naming that coroutine and lets the default action end the
- * program.  Any other fault goes to the handler that was there before.
+/* Stack overflow reports: the one SIGSEGV/SIGBUS handler of the library.
+ * Every coroutine stack sits above a PROT_NONE guard page (stack.c).  The
+ * handler, running on a per-thread alternate signal stack, owns exactly
+ * one kind of signal: a fault (si_code > 0, not a kill, tgkill or
+ * sigqueue) whose address hits the guard page of, or lies just below, the
+ * coroutine running on the faulting thread.  For that one it writes a line
+ * naming the coroutine and lets the default action end the program.
+ * Everything else goes to the handler that was there before, as the
+ * kernel would have delivered it: an SA_SIGINFO or plain handler is
+ * called (with its mask, once if it was SA_RESETHAND); SIG_IGN ignores a
+ * sent signal (a fault cannot be ignored: it kills, as without us);
+ * SIG_DFL kills with the same signal -- a fault by returning to the
+ * faulting instruction, a sent signal (raise(SIGSEGV)) by raising it again
+ * under the default action.
  *
- * Installed when a loop is made, in front of whatever handler is there then
- * (which still gets every fault that is not an overflow; a handler set up
- * later by the program replaces ours until the next loop is made).  The
- * alternate stack is set up once per thread before it first resumes a
- * coroutine.
- * Not done here: recovery.  A coroutine that overflowed cannot continue.
+ * Installed once per process, by the first loop made, in front of what is
+ * there then; never re-installed, so a handler the program sets up later
+ * (a crash reporter that chains to its predecessor) stays in front of ours
+ * and reaches us once.  MIXMODE_NO_SIGNALS=1 in the environment at that
+ * first loop leaves both dispositions and the threads' alternate stacks
+ * alone (an overflow is then a bare SIGSEGV).  The alternate stack is set
+ * up once per thread before it first resumes a coroutine.  A forked child
+ * keeps the handler, the saved predecessors and the calling thread's
+ * alternate stack, all inherited as they are: nothing here needs resetting.
+ *
+ * Not done here: recovery (a coroutine that overflowed cannot continue),
+ * other signals, and restoring the predecessors (a library cannot know
+ * whether someone installed in front of it since).
  */
 #include "mm-internal.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -24,9 +40,17 @@
  * larger than the guard page can step over it. */
 #define OVERFLOW_REACH (256 * 1024)
 
-static pthread_mutex_t install_mu = PTHREAD_MUTEX_INITIALIZER;
+/* glibc's pthread_once is fork-safe: an install cut short by a fork in
+ * another thread runs again in the child, where install() finds ours in
+ * place and keeps the predecessor it saved. */
+static pthread_once_t install_once = PTHREAD_ONCE_INIT;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+/* The predecessors: written by install() as ours goes in (sigaction's
+ * old action), afterwards only by chain() for an SA_RESETHAND one. */
 static struct sigaction old_segv, old_bus;
+/* Whether install() installed: set in install_once; release/acquire, read
+ * by threads about to run coroutines. */
+static _Atomic bool installed;
 static pthread_key_t altstack_key;
 static __thread void *altstack;
 
@@ -48,27 +72,72 @@ static size_t put_u64(char *buf, size_t at, size_t cap, uint64_t v) {
   return at;
 }
 
+/* Sent by a process (kill, raise, tgkill, sigqueue: si_code <= 0), not
+ * raised by the kernel for a fault of this thread. */
+static bool sent(const siginfo_t *si) {
+  return si->si_code <= 0;
+}
+
+/* The default action, from inside the handler: the signal is blocked
+ * here, so the one raised again is delivered, and kills, on return. */
+static void die(int sig, const siginfo_t *si) {
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, NULL);
+  /* A fault comes back by itself when the instruction runs again (and
+   * the core shows the fault); a sent signal must be sent again. */
+  if (sent(si))
+    raise(sig);
+}
+
+/* Hands a signal that is not ours to the predecessor, as the kernel would
+ * have delivered it. */
 static void chain(int sig, siginfo_t *si, void *uc) {
   struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
-  if (old->sa_flags & SA_SIGINFO) {
-    old->sa_sigaction(sig, si, uc);
-  } else if (old->sa_handler != SIG_IGN && old->sa_handler != SIG_DFL) {
-    old->sa_handler(sig);
-  } else {
-    /* Default action: returning re-executes the fault, which now kills. */
-    signal(sig, SIG_DFL);
+  struct sigaction prev = *old;
+
+  if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_DFL) {
+    die(sig, si);
+    return;
   }
+  if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler == SIG_IGN) {
+    if (!sent(si))
+      die(sig, si);   /* the kernel does not let a fault be ignored */
+    return;
+  }
+  if (prev.sa_flags & SA_RESETHAND) {
+    memset(old, 0, sizeof *old);
+    old->sa_handler = SIG_DFL;
+  }
+  sigset_t saved;
+  pthread_sigmask(SIG_BLOCK, &prev.sa_mask, &saved);
+  if (prev.sa_flags & SA_SIGINFO)
+    prev.sa_sigaction(sig, si, uc);
+  else
+    prev.sa_handler(sig);
+  pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+/* A fault on the guard page of (or just below) the coroutine running on
+ * this thread. */
+static bool ours(int sig, const siginfo_t *si) {
+  const mm_coro_t *c = mm__tls.coro;
+  if (sig != SIGSEGV || sent(si) || c == NULL)
+    return false;
+  uintptr_t addr = (uintptr_t) si->si_addr;
+  uintptr_t map = (uintptr_t) c->map;
+  return addr < (uintptr_t) c->stack_lo &&
+         addr >= (map > OVERFLOW_REACH ? map - OVERFLOW_REACH : 0);
 }
 
 static void on_fault(int sig, siginfo_t *si, void *uc) {
-  mm_coro_t *c = mm__tls.coro;
-  char *addr = si->si_addr;
-
-  if (c == NULL || addr >= c->stack_lo ||
-      addr + OVERFLOW_REACH < (char *) c->map) {
+  if (!ours(sig, si)) {
     chain(sig, si, uc);
     return;
   }
+  const mm_coro_t *c = mm__tls.coro;
   char msg[256];
   size_t n = 0;
   n = put(msg, n, sizeof msg, "mixmode: coroutine ");
@@ -80,7 +149,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc) {
   n = put(msg, n, sizeof msg, " bytes (raise stack_size)\n");
   ssize_t w = write(STDERR_FILENO, msg, n);
   (void) w;
-  signal(sig, SIG_DFL);
+  die(sig, si);
 }
 
 static void altstack_free(void *p) {
@@ -93,7 +162,7 @@ static void key_init(void) {
   pthread_key_create(&altstack_key, altstack_free);
 }
 
-static void install(int sig, struct sigaction *old) {
+static void install_one(int sig, struct sigaction *old) {
   struct sigaction cur, sa;
   if (sigaction(sig, NULL, &cur) != 0 ||
       ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_fault))
@@ -105,16 +174,25 @@ static void install(int sig, struct sigaction *old) {
   sigaction(sig, &sa, old);
 }
 
-void mm__guard_install(void) {
+static void install(void) {
+  const char *off = getenv("MIXMODE_NO_SIGNALS");
+  if (off != NULL && strcmp(off, "1") == 0)
+    return;
   pthread_once(&key_once, key_init);
-  pthread_mutex_lock(&install_mu);
-  install(SIGSEGV, &old_segv);
-  install(SIGBUS, &old_bus);
-  pthread_mutex_unlock(&install_mu);
+  install_one(SIGSEGV, &old_segv);
+  install_one(SIGBUS, &old_bus);
+  atomic_store_explicit(&installed, true, memory_order_release);
+}
+
+void mm__guard_install(void) {
+  pthread_once(&install_once, install);
 }
 
 void mm__guard_thread(void) {
   if (altstack != NULL)
+    return;
+  /* Acquire pairs with install()'s release: the key exists. */
+  if (!atomic_load_explicit(&installed, memory_order_acquire))
     return;
   stack_t old;
   if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE)) {

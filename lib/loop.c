@@ -32,6 +32,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_STACK_SIZE (256 * 1024)
 #define MAX_STACK_SIZE ((size_t) 1 << 30)
@@ -446,6 +447,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
     return -EINVAL;
 
   mm__guard_install();
+  loop->pid = getpid();
   mm__list_init(&loop->ready);
   mm__list_init(&loop->live);
   mm__list_init(&loop->zombies);
@@ -540,6 +542,8 @@ uv_loop_t *mm_loop_uv(mm_loop_t *loop) {
 int mm_loop_run(mm_loop_t *loop) {
   if (loop == NULL || loop->borrowed)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   if (mm__tls.coro != NULL)
     return -EDEADLK;
   if (mm__tls.loop == loop)
@@ -583,6 +587,8 @@ static void *background_main(void *arg) {
 int mm_loop_start(mm_loop_t *loop) {
   if (loop == NULL || loop->borrowed)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   pthread_mutex_lock(&loop->mu);
   int r = 0;
   if (stopping(loop))
@@ -606,6 +612,8 @@ int mm_loop_start(mm_loop_t *loop) {
 int mm_loop_stop(mm_loop_t *loop) {
   if (loop == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   pthread_mutex_lock(&loop->mu);
   atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_seq_cst);
   pthread_mutex_unlock(&loop->mu);
@@ -624,6 +632,17 @@ int mm_loop_stop(mm_loop_t *loop) {
 static void on_closed(uv_handle_t *h) {
   mm_loop_t *loop = h->data;
   loop->handles_closed++;
+}
+
+/* Closes h unless it is closing or closed already: a borrowed loop shut
+ * down the libuv way (uv_walk, uv_close of every handle) before
+ * mm_loop_free.  Its close callback was then the user's, not on_closed.
+ * Returns how many on_closed calls to wait for. */
+static unsigned close_ours(uv_handle_t *h) {
+  if (uv_is_closing(h))
+    return 0;
+  uv_close(h, on_closed);
+  return 1;
 }
 
 /* Reports and frees the handles nobody joined. */
@@ -654,6 +673,86 @@ static void report_live(mm_loop_t *loop) {
   }
 }
 
+/* Closes the loop's handles and runs uv until they are closed. */
+static void close_handles(mm_loop_t *loop) {
+  unsigned closing = close_ours((uv_handle_t *) &loop->async) +
+                     close_ours((uv_handle_t *) &loop->idle) +
+                     close_ours((uv_handle_t *) &loop->prepare) +
+                     close_ours((uv_handle_t *) &loop->check);
+  loop->uvtimer.data = loop;
+  closing += mm__timers_close(loop, on_closed);
+  /* At least one pass: it also ends the closes the user started and did
+   * not run uv for, before the handles' memory goes with the loop. */
+  do
+    uv_run(loop->uv, UV_RUN_NOWAIT);
+  while (loop->handles_closed < closing);
+}
+
+static void close_uv(mm_loop_t *loop) {
+  if (loop->borrowed)
+    return;
+  int r = uv_loop_close(&loop->own_uv);
+  if (r != 0)
+    mm__log(MM_LOG_WARN, "mm_loop_free: the uv loop still has handles "
+            "of the user's open (%s); they are leaked", uv_strerror(r));
+}
+
+/* ---- a loop inherited across fork ---------------------------------------- */
+
+bool mm__loop_inherited(const mm_loop_t *loop) {
+  return loop->pid != getpid();
+}
+
+/* Unmaps c's block; c never runs again. */
+static void forget_coro(mm_coro_t *c) {
+  mm__locals_free(&c->locals);
+  if (c->caller != NULL)
+    mm__waiter_unref(c->caller);
+  free(c->name);
+  mm__coro_unmap(c);
+}
+
+/* mm_loop_free in a forked child, of a loop its parent made.  The loop's
+ * threads, and the locks they held, stayed with the parent: nothing is
+ * stopped, driven or joined, and no coroutine runs here (they are the
+ * parent's, and must not run twice).  An owned uv loop first gets its own
+ * kernel state (uv_loop_fork: until then its epoll set is the parent's),
+ * so that closing the handles leaves the parent's loop alone.  A borrowed
+ * uv loop is the user's: libuv wants uv_loop_fork called on it before any
+ * use in the child, which is theirs to do before this free.
+ * TODO(#8): the bridge layer's state is left (its pools' threads are the
+ * parent's: freeing it would join them); it needs a bridge op that
+ * forgets threads. */
+static int free_inherited(mm_loop_t *loop) {
+  if (!loop->borrowed) {
+    int r = uv_loop_fork(loop->uv);
+    if (r != 0)
+      return r;
+  }
+  close_handles(loop);
+  /* First the remote queue, whose links run through blocks of the lists
+   * below: spawns not admitted yet are on no list. */
+  mm__mpsc_node_t *q = mm__mpsc_take(&loop->remote_head);
+  while (q != NULL) {
+    mm_coro_t *c = container_of(q, mm_coro_t, remote);
+    q = q->next;
+    if (atomic_load_explicit(&c->remote_bits, memory_order_relaxed) &
+        MM__REMOTE_SPAWN)
+      forget_coro(c);
+  }
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->live)
+    forget_coro(container_of(n, mm_coro_t, all));
+  mm__list_foreach_safe(n, tmp, &loop->zombies)
+    forget_coro(container_of(n, mm_coro_t, all));
+  mm__cache_free(loop);
+  mm__timers_free(loop);
+  close_uv(loop);
+  /* mu and cv are not destroyed: a thread left behind may hold mu. */
+  free(loop);
+  return 0;
+}
+
 int mm_loop_free(mm_loop_t *loop) {
   if (loop == NULL)
     return -EINVAL;
@@ -667,6 +766,8 @@ int mm_loop_free(mm_loop_t *loop) {
     return -EBUSY;
   if (mm__tls.loop == loop && !loop->borrowed)
     return -EBUSY;
+  if (mm__loop_inherited(loop))
+    return free_inherited(loop);
   if (loop->borrowed && !mm__on_loop_thread(loop))
     return -EBUSY;
 
@@ -711,24 +812,12 @@ int mm_loop_free(mm_loop_t *loop) {
   if (bridge != NULL)
     loop->bridge_ops->free(loop, bridge);
 
-  uv_close((uv_handle_t *) &loop->async, on_closed);
-  uv_close((uv_handle_t *) &loop->idle, on_closed);
-  uv_close((uv_handle_t *) &loop->prepare, on_closed);
-  uv_close((uv_handle_t *) &loop->check, on_closed);
-  loop->uvtimer.data = loop;
-  mm__timers_close(loop, on_closed);
-  while (loop->handles_closed < 5)
-    uv_run(loop->uv, UV_RUN_NOWAIT);
+  close_handles(loop);
   mm__tls.loop = NULL;
 
   mm__cache_free(loop);
   mm__timers_free(loop);
-  if (!loop->borrowed) {
-    int r = uv_loop_close(&loop->own_uv);
-    if (r != 0)
-      mm__log(MM_LOG_WARN, "mm_loop_free: the uv loop still has handles "
-              "of the user's open (%s); they are leaked", uv_strerror(r));
-  }
+  close_uv(loop);
   pthread_mutex_destroy(&loop->mu);
   pthread_cond_destroy(&loop->cv);
   free(loop);

@@ -145,7 +145,9 @@ void mm__timer_init(mm__timer_t *t, mm__timer_fn cb);
 int  mm__timer_start(mm_loop_t *loop, mm__timer_t *t, uint64_t ms);
 void mm__timer_stop(mm_loop_t *loop, mm__timer_t *t);
 int  mm__timers_init(mm_loop_t *loop);
-void mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
+/* Closes the uv timer unless it is closing already; returns how many
+ * calls of cb to wait for (0 or 1). */
+unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
 void mm__timers_free(mm_loop_t *loop);
 
 /* ---- local.c ------------------------------------------------------------- */
@@ -393,6 +395,7 @@ struct mm_loop {
   uv_loop_t own_uv;
   bool borrowed;
   pthread_t owner;            /* borrowed: the thread that runs uv_run */
+  pid_t pid;                  /* the process that made it (fork, loop.c) */
   mm_loop_options_t opt;
 
   /* handles; async is ref'd only while the loop has work (loop.c) */
@@ -508,6 +511,9 @@ void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
 bool mm__on_loop_thread(const mm_loop_t *loop);
+/* Made by another process: this is a child forked since.  A system call:
+ * for life-cycle calls, not per request. */
+bool mm__loop_inherited(const mm_loop_t *loop);
 
 /* Work for the loop's thread posted from anywhere (the run_async inbox).
  * run is called on the loop's thread; with shutdown set, the loop is

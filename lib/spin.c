@@ -9,6 +9,10 @@
  * this very CPU), and at most half the CPUs spin at once, process-wide
  * (none on one CPU), so that spinners never take the CPUs that the
  * threads they wait for need.
+ *
+ * A forked child starts with every place free: the threads that held
+ * places in the parent did not come along, and the one that forked was
+ * not spinning.
  */
 #include "mm-internal.h"
 
@@ -42,7 +46,19 @@ unsigned mm__cpu_count(void) {
   return v;
 }
 
+static void atfork_child(void) {
+  atomic_store_explicit(&spinners, 0, memory_order_relaxed);
+}
+
+static void atfork_register(void) {
+  pthread_atfork(NULL, NULL, atfork_child);
+}
+
 void mm__spin_init(mm__spin_t *s) {
+  /* Every spinner's limit is made here first: before any place is
+   * taken, the child handler is in place. */
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, atfork_register);
   s->limit_ns = SPIN_MAX_NS;
 }
 

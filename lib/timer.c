@@ -137,8 +137,12 @@ int mm__timers_init(mm_loop_t *loop) {
   return 0;
 }
 
-void mm__timers_close(mm_loop_t *loop, uv_close_cb cb) {
+unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb) {
+  /* The user may have closed it (uv_walk on a borrowed loop). */
+  if (uv_is_closing((uv_handle_t *) &loop->uvtimer))
+    return 0;
   uv_close((uv_handle_t *) &loop->uvtimer, cb);
+  return 1;
 }
 
 void mm__timers_free(mm_loop_t *loop) {

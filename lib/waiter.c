@@ -8,6 +8,13 @@
  *
  * Lock order: loop->mu may be held when a waiter's mu is taken, never the
  * reverse.  Tasks and wakes are called without the mutex held.
+ *
+ * fork: in the child only the forking thread goes on, and its waiter may
+ * be locked by a thread that did not come along (a waker between lock and
+ * unlock in mm__wait_wake) and hold tasks of coroutines that will never
+ * run there.  A pthread_atfork child handler makes it new, keeping its
+ * references and its serving count (the thread may have forked from a
+ * task it runs while it serves).
  */
 #include "mm-internal.h"
 
@@ -41,8 +48,20 @@ static void waiter_destroy(void *p) {
   mm__locals_free(&mm__tls.locals);
 }
 
+static void waiter_atfork_child(void) {
+  mm__waiter_t *w = self_waiter;
+  if (w == NULL)
+    return;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  mm__list_init(&w->tasks);
+  atomic_store_explicit(&w->task_hint, false, memory_order_relaxed);
+}
+
+/* Once, before the first waiter exists. */
 static void waiter_key_init(void) {
   pthread_key_create(&waiter_key, waiter_destroy);
+  pthread_atfork(NULL, NULL, waiter_atfork_child);
 }
 
 mm__waiter_t *mm__waiter_self(void) {
