@@ -59,6 +59,8 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                     const mm_async_options_t *o) {
   if (loop == NULL || fn == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   /* A loop's thread outside coroutines; also the thread a borrowed loop
    * belongs to, whether or not it has work: nobody else runs that loop. */
   if (mm__tls.coro == NULL &&

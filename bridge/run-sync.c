@@ -403,6 +403,8 @@ int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
   *out = NULL;
   if (loop == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   if (mm__loop_stopping(loop))
     return -ESHUTDOWN;
   mm__bridge_t *b = mm__bridge_of(loop);

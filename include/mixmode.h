@@ -137,7 +137,9 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
  * Errors: -EINVAL, -EBUSY, -EDEADLK.
  *
  * In a child process forked after the loop was made, the loop is the
- * parent's: run, start and stop return -ECHILD, and mm_loop_free releases
+ * parent's: every call on it (run, start, stop, spawn, run_async, lanes,
+ * groups, dump) or on its coroutines' handles (join, detach, cancel)
+ * returns -ECHILD, and mm_loop_free releases
  * its memory at once without running its coroutines or joining its
  * threads (they stayed with the parent; an owned uv loop is given its own
  * kernel state first, so that the parent's loop is left alone; on a

@@ -52,6 +52,8 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
     *out = NULL;
   if (loop == NULL || fn == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   if (o != NULL)
     opt = *o;
   else
@@ -280,6 +282,10 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
   mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return -EINVAL;  /* stale: joined, detached and ended, or freed */
+  if (mm__loop_inherited(c->loop)) {
+    mm__handle_unpin(c);
+    return -ECHILD;
+  }
   jw.target = c;
   uintptr_t expected = MM__JOIN_NONE;
   if (!atomic_compare_exchange_strong_explicit(&c->join, &expected,
@@ -319,6 +325,10 @@ int mm_detach(mm_coro_t *h) {
   mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(c->loop)) {
+    mm__handle_unpin(c);
+    return -ECHILD;
+  }
   uintptr_t expected = MM__JOIN_NONE;
   bool detached = atomic_compare_exchange_strong_explicit(
       &c->join, &expected, MM__JOIN_DETACHED, memory_order_acq_rel,
@@ -337,6 +347,10 @@ int mm_cancel(mm_coro_t *h) {
   mm_coro_t *c = mm__handle_pin(h);
   if (c == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(c->loop)) {
+    mm__handle_unpin(c);
+    return -ECHILD;
+  }
   if (!mm__set_reason(&c->cancel_reason, ECANCELED)) {
     mm__handle_unpin(c);
     return 0;

@@ -44,6 +44,8 @@ static void dump_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
 int mm_loop_dump(mm_loop_t *loop, FILE *out) {
   if (loop == NULL || out == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   if (mm__loop_stopping(loop))
     return -ESHUTDOWN;
   if (mm__on_loop_thread(loop) ||

@@ -57,6 +57,8 @@ int mm_group_new(mm_loop_t *loop, mm_group_t **out) {
   *out = NULL;
   if (loop == NULL)
     return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
   if (mm__loop_stopping(loop))
     return -ESHUTDOWN;
   mm_group_t *g = calloc(1, sizeof(*g));

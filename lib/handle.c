@@ -26,6 +26,13 @@
  * The table grows by segments under table_mu and never shrinks; segments
  * are published with a release store and read with acquire.  Not done
  * here: the handle's life cycle (the join word, coro.c).
+ *
+ * fork: table_mu is taken around fork() (a child never finds it held by a
+ * thread it does not have), and the child drops every pin, each one left
+ * by a thread that stayed with the parent, so that unmapping an inherited
+ * loop's blocks does not wait for it forever.  The fork generation counts
+ * the forks this process descends from, so that a loop can tell it was
+ * inherited without a getpid() on every call.
  */
 #include "mm-internal.h"
 
@@ -49,6 +56,43 @@ static pthread_mutex_t table_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint32_t nslots;       /* table_mu */
 static uint32_t free_head;    /* index + 1 of a free slot, or 0; table_mu */
 
+static _Atomic unsigned fork_gen;
+
+unsigned mm__fork_generation(void) {
+  return atomic_load_explicit(&fork_gen, memory_order_relaxed);
+}
+
+static void before_fork(void) {
+  mm__log_before_fork();
+  pthread_mutex_lock(&table_mu);
+}
+
+static void after_fork_parent(void) {
+  pthread_mutex_unlock(&table_mu);
+  mm__log_after_fork(false);
+}
+
+static void after_fork_child(void) {
+  mm__log_after_fork(true);
+  atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+  for (uint32_t seg = 0; seg * SEG_SLOTS < nslots; seg++) {
+    slot_t *s = atomic_load_explicit(&segs[seg], memory_order_relaxed);
+    for (uint32_t i = 0; i < SEG_SLOTS; i++)
+      atomic_fetch_and_explicit(&s[i].word, ~PINS_MASK,
+                                memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&table_mu);
+}
+
+static void register_fork(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+void mm__fork_init(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, register_fork);
+}
+
 static slot_t *slot_at(uint32_t idx) {
   slot_t *seg = atomic_load_explicit(&segs[idx / SEG_SLOTS],
                                      memory_order_acquire);
@@ -56,6 +100,7 @@ static slot_t *slot_at(uint32_t idx) {
 }
 
 int mm__slot_new(mm_coro_t *c) {
+  mm__fork_init();
   pthread_mutex_lock(&table_mu);
   uint32_t idx;
   if (free_head != 0) {

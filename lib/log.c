@@ -12,6 +12,17 @@ static pthread_mutex_t sink_mu = PTHREAD_MUTEX_INITIALIZER;
 static mm_log_fn sink_fn;
 static void *sink_data;
 
+/* Around fork() (handle.c registers the handlers): a child never finds
+ * sink_mu held by a thread it does not have. */
+void mm__log_before_fork(void) {
+  pthread_mutex_lock(&sink_mu);
+}
+
+void mm__log_after_fork(bool child) {
+  (void) child;
+  pthread_mutex_unlock(&sink_mu);
+}
+
 void mm_set_log(mm_log_fn fn, void *data) {
   pthread_mutex_lock(&sink_mu);
   sink_fn = fn;

@@ -32,7 +32,6 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define DEFAULT_STACK_SIZE (256 * 1024)
 #define MAX_STACK_SIZE ((size_t) 1 << 30)
@@ -447,7 +446,8 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
     return -EINVAL;
 
   mm__guard_install();
-  loop->pid = getpid();
+  mm__fork_init();
+  loop->fork_gen = mm__fork_generation();
   mm__list_init(&loop->ready);
   mm__list_init(&loop->live);
   mm__list_init(&loop->zombies);
@@ -700,7 +700,7 @@ static void close_uv(mm_loop_t *loop) {
 /* ---- a loop inherited across fork ---------------------------------------- */
 
 bool mm__loop_inherited(const mm_loop_t *loop) {
-  return loop->pid != getpid();
+  return loop->fork_gen != mm__fork_generation();
 }
 
 /* Unmaps c's block; c never runs again. */

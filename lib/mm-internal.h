@@ -395,7 +395,8 @@ struct mm_loop {
   uv_loop_t own_uv;
   bool borrowed;
   pthread_t owner;            /* borrowed: the thread that runs uv_run */
-  pid_t pid;                  /* the process that made it (fork, loop.c) */
+  unsigned fork_gen;          /* mm__fork_generation() when made: another
+                                 value means inherited across fork */
   mm_loop_options_t opt;
 
   /* handles; async is ref'd only while the loop has work (loop.c) */
@@ -573,6 +574,12 @@ size_t mm__page_size(void);
  * (not reused until unpinned), or NULL; a pinned section never blocks.
  * retire: the handle goes (any later pin fails); waits for pinners. */
 int  mm__slot_new(mm_coro_t *c);
+/* Registers handle.c's and log.c's fork handlers (once); forks counted
+ * since, as a child sees them: a loop made before a fork is inherited. */
+void mm__fork_init(void);
+unsigned mm__fork_generation(void);
+void mm__log_before_fork(void);
+void mm__log_after_fork(bool child);
 void mm__slot_free(mm_coro_t *c);
 mm_coro_t *mm__handle_make(mm_coro_t *c);
 mm_coro_t *mm__handle_pin(const mm_coro_t *h);

@@ -547,15 +547,37 @@ static int sleep_long(void *arg) {
   return r;
 }
 
-/* In the child: every call on the parent's loop is refused with -ECHILD,
- * and the loop is freed at once (its threads are the parent's). */
+typedef struct {
+  mm_loop_t *loop;
+  mm_coro_t *sleeper;
+} inherited_t;
+
+static int never_runs(void *arg) {
+  return 0;
+}
+
+/* In the child: every call on the parent's loop or its coroutines' handles
+ * is refused with -ECHILD, and the loop is freed at once (its threads are
+ * the parent's). */
 static void child_frees_the_inherited_loop(void *arg) {
-  mm_loop_t *inherited = arg;
+  inherited_t *in = arg;
+  mm_loop_t *inherited = in->loop;
   alarm(mm_test_under_valgrind() ? 120 : 10);
   int r;
+  mm_coro_t *c;
+  mm_lane_t *lane;
+  mm_group_t *g;
   if ((r = mm_loop_run(inherited)) != -ECHILD ||
       (r = mm_loop_start(inherited)) != -ECHILD ||
-      (r = mm_loop_stop(inherited)) != -ECHILD) {
+      (r = mm_loop_stop(inherited)) != -ECHILD ||
+      (r = mm_spawn(inherited, never_runs, NULL, &c)) != -ECHILD ||
+      (r = mm_run_async(inherited, never_runs, NULL)) != -ECHILD ||
+      (r = mm_lane_new(inherited, "x", &lane)) != -ECHILD ||
+      (r = mm_group_new(inherited, &g)) != -ECHILD ||
+      (r = mm_loop_dump(inherited, stderr)) != -ECHILD ||
+      (r = mm_cancel(in->sleeper)) != -ECHILD ||
+      (r = mm_detach(in->sleeper)) != -ECHILD ||
+      (r = mm_join(in->sleeper)) != -ECHILD) {
     fprintf(stderr, "a call on the inherited loop returned %d (%s)\n", r,
             mm_strerror(r));
     _exit(20);
@@ -586,7 +608,8 @@ static void test_fork_child_frees_the_loop_it_inherited(void **state) {
   assert_mm_ok(mm_spawn(loop, nothing, NULL, &ended));
 
   static mm_test_child_t child;
-  assert_int_equal(mm_test_fork(child_frees_the_inherited_loop, loop,
+  inherited_t in = { loop, sleeper };
+  assert_int_equal(mm_test_fork(child_frees_the_inherited_loop, &in,
                                 &child), 0);
   assert_child_exited_0(&child);
   if (strstr(child.out, "ran on in the child") != NULL ||
