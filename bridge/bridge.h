@@ -91,7 +91,7 @@ void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
 /* Runs req on this thread (a worker) and completes it. */
 void mm__sync_execute(mm__sync_req_t *req);
 
-/* Per-loop bridge state, made on first use (run-sync.c). */
+/* Per-loop bridge state, made on first use (bridge.c). */
 typedef struct mm__bridge {
   mm__pool_t *pool;
   _Atomic(mm__pool_t *) sensitive;  /* made on first use; see run-sync.c */
@@ -108,6 +108,15 @@ typedef struct mm__bridge {
 
 /* NULL: out of memory, or the loop is stopping (mm__bridge_error). */
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop);
+/* Hands the staged calls to the pool (the flush op; loop thread). */
+void mm__bridge_flush(mm_loop_t *loop, void *b);
+/* A long pass hands its staged calls over every MM__STAGE_MAX calls, so
+ * that workers need not wait for the whole pass. */
+#define MM__STAGE_MAX 64
+/* The loop's one sensitive thread, made on first use: MM_AFFINITY_CALLER
+ * calls of coroutines without a caller thread all run there, in order.
+ * NULL if it cannot be started. */
+mm__pool_t *mm__bridge_sensitive(mm__bridge_t *b);
 static inline int mm__bridge_error(const mm_loop_t *loop) {
   return mm__loop_stopping(loop) ? -ESHUTDOWN : -ENOMEM;
 }

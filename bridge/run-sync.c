@@ -12,127 +12,14 @@
  * cancellation stays pending on the coroutine), unless abandon_on_cancel:
  * then the caller leaves at once and the worker runs cleanup(arg, status)
  * when the function ends.  The request's lifetime rules are beside
- * mm__sync_req_t in bridge.h.
- *
- * Also here: the per-loop bridge state and lanes.
+ * mm__sync_req_t in bridge.h.  Not here: the per-loop state (bridge.c),
+ * the pools (pool.c), lanes (lane.c).
  */
 #include "bridge.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- per-loop state ------------------------------------------------- */
-
-/* A pool with as many threads awake as CPUs takes more only once some of
- * their calls have run long (pool.c), and a pool at its maximum reports
- * calls that wait long; nothing but time may show either, so while calls
- * wait the loop looks again (mm__pool_recheck says when). */
-static void watch_pool(mm__bridge_t *b, unsigned ms) {
-  if (b->pool_timer.idx == SIZE_MAX &&
-      mm__timer_start(b->loop, &b->pool_timer, ms) != 0)
-    mm__log(MM_LOG_ERROR, "no memory for the pool's timer: calls that "
-            "block may wait for a thread until another call comes");
-}
-
-static void on_pool_timer(mm__timer_t *t) {
-  mm__bridge_t *b = container_of(t, mm__bridge_t, pool_timer);
-  unsigned next = mm__pool_recheck(b->pool);
-  if (next != 0)
-    watch_pool(b, next);
-}
-
-/* The loop's pool calls of a pass over the ready coroutines go to the
- * pool together, after the pass: one lock and at most one wake-up per
- * idle worker for the whole batch, instead of one each.  A pass of many
- * coroutines hands them over every STAGE_MAX calls, so that workers need
- * not wait for the whole pass. */
-#define STAGE_MAX 64
-
-static void bridge_flush(mm_loop_t *loop, void *p) {
-  mm__bridge_t *b = p;
-  (void) loop;
-  if (mm__list_empty(&b->staged))
-    return;
-  b->nstaged = 0;
-  int r = mm__pool_submit_list(b->pool, &b->staged);
-  if (r == 0) {
-    watch_pool(b, 1);
-    return;
-  }
-  mm__list_t *n;
-  while ((n = mm__list_pop_front(&b->staged)) != NULL) {
-    mm__sync_req_t *req = container_of(n, mm__sync_req_t, link);
-    atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
-                          memory_order_relaxed);
-    /* Nobody else has seen a staged call: the claim is ours. */
-    mm__wait_cancel(req->wait, r);
-  }
-}
-
-static void bridge_free(mm_loop_t *loop, void *p) {
-  mm__bridge_t *b = p;
-  assert(mm__list_empty(&b->staged));
-  mm__timer_stop(loop, &b->pool_timer);
-  mm__list_t *n;
-  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
-    mm_lane_t *lane = container_of(n, mm_lane_t, link);
-    mm__log(MM_LOG_WARN, "mm_loop_free: a lane was never freed; freeing it");
-    mm__pool_free(lane->pool);
-    free(lane);
-  }
-  mm__pool_free(b->pool);
-  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
-                                               memory_order_acquire);
-  if (sensitive != NULL)
-    mm__pool_free(sensitive);
-  pthread_mutex_destroy(&b->mu);
-  free(b);
-}
-
-mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
-  mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
-  if (b != NULL)
-    return b;
-  b = calloc(1, sizeof(*b));
-  if (b == NULL)
-    return NULL;
-  b->pool = mm__pool_new(loop, "", loop->opt.pool_min_threads,
-                         loop->opt.pool_max_threads, loop->opt.pool_idle_ms,
-                         false, NULL);
-  if (b->pool == NULL) {
-    free(b);
-    return NULL;
-  }
-  pthread_mutex_init(&b->mu, NULL);
-  mm__list_init(&b->lanes);
-  mm__list_init(&b->staged);
-  b->loop = loop;
-  mm__timer_init(&b->pool_timer, on_pool_timer);
-  static const mm__bridge_ops_t ops = { bridge_flush, bridge_free };
-  mm__bridge_t *cur = mm__loop_set_bridge(loop, b, &ops);
-  if (cur != b)
-    bridge_free(loop, b);   /* another thread was first */
-  return cur;
-}
-
-/* The loop's one sensitive thread: MM_AFFINITY_CALLER calls of
- * coroutines that have no caller thread all run there, in order. */
-static mm__pool_t *sensitive_of(mm__bridge_t *b) {
-  mm__pool_t *p = atomic_load_explicit(&b->sensitive, memory_order_acquire);
-  if (p != NULL)
-    return p;
-  pthread_mutex_lock(&b->mu);
-  p = atomic_load_explicit(&b->sensitive, memory_order_relaxed);
-  if (p == NULL) {
-    p = mm__pool_new(b->loop, "sensitive", 1, 1, 0, true, "mm-sensitive");
-    /* Release pairs with the acquire load above. */
-    atomic_store_explicit(&b->sensitive, p, memory_order_release);
-  }
-  pthread_mutex_unlock(&b->mu);
-  return p;
-}
 
 /* ---- the worker side --------------------------------------------------- */
 
@@ -293,7 +180,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   int affinity = o != NULL ? o->affinity : MM_AFFINITY_POOL;
   sw.pool = affinity == MM_AFFINITY_LANE ? o->lane->pool : b->pool;
   if (affinity == MM_AFFINITY_CALLER && c->caller == NULL &&
-      (sw.pool = sensitive_of(b)) == NULL)
+      (sw.pool = mm__bridge_sensitive(b)) == NULL)
     return -EAGAIN;
   sw.abandonable = o != NULL && o->abandon_on_cancel;
   sw.abandoned = false;
@@ -349,7 +236,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     if (mm__waiter_post_serving(c->caller, &req->task)) {
       req->waiter = c->caller;
       r = 0;
-    } else if ((sw.pool = sensitive_of(b)) == NULL) {
+    } else if ((sw.pool = mm__bridge_sensitive(b)) == NULL) {
       r = -EAGAIN;
     } else {
       r = mm__pool_submit(sw.pool, req);
@@ -358,8 +245,8 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     /* Handed to the pool with the others after this pass (bridge_flush);
      * the calls staged before, all of parked coroutines, go now if they
      * are many. */
-    if (b->nstaged >= STAGE_MAX)
-      bridge_flush(c->loop, b);
+    if (b->nstaged >= MM__STAGE_MAX)
+      mm__bridge_flush(c->loop, b);
     atomic_store_explicit(&req->state, MM__SYNC_STAGED, memory_order_relaxed);
     mm__list_push_back(&b->staged, &req->link);
     b->nstaged++;
@@ -393,61 +280,4 @@ void mm_sync_options_init(mm_sync_options_t *o) {
 
 int mm_run_sync(mm_fn fn, void *arg) {
   return mm_run_sync_ex(fn, arg, NULL);
-}
-
-/* ---- lanes ------------------------------------------------------------- */
-
-int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
-  if (out == NULL)
-    return -EINVAL;
-  *out = NULL;
-  if (loop == NULL)
-    return -EINVAL;
-  if (mm__loop_inherited(loop))
-    return -ECHILD;
-  if (mm__loop_stopping(loop))
-    return -ESHUTDOWN;
-  mm__bridge_t *b = mm__bridge_of(loop);
-  if (b == NULL)
-    return mm__bridge_error(loop);
-  mm_lane_t *lane = calloc(1, sizeof(*lane));
-  if (lane == NULL)
-    return -ENOMEM;
-  lane->loop = loop;
-  lane->pool = mm__pool_new(loop, name, 1, 1, 0, true, NULL);
-  if (lane->pool == NULL) {
-    free(lane);
-    return -EAGAIN;
-  }
-  pthread_mutex_lock(&b->mu);
-  mm__list_push_back(&b->lanes, &lane->link);
-  pthread_mutex_unlock(&b->mu);
-  *out = lane;
-  return 0;
-}
-
-static int lane_close(void *arg) {
-  mm_lane_t *lane = arg;
-  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
-                                         memory_order_acquire);
-  pthread_mutex_lock(&b->mu);
-  mm__list_remove(&lane->link);
-  pthread_mutex_unlock(&b->mu);
-  mm__pool_free(lane->pool);   /* runs what is queued, joins the thread */
-  free(lane);
-  return 0;
-}
-
-int mm_lane_free(mm_lane_t *lane) {
-  if (lane == NULL)
-    return -EINVAL;
-  if (mm__pool_is_self(lane->pool))
-    return -EDEADLK;             /* the lane would join itself */
-  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
-    return -EDEADLK;
-  /* Waiting for the lane's queue is blocking work: in a coroutine it goes
-   * to the pool like any other, on a plain thread it runs here.  A
-   * cancelled coroutine gets -ECANCELED and the lane stays (mm_loop_free
-   * frees it with a warning). */
-  return mm_run_sync(lane_close, lane);
 }

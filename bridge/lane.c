@@ -1,0 +1,66 @@
+/* Lanes: one thread each that runs the calls sent to it one at a time, in
+ * order, always on that thread (a driver connection that must stay on the
+ * thread that opened it).  A lane is a pool of exactly one thread that
+ * never idles out (pool.c); its calls are ordinary run_sync requests
+ * (run-sync.c).  Lanes a user did not free are freed, with a warning, by
+ * mm_loop_free (bridge.c).
+ */
+#include "bridge.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
+  if (out == NULL)
+    return -EINVAL;
+  *out = NULL;
+  if (loop == NULL)
+    return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
+  if (mm__loop_stopping(loop))
+    return -ESHUTDOWN;
+  mm__bridge_t *b = mm__bridge_of(loop);
+  if (b == NULL)
+    return mm__bridge_error(loop);
+  mm_lane_t *lane = calloc(1, sizeof(*lane));
+  if (lane == NULL)
+    return -ENOMEM;
+  lane->loop = loop;
+  lane->pool = mm__pool_new(loop, name, 1, 1, 0, true, NULL);
+  if (lane->pool == NULL) {
+    free(lane);
+    return -EAGAIN;
+  }
+  pthread_mutex_lock(&b->mu);
+  mm__list_push_back(&b->lanes, &lane->link);
+  pthread_mutex_unlock(&b->mu);
+  *out = lane;
+  return 0;
+}
+
+static int lane_close(void *arg) {
+  mm_lane_t *lane = arg;
+  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
+                                         memory_order_acquire);
+  pthread_mutex_lock(&b->mu);
+  mm__list_remove(&lane->link);
+  pthread_mutex_unlock(&b->mu);
+  mm__pool_free(lane->pool);   /* runs what is queued, joins the thread */
+  free(lane);
+  return 0;
+}
+
+int mm_lane_free(mm_lane_t *lane) {
+  if (lane == NULL)
+    return -EINVAL;
+  if (mm__pool_is_self(lane->pool))
+    return -EDEADLK;             /* the lane would join itself */
+  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
+    return -EDEADLK;
+  /* Waiting for the lane's queue is blocking work: in a coroutine it goes
+   * to the pool like any other, on a plain thread it runs here.  A
+   * cancelled coroutine gets -ECANCELED and the lane stays (mm_loop_free
+   * frees it with a warning). */
+  return mm_run_sync(lane_close, lane);
+}
