@@ -127,12 +127,14 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
 
 /* Shuts the loop down and frees it: stops it, cancels live coroutines and
  * lets them finish (running the loop on the calling thread when nobody else
- * does), joins the threads it started, reports through the log coroutine
- * handles never joined, and releases everything.  Not from the loop's own
- * thread while it runs (-EBUSY; the loop is left untouched), nor from a
- * thread the loop would wait for -- its workers, lanes and sensitive
- * thread, or any thread running a blocking call for one of its coroutines
- * (-EDEADLK; the loop is left usable).
+ * does), joins the threads it started, and releases everything.  It logs a
+ * warning for each coroutine still alive when it is called (id, name,
+ * state as mm_loop_dump gives it, age in ms) and for each coroutine handle
+ * never joined.  Not from the loop's own thread while it runs (-EBUSY; the
+ * loop is left untouched), nor from a thread the loop would wait for --
+ * its workers, lanes and sensitive thread, or any thread running a
+ * blocking call for one of its coroutines (-EDEADLK; the loop is left
+ * usable).
  * Handles of the loop's coroutines are invalid afterwards.
  * Errors: -EINVAL, -EBUSY, -EDEADLK.
  *

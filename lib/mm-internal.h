@@ -585,6 +585,8 @@ mm_coro_t *mm__handle_make(mm_coro_t *c);
 mm_coro_t *mm__handle_pin(const mm_coro_t *h);
 void mm__handle_unpin(mm_coro_t *c);
 void mm__handle_retire(mm_coro_t *c);
+/* dump.c: "ready", "running", "waiting", "ended", as mm_loop_dump says */
+const char *mm__coro_state_name(enum mm__coro_state s);
 
 /* guard.c */
 void mm__guard_install(void);   /* once per process */
