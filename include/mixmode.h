@@ -193,8 +193,12 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 MM_EXTERN int mm_join(mm_coro_t *coro);
 
 /* Gives up the handle: the coroutine runs on and is freed when it ends.
- * Any thread.  Errors: -EINVAL (NULL, already detached or joined: a
- * stale handle). */
+ * Nobody sees its status then, so a failure is logged as a warning when it
+ * ends (id, name, status and its mm_strerror text): any status but 0,
+ * except -ECANCELED after a cancellation that was asked for (the loop's
+ * stop or free, an mm_cancel before the detach).  The same holds for a
+ * coroutine spawned without a handle.  Any thread.
+ * Errors: -EINVAL (NULL, already detached or joined: a stale handle). */
 MM_EXTERN int mm_detach(mm_coro_t *coro);
 
 /* Requests cancellation.  Any thread.  The coroutine's current suspension

@@ -191,6 +191,16 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   uintptr_t prev = atomic_exchange_explicit(&c->join, MM__JOIN_ENDED,
                                             memory_order_acq_rel);
   if (prev == MM__JOIN_DETACHED) {
+    /* Nobody will see the status: a failure is reported here.  Not a
+     * cancellation that was asked for (the loop's stop or free, or an
+     * mm_cancel before the detach), which is what -ECANCELED from a
+     * cancelled coroutine is; a spawn deadline (-ETIMEDOUT) and every
+     * other non-zero value of fn are. */
+    if (c->status != 0 && !(c->status == -ECANCELED &&
+                            mm__coro_cancel_reason(c) == ECANCELED))
+      mm__log(MM_LOG_WARN, "detached coroutine %" PRIu64 " '%s' failed: "
+              "status %d (%s)", c->id, c->name != NULL ? c->name : "",
+              c->status, mm_strerror(c->status));
     atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
     mm__handle_retire(c);
     mm__coro_release(c);

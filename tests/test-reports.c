@@ -1,6 +1,6 @@
-/* The reports that keep failures from passing silently: coroutines still
- * alive when the loop is freed.  Each report is made to happen and its
- * text is checked. */
+/* The reports that keep failures from passing silently: a detached
+ * coroutine that fails, coroutines still alive when the loop is freed.
+ * Each report is made to happen and its text is checked. */
 #define _GNU_SOURCE
 #include "helpers.h"
 
@@ -88,9 +88,76 @@ static void sink_print(sink_t *s) {
 }
 
 
+/* ---- detached coroutines that fail ------------------------------------ */
+
+static int fail_with_eio(void *arg) {
+  return -EIO;
+}
+
 static int return_zero(void *arg) {
   return 0;
 }
+
+static int sleep_long(void *arg) {
+  return mm_sleep(100000);
+}
+
+static void spawn_detached(mm_loop_t *loop, mm_fn fn, const char *name,
+                           uint64_t timeout_ms) {
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  so.name = name;
+  so.timeout_ms = timeout_ms;
+  assert_mm_ok(mm_spawn_ex(loop, fn, NULL, &so, NULL));
+}
+
+static void test_a_detached_coroutine_that_fails_is_reported_when_it_ends(
+    void **state) {
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  spawn_detached(loop, return_zero, "fine", 0);
+  spawn_detached(loop, fail_with_eio, "broken", 0);
+  spawn_detached(loop, sleep_long, "late", 1);
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  char want[256];
+  snprintf(want, sizeof want, "detached coroutine 2 'broken' failed: "
+           "status %d (%s)", -EIO, mm_strerror(-EIO));
+  int level;
+  const char *r = sink_find(&s, "'broken'", 0, &level);
+  assert_non_null(r);
+  assert_string_equal(r, want);
+  assert_int_equal(level, MM_LOG_WARN);
+  snprintf(want, sizeof want, "detached coroutine 3 'late' failed: "
+           "status %d (%s)", -ETIMEDOUT, mm_strerror(-ETIMEDOUT));
+  r = sink_find(&s, "'late'", 0, &level);
+  assert_non_null(r);
+  assert_string_equal(r, want);
+  assert_int_equal(level, MM_LOG_WARN);
+  assert_int_equal(sink_count(&s, "'fine'"), 0);
+  assert_int_equal(s.n, 2);
+  sink_free(&s);
+}
+
+static void test_a_detached_coroutine_cancelled_by_loop_free_is_not_a_failure(
+    void **state) {
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  spawn_detached(loop, sleep_long, "sleeper", 0);
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+  /* Reported as alive at the free, not as failed at its end. */
+  assert_int_equal(sink_count(&s, "failed"), 0);
+  assert_int_equal(sink_count(&s, "'sleeper' is still alive"), 1);
+  sink_free(&s);
+}
+
 
 /* ---- coroutines alive at mm_loop_free ---------------------------------- */
 
@@ -186,6 +253,8 @@ static void test_loop_free_reports_a_coroutine_that_never_ran(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+    mm_test(test_a_detached_coroutine_that_fails_is_reported_when_it_ends),
+    mm_test(test_a_detached_coroutine_cancelled_by_loop_free_is_not_a_failure),
     mm_test(test_loop_free_reports_each_live_coroutine_of_a_started_loop),
     mm_test(test_loop_free_reports_a_coroutine_that_never_ran),
   };
