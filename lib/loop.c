@@ -444,6 +444,11 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   if (loop->opt.stack_size > MAX_STACK_SIZE ||
       loop->opt.pool_min_threads > loop->opt.pool_max_threads)
     return -EINVAL;
+  if (loop->opt.slow_step_ms != 0) {
+    int r = mm__watchdog_start(loop);
+    if (r != 0)
+      return r;
+  }
 
   mm__guard_install();
   mm__fork_init();
@@ -460,8 +465,10 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   atomic_init(&loop->driven, false);
 
   int r = uv_async_init(loop->uv, &loop->async, on_async);
-  if (r != 0)
+  if (r != 0) {
+    mm__watchdog_stop(loop);
     return r;
+  }
   loop->async.data = loop;
   uv_unref((uv_handle_t *) &loop->async);
   uv_idle_init(loop->uv, &loop->idle);
@@ -751,6 +758,7 @@ static int free_inherited(mm_loop_t *loop) {
   mm__cache_free(loop);
   mm__timers_free(loop);
   close_uv(loop);
+  mm__watchdog_stop(loop);    /* its thread is the parent's: not joined */
   /* mu and cv are not destroyed: a thread left behind may hold mu. */
   free(loop);
   return 0;
@@ -870,6 +878,8 @@ int mm_loop_free(mm_loop_t *loop) {
   close_handles(loop);
   mm__tls.loop = NULL;
 
+  /* The watchdog reads the loop's step fields: joined before it goes. */
+  mm__watchdog_stop(loop);
   mm__cache_free(loop);
   mm__timers_free(loop);
   close_uv(loop);

@@ -1,6 +1,10 @@
-/* The reports that keep failures from passing silently: a detached
- * coroutine that fails, coroutines still alive when the loop is freed.
- * Each report is made to happen and its text is checked. */
+/* The reports that keep failures from passing silently: a coroutine that
+ * holds the loop (reported by the slow-step watchdog while it holds it),
+ * a detached coroutine that fails, coroutines still alive when the loop
+ * is freed.  Each report is made to happen and its text is checked.
+ *
+ * The program is linked with -export-dynamic so that dladdr, and so the
+ * reports, can name its non-static functions. */
 #define _GNU_SOURCE
 #include "helpers.h"
 
@@ -63,7 +67,6 @@ static int sink_count(sink_t *s, const char *part) {
 }
 
 /* Blocks until k messages contain part (the per-test watchdog bounds it). */
-__attribute__((unused))
 static void sink_wait(sink_t *s, const char *part, int k) {
   pthread_mutex_lock(&s->mu);
   while (count_locked(s, part) < k)
@@ -85,6 +88,245 @@ static const char *sink_find(sink_t *s, const char *part, int i, int *level) {
 static void sink_print(sink_t *s) {
   for (int i = 0; i < s->n; i++)
     fprintf(stderr, "  [%d] %s\n", s->level[i], s->msg[i]);
+}
+
+
+/* ---- a coroutine that holds the loop until the test lets it go -------- */
+
+typedef struct {
+  atomic_int release;
+} hold_t;
+
+/* Busy-waits without suspending until the test sets release.  Not static:
+ * the report names it.  The sched_yield() gives the thread, not the loop,
+ * away; under TSan it is also where a signal for this thread is handled
+ * (TSan defers asynchronous signals to the next intercepted call). */
+int hold_until_released(void *arg) {
+  hold_t *h = arg;
+  while (!atomic_load_explicit(&h->release, memory_order_acquire))
+    sched_yield();
+  return 0;
+}
+
+/* The same, static: dladdr cannot name it. */
+static int hold_anonymously(void *arg) {
+  return hold_until_released(arg);
+}
+
+static mm_loop_t *watched_loop(unsigned slow_step_ms) {
+  mm_loop_options_t o;
+  mm_loop_options_init(&o);
+  o.slow_step_ms = slow_step_ms;
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, &o));
+  assert_mm_ok(mm_loop_start(loop));
+  return loop;
+}
+
+static mm_coro_t *spawn_named(mm_loop_t *loop, mm_fn fn, void *arg,
+                              const char *name) {
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  so.name = name;
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn_ex(loop, fn, arg, &so, &c));
+  return c;
+}
+
+#define LIVE_REPORT "has held the loop for "
+
+/* Checks the live report's first line and returns its ms. */
+static unsigned check_live_line(const char *msg, const char *head,
+                                unsigned slow_step_ms) {
+  if (strncmp(msg, head, strlen(head)) != 0)
+    fail_msg("the report does not start with \"%s\":\n%s", head, msg);
+  unsigned ms;
+  char tail[160];
+  if (sscanf(msg + strlen(head), "%u ms so far without suspending "
+             "(slow_step_ms = %159[^)])", &ms, tail) != 2)
+    fail_msg("the report's first line is not as expected:\n%s", msg);
+  char want[32];
+  snprintf(want, sizeof want, "%u", slow_step_ms);
+  assert_string_equal(tail, want);
+  assert_true(ms >= slow_step_ms);
+  return ms;
+}
+
+static void test_a_coroutine_holding_the_loop_is_reported_while_it_holds_it(
+    void **state) {
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop = watched_loop(20);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, hold_until_released, &h, "hog");
+
+  sink_wait(&s, LIVE_REPORT, 1);   /* it is still holding the loop */
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  /* Counted at the first report, while it still ran; once in all. */
+  assert_int_equal(st.slow_steps, 1);
+  int level;
+  const char *r = sink_find(&s, LIVE_REPORT, 0, &level);
+  assert_int_equal(level, MM_LOG_WARN);
+  check_live_line(r, "coroutine 1 'hog', spawned with hold_until_released, "
+                  LIVE_REPORT, 20);
+  const char *bt = strstr(r, "); the loop thread's backtrace:\n  #0 ");
+  if (bt == NULL)
+    fail_msg("no backtrace in the report:\n%s", r);
+  /* The interrupted frame, then its callers, on the coroutine's stack. */
+  if (strstr(bt, "(hold_until_released+0x") == NULL)
+    fail_msg("the backtrace does not show the coroutine's function:\n%s", r);
+  /* The step's end: the total, at INFO since it was reported already. */
+  const char *end = sink_find(&s, "coroutine 1 'hog' held the loop for ", 0,
+                              &level);
+  if (end == NULL) {
+    sink_print(&s);
+    fail_msg("no line at the step's end");
+  }
+  assert_int_equal(level, MM_LOG_INFO);
+  assert_non_null(strstr(end, " ms without suspending (slow_step_ms = 20)"));
+  sink_free(&s);
+}
+
+static void test_a_function_without_a_dynamic_symbol_is_given_by_module(
+    void **state) {
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop = watched_loop(20);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, hold_anonymously, &h, "anon");
+  sink_wait(&s, LIVE_REPORT, 1);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  const char *r = sink_find(&s, LIVE_REPORT, 0, NULL);
+  char head[128];
+  snprintf(head, sizeof head, "coroutine 1 'anon', spawned with %p "
+           "(test-reports+0x", (void *) (uintptr_t) hold_anonymously);
+  if (strncmp(r, head, strlen(head)) != 0)
+    fail_msg("expected \"%s...\", got:\n%s", head, r);
+  const char *rest = strstr(r, "), " LIVE_REPORT);
+  assert_non_null(rest);
+  sink_free(&s);
+}
+
+static void test_a_step_that_goes_on_is_reported_again_after_a_second(
+    void **state) {
+  sink_t s;
+  sink_start(&s);
+  /* Repeats come every 10 x slow_step_ms, at least 1 s apart. */
+  mm_loop_t *loop = watched_loop(20);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, hold_until_released, &h, "stuck");
+  sink_wait(&s, LIVE_REPORT, 2);
+  int reports = sink_count(&s, LIVE_REPORT);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  assert_int_equal(reports, 2);
+  assert_int_equal(st.slow_steps, 1);
+  const char *head = "coroutine 1 'stuck', spawned with hold_until_released, "
+                     LIVE_REPORT;
+  unsigned first = check_live_line(sink_find(&s, LIVE_REPORT, 0, NULL), head,
+                                   20);
+  unsigned second = check_live_line(sink_find(&s, LIVE_REPORT, 1, NULL), head,
+                                    20);
+  assert_true(second >= first + 1000);
+  sink_free(&s);
+}
+
+static int yield_many(void *arg) {
+  for (int i = 0; i < 10000; i++)
+    if (mm_yield() != 0)
+      return -1;
+  return 0;
+}
+
+static void test_short_steps_are_neither_reported_nor_counted(void **state) {
+  sink_t s;
+  sink_start(&s);
+  mm_loop_options_t o;
+  mm_loop_options_init(&o);
+  o.slow_step_ms = 1000;
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, &o));
+  mm_coro_t *c[4];
+  for (int i = 0; i < 4; i++)
+    assert_mm_ok(mm_spawn(loop, yield_many, NULL, &c[i]));
+  assert_mm_ok(mm_loop_run(loop));
+  for (int i = 0; i < 4; i++)
+    assert_mm_ok(mm_join(c[i]));
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+  assert_int_equal(st.slow_steps, 0);
+  if (s.n != 0) {
+    sink_print(&s);
+    fail_msg("short steps were reported");
+  }
+  sink_free(&s);
+}
+
+static void programs_own(int sig) {
+}
+
+static void test_the_program_s_own_sigurg_handler_is_left_alone(
+    void **state) {
+  struct sigaction sa, old, now;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = programs_own;
+  sigemptyset(&sa.sa_mask);
+  assert_int_equal(sigaction(SIGURG, &sa, &old), 0);
+
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop = watched_loop(20);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, hold_until_released, &h, "hog");
+  sink_wait(&s, LIVE_REPORT, 1);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  assert_int_equal(sigaction(SIGURG, &old, &now), 0);
+  assert_ptr_equal(now.sa_handler, programs_own);
+  const char *r = sink_find(&s, LIVE_REPORT, 0, NULL);
+  check_live_line(r, "a coroutine (step 1 of the loop) " LIVE_REPORT, 20);
+  assert_non_null(strstr(r, "(slow_step_ms = 20); no name, function or "
+                         "backtrace: SIGURG has a handler of the program's, "
+                         "so the watchdog does not signal the loop thread"));
+  /* The step's end names it. */
+  assert_non_null(sink_find(&s, "coroutine 1 'hog' held the loop for ", 0,
+                            NULL));
+  sink_free(&s);
+}
+
+static void test_the_sigurg_handler_goes_with_the_last_watchdog(
+    void **state) {
+  struct sigaction now;
+  mm_loop_t *a = watched_loop(50), *b = watched_loop(50);
+  assert_int_equal(sigaction(SIGURG, NULL, &now), 0);
+  assert_true(now.sa_flags & SA_SIGINFO);   /* ours */
+  assert_mm_ok(mm_loop_free(a));
+  assert_int_equal(sigaction(SIGURG, NULL, &now), 0);
+  assert_true(now.sa_flags & SA_SIGINFO);   /* b still has a watchdog */
+  assert_mm_ok(mm_loop_free(b));
+  assert_int_equal(sigaction(SIGURG, NULL, &now), 0);
+  assert_false(now.sa_flags & SA_SIGINFO);
+  assert_ptr_equal(now.sa_handler, SIG_DFL);
 }
 
 
@@ -253,6 +495,12 @@ static void test_loop_free_reports_a_coroutine_that_never_ran(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+    mm_test(test_a_coroutine_holding_the_loop_is_reported_while_it_holds_it),
+    mm_test(test_a_function_without_a_dynamic_symbol_is_given_by_module),
+    mm_test(test_a_step_that_goes_on_is_reported_again_after_a_second),
+    mm_test(test_short_steps_are_neither_reported_nor_counted),
+    mm_test(test_the_program_s_own_sigurg_handler_is_left_alone),
+    mm_test(test_the_sigurg_handler_goes_with_the_last_watchdog),
     mm_test(test_a_detached_coroutine_that_fails_is_reported_when_it_ends),
     mm_test(test_a_detached_coroutine_cancelled_by_loop_free_is_not_a_failure),
     mm_test(test_loop_free_reports_each_live_coroutine_of_a_started_loop),
