@@ -591,7 +591,14 @@ int mm__watchdog_start(mm_loop_t *loop) {
     goto err_free;
   pthread_mutex_init(&wd->mu, NULL);
   sig_acquire();
-  if (pthread_create(&wd->thread, NULL, watchdog_main, wd) != 0) {
+  /* The thread takes no signal of the program's (nor a stray SIGURG):
+   * it starts with all blocked. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  r = pthread_create(&wd->thread, NULL, watchdog_main, wd);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r != 0) {
     r = EAGAIN;
     goto err_sig;
   }

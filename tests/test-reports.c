@@ -98,9 +98,9 @@ typedef struct {
 } hold_t;
 
 /* Busy-waits without suspending until the test sets release.  Not static:
- * the report names it.  The sched_yield() gives the thread, not the loop,
- * away; under TSan it is also where a signal for this thread is handled
- * (TSan defers asynchronous signals to the next intercepted call). */
+ * the report names it.  sched_yield() gives the CPU away, not the loop:
+ * the watchdog and the test thread may need it (two CPUs, or Valgrind,
+ * which runs one thread at a time). */
 int hold_until_released(void *arg) {
   hold_t *h = arg;
   while (!atomic_load_explicit(&h->release, memory_order_acquire))
