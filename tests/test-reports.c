@@ -314,6 +314,36 @@ static void test_the_program_s_own_sigurg_handler_is_left_alone(
   sink_free(&s);
 }
 
+static void test_a_loop_thread_blocking_sigurg_is_reported_without_backtrace(
+    void **state) {
+  /* The loop's thread inherits this thread's mask: SIGURG stays pending
+   * there, and the watchdog gives up its request after 1 s. */
+  sigset_t urg, old;
+  sigemptyset(&urg);
+  sigaddset(&urg, SIGURG);
+  assert_int_equal(pthread_sigmask(SIG_BLOCK, &urg, &old), 0);
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop = watched_loop(20);
+  assert_int_equal(pthread_sigmask(SIG_SETMASK, &old, NULL), 0);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, hold_until_released, &h, "masked");
+  sink_wait(&s, LIVE_REPORT, 1);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+
+  const char *r = sink_find(&s, LIVE_REPORT, 0, NULL);
+  unsigned ms = check_live_line(r, "a coroutine (step 1 of the loop) "
+                                LIVE_REPORT, 20);
+  assert_true(ms >= 1000);   /* measured after the wait */
+  assert_non_null(strstr(r, "(slow_step_ms = 20); no name, function or "
+                         "backtrace: the loop thread did not answer SIGURG "
+                         "within 1000 ms (blocked in its signal mask?)"));
+  sink_free(&s);
+}
+
 static void test_the_sigurg_handler_goes_with_the_last_watchdog(
     void **state) {
   struct sigaction now;
@@ -500,6 +530,7 @@ int main(void) {
     mm_test(test_a_step_that_goes_on_is_reported_again_after_a_second),
     mm_test(test_short_steps_are_neither_reported_nor_counted),
     mm_test(test_the_program_s_own_sigurg_handler_is_left_alone),
+    mm_test(test_a_loop_thread_blocking_sigurg_is_reported_without_backtrace),
     mm_test(test_the_sigurg_handler_goes_with_the_last_watchdog),
     mm_test(test_a_detached_coroutine_that_fails_is_reported_when_it_ends),
     mm_test(test_a_detached_coroutine_cancelled_by_loop_free_is_not_a_failure),
