@@ -59,17 +59,18 @@
  * backtrace_symbols(3) afterwards, outside the handler.  (The unwinder
  * finds frames through _dl_find_object, lock-free, with glibc >= 2.35 and
  * libgcc >= 12; older ones take the loader's lock in dl_iterate_phdr, and
- * a step interrupted inside dlopen would then hang the handler.)  The signal
- * interrupts a blocking system call the step is making; with SA_RESTART
- * most resume, but some (nanosleep, poll with a timeout) return EINTR:
- * a step that sleeps on the loop thread is what is being reported.
+ * a step interrupted inside dlopen would then hang the handler.)
+ *   The signal interrupts a blocking system call the step is making; with
+ * SA_RESTART most resume, but some (nanosleep, poll with a timeout) return
+ * EINTR: a step that sleeps on the loop thread is what is being reported.
  *
  * The request (struct sample, one per process): its state moves
  *
- *     IDLE --watchdog--> ASKED --handler--> TAKING --handler--> DONE
- *       ^                  |                                      |
- *       +--watchdog (gave up: no answer in time) <----------------+
- *                                               (watchdog: read it)
+ *     IDLE --watchdog: ask--> ASKED --handler: claim--> TAKING
+ *      ^ ^                      |                           |
+ *      | +--watchdog: take back-+ (no answer in time)       | handler:
+ *      |                                                    v answer
+ *      +--------------- watchdog: read the answer ------- DONE
  *
  * The watchdog writes the question (loop, step) and then stores ASKED
  * (release); the handler claims it by CAS ASKED -> TAKING (acquire), so
