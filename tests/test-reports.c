@@ -344,6 +344,57 @@ static void test_a_loop_thread_blocking_sigurg_is_reported_without_backtrace(
   sink_free(&s);
 }
 
+/* In a forked child: frees the loop it inherited (whose watchdog thread
+ * stayed with the parent), then has its own loop's watchdog report. */
+static void child_watches_its_own_loop(void *arg) {
+  mm_loop_t *inherited = arg;
+  if (mm_loop_free(inherited) != 0)
+    _exit(2);
+#ifdef MM_TEST_TSAN
+  /* TSan does not let a forked child start threads. */
+  _exit(0);
+#endif
+  sink_t s;
+  sink_start(&s);
+  mm_loop_t *loop;
+  mm_loop_options_t o;
+  mm_loop_options_init(&o);
+  o.slow_step_ms = 20;
+  if (mm_loop_new(&loop, &o) != 0 || mm_loop_start(loop) != 0)
+    _exit(3);
+  hold_t h = { 0 };
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  so.name = "child-hog";
+  mm_coro_t *c;
+  if (mm_spawn_ex(loop, hold_until_released, &h, &so, &c) != 0)
+    _exit(4);
+  sink_wait(&s, LIVE_REPORT, 1);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  if (mm_join(c) != 0 || mm_loop_free(loop) != 0)
+    _exit(5);
+  mm_set_log(NULL, NULL);
+  int reports = sink_count(&s, "coroutine 1 'child-hog', spawned with "
+                           "hold_until_released, " LIVE_REPORT);
+  sink_free(&s);
+  if (reports != 1)
+    _exit(6);
+}
+
+static void test_a_forked_child_frees_a_watched_loop_and_watches_its_own(
+    void **state) {
+  mm_loop_t *loop = watched_loop(20);
+  mm_test_child_t *res = malloc(sizeof *res);
+  assert_non_null(res);
+  int forked = mm_test_fork(child_watches_its_own_loop, loop, res);
+  assert_mm_ok(mm_loop_free(loop));
+  assert_int_equal(forked, 0);
+  if (!res->exited || res->code != 0)
+    fail_msg("the child %s %d:\n%s", res->exited ? "exited with" :
+             "was killed by signal", res->code, res->out);
+  free(res);
+}
+
 static void test_the_sigurg_handler_goes_with_the_last_watchdog(
     void **state) {
   struct sigaction now;
@@ -531,6 +582,7 @@ int main(void) {
     mm_test(test_short_steps_are_neither_reported_nor_counted),
     mm_test(test_the_program_s_own_sigurg_handler_is_left_alone),
     mm_test(test_a_loop_thread_blocking_sigurg_is_reported_without_backtrace),
+    mm_test(test_a_forked_child_frees_a_watched_loop_and_watches_its_own),
     mm_test(test_the_sigurg_handler_goes_with_the_last_watchdog),
     mm_test(test_a_detached_coroutine_that_fails_is_reported_when_it_ends),
     mm_test(test_a_detached_coroutine_cancelled_by_loop_free_is_not_a_failure),
