@@ -74,29 +74,54 @@ typedef struct mm_loop_options {
   unsigned pool_min_threads;  /* workers kept alive; default 0 */
   unsigned pool_max_threads;  /* 0 = default: 64 */
   unsigned pool_idle_ms;      /* idle worker exits after this; 0 = 10000 */
-  unsigned slow_step_ms;      /* warn when one coroutine step holds the loop
-                                 this long; 0 = off, unless the environment
-                                 has MIXMODE_DEBUG=1, which sets 100 */
+  unsigned slow_step_ms;      /* report a coroutine step that holds the
+                                 loop this long, while it holds it (below);
+                                 0 = off, unless the environment has
+                                 MIXMODE_DEBUG=1, which sets 100 */
 } mm_loop_options_t;
+
+/* slow_step_ms: a loop with it set has a watchdog thread, which wakes
+ * about once per slow_step_ms and otherwise sleeps.  When one coroutine
+ * has run for slow_step_ms without suspending, it logs a warning while
+ * the coroutine still runs: the coroutine's id and name, the function it
+ * was spawned with, how long so far, and the loop thread's backtrace;
+ * again each time the same step has gone on for another 10 x slow_step_ms
+ * (at least 1 s), and once more, with the total, when the step ends (at
+ * INFO; a step that ended before the watchdog saw it gets that line as a
+ * warning instead).  mm_stats_t.slow_steps counts each such step once.
+ * Function names come from the dynamic symbol table: link the program
+ * with -rdynamic to see its own (otherwise the module and offset are
+ * given, for addr2line).
+ *   The backtrace is taken by sending SIGURG to the loop thread, whose
+ * handler records it.  The handler is installed only if SIGURG has no
+ * handler when the first such loop is made (and MIXMODE_NO_SIGNALS is not
+ * 1), and removed with the last one; if the program uses SIGURG, or
+ * blocks it on the loop thread, the warning says so and has no name,
+ * function or backtrace.  The signal interrupts a system call the step is
+ * blocked in: most are restarted, but some (nanosleep, poll) return
+ * EINTR. */
 
 /* Fills o with the defaults.  Any thread. */
 MM_EXTERN void mm_loop_options_init(mm_loop_options_t *o);
 
 /* Creates a loop with its own libuv loop.  o may be NULL (defaults).
- * Any thread.  Errors: -EINVAL (loop NULL, bad options), -ENOMEM, or a
- * libuv error when the uv loop cannot be initialised.
+ * Any thread.  Errors: -EINVAL (loop NULL, bad options), -ENOMEM, -EAGAIN
+ * (with slow_step_ms: no thread for its watchdog), or a libuv error when
+ * the uv loop cannot be initialised.
  *
  * The first loop of the process (made by this or mm_loop_from_uv)
  * installs a SIGSEGV/SIGBUS handler that names a coroutine whose stack
  * overflowed.  It is installed once, in front of the handler there then,
  * and hands everything else to that one (a raised SIGSEGV still kills).
- * MIXMODE_NO_SIGNALS=1 in the environment leaves the signals alone. */
+ * MIXMODE_NO_SIGNALS=1 in the environment leaves the signals alone (and
+ * the slow-step watchdog's SIGURG, see slow_step_ms). */
 MM_EXTERN int mm_loop_new(mm_loop_t **loop, const mm_loop_options_t *o);
 
 /* Creates a loop on an existing libuv loop that the user keeps running with
  * uv_run().  mm_loop_free() then closes the handles it added and runs uv
  * until they are closed, so that uv_loop_close(uv) succeeds afterwards.
- * Call it on the thread that runs uv.  Errors: -EINVAL, -ENOMEM. */
+ * Call it on the thread that runs uv.  Errors: -EINVAL, -ENOMEM, -EAGAIN
+ * (as mm_loop_new). */
 MM_EXTERN int mm_loop_from_uv(mm_loop_t **loop, uv_loop_t *uv,
                               const mm_loop_options_t *o);
 
@@ -127,12 +152,14 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
 
 /* Shuts the loop down and frees it: stops it, cancels live coroutines and
  * lets them finish (running the loop on the calling thread when nobody else
- * does), joins the threads it started, reports through the log coroutine
- * handles never joined, and releases everything.  Not from the loop's own
- * thread while it runs (-EBUSY; the loop is left untouched), nor from a
- * thread the loop would wait for -- its workers, lanes and sensitive
- * thread, or any thread running a blocking call for one of its coroutines
- * (-EDEADLK; the loop is left usable).
+ * does), joins the threads it started, and releases everything.  It logs a
+ * warning for each coroutine still alive when it is called (id, name,
+ * state as mm_loop_dump gives it, age in ms) and for each coroutine handle
+ * never joined.  Not from the loop's own thread while it runs (-EBUSY; the
+ * loop is left untouched), nor from a thread the loop would wait for --
+ * its workers, lanes and sensitive thread, or any thread running a
+ * blocking call for one of its coroutines (-EDEADLK; the loop is left
+ * usable).
  * Handles of the loop's coroutines are invalid afterwards.
  * Errors: -EINVAL, -EBUSY, -EDEADLK.
  *
@@ -191,8 +218,12 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 MM_EXTERN int mm_join(mm_coro_t *coro);
 
 /* Gives up the handle: the coroutine runs on and is freed when it ends.
- * Any thread.  Errors: -EINVAL (NULL, already detached or joined: a
- * stale handle). */
+ * Nobody sees its status then, so a failure is logged as a warning when it
+ * ends (id, name, status and its mm_strerror text): any status but 0,
+ * except -ECANCELED after a cancellation that was asked for (the loop's
+ * stop or free, an mm_cancel before the detach).  The same holds for a
+ * coroutine spawned without a handle.  Any thread.
+ * Errors: -EINVAL (NULL, already detached or joined: a stale handle). */
 MM_EXTERN int mm_detach(mm_coro_t *coro);
 
 /* Requests cancellation.  Any thread.  The coroutine's current suspension
@@ -459,7 +490,9 @@ typedef struct mm_stats {
   uint64_t sync_running;        /* running on a worker now */
   uint64_t async_calls;         /* mm_run_async calls made */
   unsigned pool_threads, pool_idle;
-  uint64_t slow_steps;          /* steps longer than slow_step_ms */
+  uint64_t slow_steps;          /* steps of slow_step_ms or more, each
+                                   counted once: at the watchdog's first
+                                   report, or at its end */
 } mm_stats_t;
 
 /* Fills st with the loop's counters.  Any thread.  Each counter is exact

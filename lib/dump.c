@@ -7,7 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 
-static const char *state_name(enum mm__coro_state s) {
+const char *mm__coro_state_name(enum mm__coro_state s) {
   switch (s) {
   case MM__CORO_READY:   return "ready";
   case MM__CORO_RUNNING: return "running";
@@ -22,7 +22,8 @@ static void dump_here(mm_loop_t *loop, FILE *out) {
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
     fprintf(out, "coroutine %" PRIu64 " '%s' %s%s, age %" PRIu64 " ms\n",
-            c->id, c->name != NULL ? c->name : "", state_name(c->state),
+            c->id, c->name != NULL ? c->name : "",
+            mm__coro_state_name(c->state),
             mm__coro_cancel_reason(c) != 0 ? " (cancelled)" : "",
             (now - c->born) / 1000000);
   }

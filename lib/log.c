@@ -46,7 +46,10 @@ void mm__log(int level, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
+  mm__log_str(level, msg);
+}
 
+void mm__log_str(int level, const char *msg) {
   pthread_mutex_lock(&sink_mu);
   mm_log_fn fn = sink_fn;
   void *data = sink_data;

@@ -444,6 +444,11 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   if (loop->opt.stack_size > MAX_STACK_SIZE ||
       loop->opt.pool_min_threads > loop->opt.pool_max_threads)
     return -EINVAL;
+  if (loop->opt.slow_step_ms != 0) {
+    int r = mm__watchdog_start(loop);
+    if (r != 0)
+      return r;
+  }
 
   mm__guard_install();
   mm__fork_init();
@@ -460,8 +465,10 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   atomic_init(&loop->driven, false);
 
   int r = uv_async_init(loop->uv, &loop->async, on_async);
-  if (r != 0)
+  if (r != 0) {
+    mm__watchdog_stop(loop);
     return r;
+  }
   loop->async.data = loop;
   uv_unref((uv_handle_t *) &loop->async);
   uv_idle_init(loop->uv, &loop->idle);
@@ -660,16 +667,19 @@ static void reap_zombies(mm_loop_t *loop) {
   }
 }
 
-static void report_live(mm_loop_t *loop) {
-  uint64_t live = mm__counter_get(&loop->nlive);
-  if (live != 0)
-    mm__log(MM_LOG_WARN, "mm_loop_free: cancelling %" PRIu64 " live "
-            "coroutine(s)", live);
+/* A warning per coroutine still alive when mm_loop_free is called: name,
+ * state and age as mm_loop_dump gives them.  The live list belongs to the
+ * loop's thread: walked there, or here with the loop undriven under mu. */
+static void report_live_here(mm_loop_t *loop) {
+  uint64_t now = uv_hrtime();
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
-    mm__log(MM_LOG_INFO, "mm_loop_free: cancelling live coroutine %" PRIu64
-            " '%s'", c->id, c->name != NULL ? c->name : "");
+    mm__log(MM_LOG_WARN, "mm_loop_free: coroutine %" PRIu64 " '%s' is "
+            "still alive (%s%s, age %" PRIu64 " ms); cancelling it", c->id,
+            c->name != NULL ? c->name : "", mm__coro_state_name(c->state),
+            mm__coro_cancel_reason(c) != 0 ? ", cancelled" : "",
+            (now - c->born) / 1000000);
   }
 }
 
@@ -748,9 +758,62 @@ static int free_inherited(mm_loop_t *loop) {
   mm__cache_free(loop);
   mm__timers_free(loop);
   close_uv(loop);
+  mm__watchdog_stop(loop);    /* its thread is the parent's: not joined */
   /* mu and cv are not destroyed: a thread left behind may hold mu. */
   free(loop);
   return 0;
+}
+
+/* A request to the loop's thread to report, on the freeing thread's
+ * stack.  The loop's thread sets done under mu and signals; its unlock
+ * is its last access, and the freeing thread cannot return (and pop the
+ * struct) before it has the mutex back. */
+typedef struct report_req {
+  mm__loop_task_t task;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;                  /* protected by mu */
+} report_req_t;
+
+static void report_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
+  report_req_t *q = container_of(t, report_req_t, task);
+  report_live_here(loop);
+  pthread_mutex_lock(&q->mu);
+  q->done = true;
+  pthread_cond_signal(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+}
+
+/* Before mm_loop_free stops the loop, while the coroutines are as the
+ * program left them: a driver on another thread (mm_loop_start's, or a
+ * mm_loop_run) cancels them and waits for their end as soon as it sees
+ * the stop.  A loop already stopping by then (mm_loop_stop) is being
+ * emptied by its driver: nothing to report from here. */
+static void report_live(mm_loop_t *loop) {
+  if (mm__on_loop_thread(loop)) {
+    report_live_here(loop);
+    return;
+  }
+  pthread_mutex_lock(&loop->mu);
+  if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
+    report_live_here(loop);
+    pthread_mutex_unlock(&loop->mu);
+    return;
+  }
+  pthread_mutex_unlock(&loop->mu);
+  report_req_t q;
+  q.task.run = report_task;
+  q.done = false;
+  pthread_mutex_init(&q.mu, NULL);
+  pthread_cond_init(&q.cv, NULL);
+  if (mm__loop_submit(loop, &q.task) == 0) {
+    pthread_mutex_lock(&q.mu);
+    while (!q.done)
+      pthread_cond_wait(&q.cv, &q.mu);
+    pthread_mutex_unlock(&q.mu);
+  }
+  pthread_mutex_destroy(&q.mu);
+  pthread_cond_destroy(&q.cv);
 }
 
 int mm_loop_free(mm_loop_t *loop) {
@@ -771,6 +834,7 @@ int mm_loop_free(mm_loop_t *loop) {
   if (loop->borrowed && !mm__on_loop_thread(loop))
     return -EBUSY;
 
+  report_live(loop);
   pthread_mutex_lock(&loop->mu);
   atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_seq_cst);
   bool bg = loop->background;
@@ -795,7 +859,6 @@ int mm_loop_free(mm_loop_t *loop) {
 
   /* Finish what is left on this thread: cancelled coroutines run to their
    * end, owed releases arrive. */
-  report_live(loop);
   drive(loop);
 
   /* Posters still inside push_remote or mm__loop_submit touch
@@ -815,6 +878,8 @@ int mm_loop_free(mm_loop_t *loop) {
   close_handles(loop);
   mm__tls.loop = NULL;
 
+  /* The watchdog reads the loop's step fields: joined before it goes. */
+  mm__watchdog_stop(loop);
   mm__cache_free(loop);
   mm__timers_free(loop);
   close_uv(loop);

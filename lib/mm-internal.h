@@ -130,6 +130,8 @@ static inline bool mm__set_reason(_Atomic int *r, int reason) {
 /* ---- log.c --------------------------------------------------------------- */
 __attribute__((format(printf, 2, 3))) void mm__log(int level,
                                                    const char *fmt, ...);
+/* A message of any length, as it is (mm__log truncates at 511 bytes). */
+void mm__log_str(int level, const char *msg);
 
 /* ---- timer.c: a per-loop heap of timers driven by one uv_timer ---------- */
 typedef struct mm__timer mm__timer_t;
@@ -417,7 +419,17 @@ struct mm_loop {
   mm_coro_t *back;            /* the coroutine that last switched to sched */
   mm_coro_t *switch_from;     /* who made the latest switch (NULL: sched) */
   unsigned budget;            /* steps left before libuv polls again */
-  uint64_t step_start;        /* uv_hrtime() at the step's start, if timed */
+  /* With slow_step_ms: published for the watchdog (watchdog.c, "What the
+   * loop thread publishes"); stored by the loop thread only, relaxed. */
+  _Atomic uint64_t step_seq;    /* the current or last step's number */
+  _Atomic uint64_t step_start;  /* uv_hrtime() at its start; 0 between */
+  _Atomic int step_tid;         /* kernel id of the thread running steps */
+  pthread_t step_thread;        /* loop thread: who stored step_tid */
+  _Atomic uint64_t step_counted; /* the last slow step counted: exchanged
+                                    by step_end and the watchdog (acq_rel),
+                                    whoever gets another number counts */
+  struct mm__watchdog *watchdog; /* NULL unless slow_step_ms; set before
+                                    the loop is used, freed by free */
   mm__list_t ready;           /* mm_coro_t.link */
   mm__list_t live;            /* mm_coro_t.all: admitted, not ended */
   mm__list_t zombies;         /* mm_coro_t.all: ended, handle not given back */
@@ -466,7 +478,8 @@ struct mm_loop {
 
   /* statistics */
   _Atomic uint64_t coros_spawned;
-  _Atomic uint64_t slow_steps;  /* like nlive */
+  _Atomic uint64_t slow_steps;  /* added to by the loop thread and the
+                                   watchdog (fetch_add), read anywhere */
 };
 
 /* What a blocking call run for a coroutine (bridge/) sees of it: the
@@ -585,6 +598,14 @@ mm_coro_t *mm__handle_make(mm_coro_t *c);
 mm_coro_t *mm__handle_pin(const mm_coro_t *h);
 void mm__handle_unpin(mm_coro_t *c);
 void mm__handle_retire(mm_coro_t *c);
+/* dump.c: "ready", "running", "waiting", "ended", as mm_loop_dump says */
+const char *mm__coro_state_name(enum mm__coro_state s);
+
+/* watchdog.c: the slow-step watchdog */
+typedef struct mm__watchdog mm__watchdog_t;
+int  mm__watchdog_start(mm_loop_t *loop);  /* sets loop->watchdog */
+void mm__watchdog_stop(mm_loop_t *loop);   /* joins it; NULL: nothing */
+int  mm__thread_tid(void);                 /* the kernel's id of this thread */
 
 /* guard.c */
 void mm__guard_install(void);   /* once per process */

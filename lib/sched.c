@@ -191,6 +191,16 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   uintptr_t prev = atomic_exchange_explicit(&c->join, MM__JOIN_ENDED,
                                             memory_order_acq_rel);
   if (prev == MM__JOIN_DETACHED) {
+    /* Nobody will see the status: a failure is reported here.  Not a
+     * cancellation that was asked for (the loop's stop or free, or an
+     * mm_cancel before the detach), which is what -ECANCELED from a
+     * cancelled coroutine is; a spawn deadline (-ETIMEDOUT) and every
+     * other non-zero value of fn are. */
+    if (c->status != 0 && !(c->status == -ECANCELED &&
+                            mm__coro_cancel_reason(c) == ECANCELED))
+      mm__log(MM_LOG_WARN, "detached coroutine %" PRIu64 " '%s' failed: "
+              "status %d (%s)", c->id, c->name != NULL ? c->name : "",
+              c->status, mm_strerror(c->status));
     atomic_store_explicit(&c->join, MM__JOIN_FREED, memory_order_relaxed);
     mm__handle_retire(c);
     mm__coro_release(c);
@@ -258,21 +268,49 @@ static void first_run(mm_coro_t *c) {
 static void step_begin(mm_loop_t *loop, mm_coro_t *c) {
   c->state = MM__CORO_RUNNING;
   mm__tls.coro = c;
-  if (loop->opt.slow_step_ms != 0)
-    loop->step_start = uv_hrtime();
+  if (loop->opt.slow_step_ms == 0)
+    return;
+  /* For the watchdog; the orderings are explained at the top of
+   * watchdog.c.  The thread's id is stored only when another thread
+   * starts running the loop's steps. */
+  pthread_t self = pthread_self();
+  if (!pthread_equal(self, loop->step_thread)) {
+    loop->step_thread = self;
+    atomic_store_explicit(&loop->step_tid, mm__thread_tid(),
+                          memory_order_relaxed);
+  }
+  /* The signal handler, on this thread, trusts mm__tls.coro once it sees
+   * the step's number and start: keep the compiler from moving them. */
+  atomic_signal_fence(memory_order_seq_cst);
+  uint64_t seq = atomic_load_explicit(&loop->step_seq, memory_order_relaxed);
+  atomic_store_explicit(&loop->step_seq, seq + 1, memory_order_relaxed);
+  atomic_store_explicit(&loop->step_start, uv_hrtime(), memory_order_relaxed);
 }
 
+/* A step of slow_step_ms or more is counted once (here or by the
+ * watchdog's first report, see watchdog.c) and gets a closing line: a
+ * warning if the watchdog did not report it while it ran (it ended
+ * before the watchdog looked), else the total at INFO. */
 static void step_end(mm_loop_t *loop, mm_coro_t *c) {
   if (loop->opt.slow_step_ms == 0)
     return;
-  uint64_t ms = (uv_hrtime() - loop->step_start) / 1000000;
-  if (ms >= loop->opt.slow_step_ms) {
-    mm__counter_add(&loop->slow_steps, 1);
-    mm__log(MM_LOG_WARN, "coroutine %" PRIu64 " '%s' held the loop for "
-            "%" PRIu64 " ms without suspending (slow_step_ms = %u)",
-            c->id, c->name != NULL ? c->name : "", ms,
-            loop->opt.slow_step_ms);
-  }
+  uint64_t now = uv_hrtime();
+  uint64_t start = atomic_load_explicit(&loop->step_start,
+                                        memory_order_relaxed);
+  atomic_store_explicit(&loop->step_start, 0, memory_order_relaxed);
+  atomic_signal_fence(memory_order_seq_cst);
+  uint64_t ms = (now - start) / 1000000;
+  if (ms < loop->opt.slow_step_ms)
+    return;
+  uint64_t seq = atomic_load_explicit(&loop->step_seq, memory_order_relaxed);
+  bool reported = atomic_exchange_explicit(&loop->step_counted, seq,
+                                           memory_order_acq_rel) == seq;
+  if (!reported)
+    atomic_fetch_add_explicit(&loop->slow_steps, 1, memory_order_relaxed);
+  mm__log(reported ? MM_LOG_INFO : MM_LOG_WARN, "coroutine %" PRIu64 " '%s' "
+          "held the loop for %" PRIu64 " ms without suspending "
+          "(slow_step_ms = %u)", c->id, c->name != NULL ? c->name : "", ms,
+          loop->opt.slow_step_ms);
 }
 
 /* The ready coroutine to hand the thread to directly, or NULL for "go back
