@@ -16,7 +16,8 @@ const char *mm__coro_state_name(enum mm__coro_state s) {
   }
 }
 
-static void dump_here(mm_loop_t *loop, FILE *out) {
+static void dump_here(mm_loop_t *loop, void *arg) {
+  FILE *out = arg;
   uint64_t now = uv_hrtime();
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
@@ -30,18 +31,6 @@ static void dump_here(mm_loop_t *loop, FILE *out) {
   fflush(out);
 }
 
-typedef struct dump_req {
-  mm__loop_task_t task;
-  FILE *out;
-  mm__wait_t w;
-} dump_req_t;
-
-static void dump_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
-  dump_req_t *d = container_of(t, dump_req_t, task);
-  dump_here(loop, d->out);
-  mm__wait_complete(&d->w, 0);   /* last access to d */
-}
-
 int mm_loop_dump(mm_loop_t *loop, FILE *out) {
   if (loop == NULL || out == NULL)
     return -EINVAL;
@@ -49,29 +38,5 @@ int mm_loop_dump(mm_loop_t *loop, FILE *out) {
     return -ECHILD;
   if (mm__loop_stopping(loop))
     return -ESHUTDOWN;
-  if (mm__on_loop_thread(loop) ||
-      (mm__tls.coro != NULL && mm__tls.coro->loop == loop)) {
-    dump_here(loop, out);
-    return 0;
-  }
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
-      dump_here(loop, out);
-      pthread_mutex_unlock(&loop->mu);
-      return 0;
-    }
-    pthread_mutex_unlock(&loop->mu);
-  }
-  dump_req_t d;
-  d.task.run = dump_task;
-  d.out = out;
-  int r = mm__wait_init(&d.w);
-  if (r != 0)
-    return r;
-  d.w.cancellable = false;   /* the task will wake us; wait for it */
-  r = mm__loop_submit(loop, &d.task);
-  if (r != 0)
-    return r;
-  return mm__wait_block(&d.w);
+  return mm__loop_call_arg(loop, dump_here, out);
 }

@@ -210,6 +210,50 @@ static void serve_undriven(mm_loop_t *loop) {
   mm__tls.loop = saved;
 }
 
+/* mm__loop_call's request, on the caller's stack until its wait ends. */
+typedef struct call_req {
+  mm__loop_task_t task;
+  void (*fn)(mm_loop_t *loop, void *arg);
+  void *arg;
+  mm__wait_t w;
+} call_req_t;
+
+static void call_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
+  call_req_t *q = container_of(t, call_req_t, task);
+  q->fn(loop, q->arg);
+  mm__wait_complete(&q->w, 0);   /* last access to q */
+}
+
+int mm__loop_call_arg(mm_loop_t *loop, void (*fn)(mm_loop_t *, void *),
+                      void *arg) {
+  if (mm__on_loop_thread(loop)) {
+    fn(loop, arg);
+    return 0;
+  }
+  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
+    pthread_mutex_lock(&loop->mu);
+    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
+      mm_loop_t *saved = mm__tls.loop;
+      mm__tls.loop = loop;
+      fn(loop, arg);
+      mm__tls.loop = saved;
+      pthread_mutex_unlock(&loop->mu);
+      return 0;
+    }
+    pthread_mutex_unlock(&loop->mu);
+  }
+  call_req_t q;
+  q.task.run = call_task;
+  q.fn = fn;
+  q.arg = arg;
+  int r = mm__wait_init(&q.w);
+  if (r != 0)
+    return r;
+  q.w.cancellable = false;   /* the task will end the wait: wait for it */
+  r = mm__loop_submit(loop, &q.task);
+  return r != 0 ? r : mm__wait_block(&q.w);
+}
+
 /* Tasks are taken before the remote queue and run after it: whatever a
  * thread posted before a task (a spawn, a cancel) has then been handled
  * when the task runs (a dump lists that spawn). */
@@ -670,7 +714,8 @@ static void reap_zombies(mm_loop_t *loop) {
 /* A warning per coroutine still alive when mm_loop_free is called: name,
  * state and age as mm_loop_dump gives them.  The live list belongs to the
  * loop's thread: walked there, or here with the loop undriven under mu. */
-static void report_live_here(mm_loop_t *loop) {
+static void report_live_here(mm_loop_t *loop, void *arg) {
+  (void) arg;
   uint64_t now = uv_hrtime();
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
@@ -764,56 +809,13 @@ static int free_inherited(mm_loop_t *loop) {
   return 0;
 }
 
-/* A request to the loop's thread to report, on the freeing thread's
- * stack.  The loop's thread sets done under mu and signals; its unlock
- * is its last access, and the freeing thread cannot return (and pop the
- * struct) before it has the mutex back. */
-typedef struct report_req {
-  mm__loop_task_t task;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bool done;                  /* protected by mu */
-} report_req_t;
-
-static void report_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
-  report_req_t *q = container_of(t, report_req_t, task);
-  report_live_here(loop);
-  pthread_mutex_lock(&q->mu);
-  q->done = true;
-  pthread_cond_signal(&q->cv);
-  pthread_mutex_unlock(&q->mu);
-}
-
 /* Before mm_loop_free stops the loop, while the coroutines are as the
  * program left them: a driver on another thread (mm_loop_start's, or a
  * mm_loop_run) cancels them and waits for their end as soon as it sees
  * the stop.  A loop already stopping by then (mm_loop_stop) is being
  * emptied by its driver: nothing to report from here. */
 static void report_live(mm_loop_t *loop) {
-  if (mm__on_loop_thread(loop)) {
-    report_live_here(loop);
-    return;
-  }
-  pthread_mutex_lock(&loop->mu);
-  if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
-    report_live_here(loop);
-    pthread_mutex_unlock(&loop->mu);
-    return;
-  }
-  pthread_mutex_unlock(&loop->mu);
-  report_req_t q;
-  q.task.run = report_task;
-  q.done = false;
-  pthread_mutex_init(&q.mu, NULL);
-  pthread_cond_init(&q.cv, NULL);
-  if (mm__loop_submit(loop, &q.task) == 0) {
-    pthread_mutex_lock(&q.mu);
-    while (!q.done)
-      pthread_cond_wait(&q.cv, &q.mu);
-    pthread_mutex_unlock(&q.mu);
-  }
-  pthread_mutex_destroy(&q.mu);
-  pthread_cond_destroy(&q.cv);
+  mm__loop_call(loop, report_live_here);
 }
 
 int mm_loop_free(mm_loop_t *loop) {

@@ -540,6 +540,13 @@ struct mm__loop_task {
 /* Any thread.  -ESHUTDOWN once the loop is stopping (then run is never
  * called).  Runs t->run on the loop's thread in posting order. */
 int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t);
+/* Runs fn(loop, arg) on the loop's thread and waits for it: right here on
+ * that thread, or under mu if nobody drives the loop, else as a task.
+ * Colour-blind.  -ESHUTDOWN (then fn never runs) once the loop stops, or
+ * mm__wait_init's errors. */
+int mm__loop_call_arg(mm_loop_t *loop, void (*fn)(mm_loop_t *, void *),
+                      void *arg);
+#define mm__loop_call(loop, fn) mm__loop_call_arg((loop), (fn), NULL)
 
 /* Loop thread.  Spawns fn(arg) for w, which is woken with the status when
  * it ends; no handle exists, so nobody else can cancel or join it (the
