@@ -78,7 +78,7 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
       local = true;
     } else {
       /* Counted before mu is released so that a free cannot finish
-       * before the spawn lands; see run_done() in loop.c. */
+       * before the spawn lands; see run_done() in drive.c. */
       atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
       pthread_mutex_unlock(&loop->mu);
       locked = false;

@@ -1,26 +1,7 @@
-/* Loops: life cycle (new, run, start, stop, free), the drive loop, and the
- * remote queue through which other threads reach a loop.
- *
- * The remote queue is an mm__mpsc stack of coroutines (mm-internal.h) with
- * the event bits kept on each coroutine:
- *
- *   post:  fetch_or(c->remote_bits, bits | QUEUED, acq_rel); only the
- *          poster that set QUEUED pushes c, with a CAS on remote_head
- *          (release: c's fields and bits written before are visible to the
- *          drain), then sends the loop's uv_async (libuv coalesces sends).
- *   drain: exchange(remote_head, NULL, acquire) takes the whole stack at
- *          once; it is reversed into posting order; for each c the drain
- *          reads remote.next first and then exchanges remote_bits to 0
- *          (acq_rel).  After that exchange another poster may push c again,
- *          which is why remote.next was read before.
- *
- * Only the drain pops, so ABA cannot occur.  A poster touches the loop
- * after its push (the uv_async_send, or a drain under mu when nobody
- * drives the loop), so loop->posting counts posters in flight, from
- * mm__loop_push to the end of mm__loop_poke, and mm_loop_free waits for
- * it to drop to zero before the loop's memory goes.  The push and the
- * poke are apart so that mm_cancel can push while its handle's block is
- * pinned (handle.c: a pinned section takes no lock) and poke after.
+/* Loops: options and life cycle -- new, from_uv, run, start, stop, free,
+ * and the free of a loop inherited across fork.  Not here: the remote
+ * queue through which other threads reach a loop (remote.c) and the
+ * drive loop with its libuv callbacks and polling (drive.c).
  *
  * Locks: loop->mu protects driven, background and the state transitions;
  * see mm-internal.h for the order.
@@ -70,216 +51,6 @@ static bool stopping(const mm_loop_t *loop) {
          MM__LOOP_OPEN;
 }
 
-/* ---- remote queue -------------------------------------------------------- */
-
-/* Wakes the loop after a push onto one of its MPSC stacks, if it may be
- * asleep.  Dekker-style with on_prepare: we push (release CAS) and then
- * load asleep, the loop stores asleep = 1 and then loads the heads, with
- * a seq_cst fence on each side; so either we see asleep and send, or the
- * loop sees our node before it lets libuv block.  While the loop is awake
- * it drains at its next prepare without any system call from us. */
-static void wake_if_asleep(mm_loop_t *loop) {
-  atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
-    uv_async_send(&loop->async);
-}
-
-static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
-  if (bits & MM__REMOTE_SPAWN) {
-    mm__coro_admit(c);
-    /* After admit: nlive already counts c when pending drops. */
-    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
-  }
-  if (bits & MM__REMOTE_CANCEL)
-    mm__coro_interrupt(c);
-  if (bits & MM__REMOTE_WAKE)
-    mm__coro_wake_local(c, atomic_load_explicit(&c->remote_status,
-                                                memory_order_relaxed));
-  if (bits & MM__REMOTE_RELEASE)
-    mm__coro_release(c);
-}
-
-mm_loop_t *mm__loop_push(mm_coro_t *c, unsigned bits) {
-  mm_loop_t *loop = c->loop;
-  /* Counted until mm__loop_poke is done with the loop; see
-   * wait_posters() in mm_loop_free. */
-  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_acquire);
-  unsigned prev = atomic_fetch_or_explicit(&c->remote_bits,
-                                           bits | MM__REMOTE_QUEUED,
-                                           memory_order_acq_rel);
-  if (!(prev & MM__REMOTE_QUEUED))
-    mm__mpsc_push(&loop->remote_head, &c->remote);
-  return loop;
-}
-
-static void serve_undriven(mm_loop_t *loop);
-
-/* Sees that what was just queued for the loop is handled: by its driver,
- * woken if it may be asleep, or, if nobody drives the loop, right here
- * under mu (serve_undriven). */
-static void kick(mm_loop_t *loop) {
-  /* driven only turns false once the loop has nothing left that could be
-   * waiting for an event, or under mu below; reading it without the lock
-   * can only send us to the slower path. */
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    bool undriven = !atomic_load_explicit(&loop->driven,
-                                          memory_order_relaxed);
-    if (undriven)
-      serve_undriven(loop);
-    pthread_mutex_unlock(&loop->mu);
-    if (undriven)
-      return;
-  }
-  wake_if_asleep(loop);
-}
-
-void mm__loop_poke(mm_loop_t *loop) {
-  kick(loop);
-  /* Pairs with the acquire load in mm_loop_free: our last access to the
-   * loop happened before. */
-  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
-}
-
-static void run_tasks(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
-  bool shutdown = stopping(loop);
-  while (fifo != NULL) {
-    mm__loop_task_t *t = container_of(fifo, mm__loop_task_t, node);
-    fifo = fifo->next;          /* before run: it may be the last access */
-    t->run(t, loop, shutdown);
-    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
-  }
-}
-
-int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
-  /* No lock: count the task first, then look at the state, both seq_cst.
-   * mm_loop_free stores the state (under mu, seq_cst) and then keeps
-   * driving while pending is not 0 (run_done).  Of the two orders, either
-   * we see STOPPING and take our count back, or free sees our count and
-   * waits for the task, which then runs with shutdown set. */
-  atomic_fetch_add_explicit(&loop->posting, 1, memory_order_seq_cst);
-  atomic_fetch_add_explicit(&loop->pending, 1, memory_order_seq_cst);
-  int state = atomic_load_explicit(&loop->state, memory_order_seq_cst);
-  if (state != MM__LOOP_OPEN) {
-    atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_seq_cst);
-    if (state != MM__LOOP_CLOSING)  /* a driver may wait for pending */
-      uv_async_send(&loop->async);
-    atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
-    return -ESHUTDOWN;
-  }
-  mm__mpsc_push(&loop->tasks, &t->node);
-  kick(loop);   /* a loop stopped while nobody drives it answers here */
-  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
-  return 0;
-}
-
-static void handle_coros(mm_loop_t *loop, mm__mpsc_node_t *fifo) {
-  while (fifo != NULL) {
-    mm_coro_t *c = container_of(fifo, mm_coro_t, remote);
-    fifo = fifo->next;        /* before the exchange: c may be pushed again */
-    unsigned bits = atomic_exchange_explicit(&c->remote_bits, 0,
-                                             memory_order_acq_rel);
-    handle_bits(loop, c, bits);
-  }
-}
-
-static void drain_coros(mm_loop_t *loop) {
-  handle_coros(loop, mm__mpsc_take(&loop->remote_head));
-}
-
-static void process_stop(mm_loop_t *loop);
-static void drain_remote(mm_loop_t *loop);
-
-/* Nobody drives the loop, and this thread holds mu: act as its driver for
- * what cannot wait.  Events for coroutines are handled.  Once the loop is
- * stopping, every waiting caller is answered: requests in the inbox get
- * -ESHUTDOWN and the coroutines admitted meanwhile -- none has run, as
- * mm_loop_run and the background thread only stop driving once no
- * coroutine is left -- end cancelled, which answers their joiners and
- * run_async callers.  Requests for a loop that is open wait for its run. */
-static void serve_undriven(mm_loop_t *loop) {
-  mm_loop_t *saved = mm__tls.loop;
-  mm__tls.loop = loop;
-  if (stopping(loop)) {
-    drain_remote(loop);
-    process_stop(loop);
-    mm__sched_end_unstarted(loop);
-  } else {
-    drain_coros(loop);
-  }
-  mm__tls.loop = saved;
-}
-
-/* mm__loop_call's request, on the caller's stack until its wait ends. */
-typedef struct call_req {
-  mm__loop_task_t task;
-  void (*fn)(mm_loop_t *loop, void *arg);
-  void *arg;
-  mm__wait_t w;
-} call_req_t;
-
-static void call_task(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
-  call_req_t *q = container_of(t, call_req_t, task);
-  q->fn(loop, q->arg);
-  mm__wait_complete(&q->w, 0);   /* last access to q */
-}
-
-int mm__loop_call_arg(mm_loop_t *loop, void (*fn)(mm_loop_t *, void *),
-                      void *arg) {
-  if (mm__on_loop_thread(loop)) {
-    fn(loop, arg);
-    return 0;
-  }
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
-      mm_loop_t *saved = mm__tls.loop;
-      mm__tls.loop = loop;
-      fn(loop, arg);
-      mm__tls.loop = saved;
-      pthread_mutex_unlock(&loop->mu);
-      return 0;
-    }
-    pthread_mutex_unlock(&loop->mu);
-  }
-  call_req_t q;
-  q.task.run = call_task;
-  q.fn = fn;
-  q.arg = arg;
-  int r = mm__wait_init(&q.w);
-  if (r != 0)
-    return r;
-  q.w.cancellable = false;   /* the task will end the wait: wait for it */
-  r = mm__loop_submit(loop, &q.task);
-  return r != 0 ? r : mm__wait_block(&q.w);
-}
-
-/* Tasks are taken before the remote queue and run after it: whatever a
- * thread posted before a task (a spawn, a cancel) has then been handled
- * when the task runs (a dump lists that spawn). */
-static void drain_remote(mm_loop_t *loop) {
-  mm__mpsc_node_t *tasks = mm__mpsc_take(&loop->tasks);
-  handle_coros(loop, mm__mpsc_take(&loop->remote_head));
-  run_tasks(loop, tasks);
-}
-
-/* Hands bits for c to its loop: handled here if this thread drives the
- * loop, else queued, and then handled by its driver or, if nobody drives
- * it, right away by this thread under mu (mm__loop_poke). */
-void mm__loop_post(mm_coro_t *c, unsigned bits) {
-  if (mm__on_loop_thread(c->loop)) {
-    handle_bits(c->loop, c, bits);
-    return;
-  }
-  mm__loop_poke(mm__loop_push(c, bits));
-}
-
-void mm__loop_post_spawn(mm_coro_t *c) {
-  mm_loop_t *loop = mm__loop_push(c, MM__REMOTE_SPAWN);
-  wake_if_asleep(loop);
-  atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
-}
-
 /* ---- handles ------------------------------------------------------------ */
 
 
@@ -302,173 +73,6 @@ void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
   }
   pthread_mutex_unlock(&loop->mu);
   return cur;
-}
-
-/* The async handle keeps uv_run going exactly while the loop has work:
- * live coroutines, released handles owed, spawns in flight, or a
- * background loop that has not been stopped. */
-void mm__loop_update_refs(mm_loop_t *loop) {
-  bool need = mm__counter_get(&loop->nlive) != 0 || loop->njoining != 0 ||
-              atomic_load_explicit(&loop->pending, memory_order_relaxed) ||
-              (loop->background && !stopping(loop));
-  if (need)
-    uv_ref((uv_handle_t *) &loop->async);
-  else
-    uv_unref((uv_handle_t *) &loop->async);
-  /* A borrowed loop's thread counts as "the loop's thread" for -EDEADLK
-   * exactly while the loop has work: then a blocking wait there could
-   * only end through the loop it blocks.  We cannot see the user's uv_run
-   * begin or end, so this is the sound approximation: once the work is
-   * done the thread may block again (join an ended coroutine, sleep). */
-  if (loop->borrowed) {
-    if (need)
-      mm__tls.loop = loop;
-    else if (mm__tls.loop == loop)
-      mm__tls.loop = NULL;
-  }
-}
-
-static void on_idle(uv_idle_t *h) {
-  mm_loop_t *loop = h->data;
-  mm__tls.loop = loop;
-  mm__sched_run_ready(loop);
-}
-
-void mm__loop_wake_ready(mm_loop_t *loop) {
-  uv_idle_start(&loop->idle, on_idle);
-}
-
-static void process_stop(mm_loop_t *loop) {
-  if (!stopping(loop) || loop->stop_done)
-    return;
-  loop->stop_done = true;
-  mm__cancel_all(loop);
-}
-
-static bool heads_empty(mm_loop_t *loop) {
-  return atomic_load_explicit(&loop->remote_head, memory_order_relaxed) ==
-             NULL &&
-         atomic_load_explicit(&loop->tasks, memory_order_relaxed) == NULL;
-}
-
-/* How long the loop polls its queues before it lets libuv block, when
- * answers have lately come back that quickly (DESIGN.md, "Wake-ups cost
- * more than the work"). */
-#define POLL_NS 10000
-
-/* A wake-up that came this soon after the loop went to sleep says that
- * answers come quickly: the next time, poll first.  Larger than POLL_NS
- * because the time measured includes the wake-up itself. */
-#define POLL_WORTH_NS 50000
-
-/* Polling only pays when the thread that answers can run meanwhile: not
- * on one CPU. */
-static bool poll_cpus_ok(void) {
-  return mm__cpu_count() >= 2;
-}
-
-/* Past this much polling, the poll also yields the CPU at each turn: the
- * thread that will answer may be waiting for this very CPU. */
-#define POLL_YIELD_NS 3000
-
-/* Polls the loop's queues for up to POLL_NS, pausing the CPU; returns
- * whether something came. */
-static bool poll_heads(mm_loop_t *loop) {
-  uint64_t t0 = uv_hrtime();
-  uint64_t dt = 0;
-  while (heads_empty(loop) && dt < POLL_NS) {
-    for (int i = 0; i < 32; i++)
-      mm__cpu_relax();
-    if (dt >= POLL_YIELD_NS)
-      sched_yield();
-    dt = uv_hrtime() - t0;
-  }
-  return !heads_empty(loop);
-}
-
-/* Passes of poll-and-run one prepare makes at most before libuv gets its
- * turn (timers, I/O): about POLL_ROUNDS * POLL_NS at worst. */
-#define POLL_ROUNDS 64
-
-/* Right before libuv polls for I/O.  Drains what other threads posted;
- * then announces that the loop may sleep and checks once more (see
- * wake_if_asleep).  While answers to calls in flight come back quickly,
- * it first polls the queues for a bounded time, pausing the CPU, and
- * runs what comes, again and again while answers keep coming that way. */
-static void on_prepare(uv_prepare_t *h) {
-  mm_loop_t *loop = h->data;
-  mm__tls.loop = loop;
-  for (unsigned round = 0;; round++) {
-    if (!heads_empty(loop)) {
-      drain_remote(loop);
-      if (!mm__list_empty(&loop->ready))
-        mm__sched_run_ready(loop);
-    }
-    if (!mm__list_empty(&loop->ready))
-      break;              /* the idle handle keeps libuv from blocking */
-    if (loop->poll_first && poll_cpus_ok()) {
-      if (round == POLL_ROUNDS) {
-        /* libuv's turn, without sleeping: an active idle handle makes
-         * its poll return at once, and we come back here after. */
-        uv_idle_start(&loop->idle, on_idle);
-        break;
-      }
-      loop->poll_first = poll_heads(loop);
-      continue;
-    }
-    atomic_store_explicit(&loop->asleep, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (heads_empty(loop))
-      break;
-    atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
-  }
-  loop->sleep_start = uv_hrtime();
-  mm__loop_update_refs(loop);
-}
-
-/* Right after libuv polled: awake again. */
-static void on_check(uv_check_t *h) {
-  mm_loop_t *loop = h->data;
-  atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
-}
-
-static void on_async(uv_async_t *h) {
-  mm_loop_t *loop = h->data;
-  mm__tls.loop = loop;
-  /* Woken by a post within the polling window: poll first next time. */
-  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
-    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_WORTH_NS;
-  drain_remote(loop);
-  process_stop(loop);
-  /* Run what the drain made ready now rather than in the idle phase of
-   * the next loop pass: that would cost one more epoll_wait per wake. */
-  if (!mm__list_empty(&loop->ready))
-    mm__sched_run_ready(loop);
-  else
-    mm__loop_update_refs(loop);
-}
-
-/* ---- driving ------------------------------------------------------------ */
-
-static bool run_done(mm_loop_t *loop) {
-  return mm__counter_get(&loop->nlive) == 0 && loop->njoining == 0 &&
-         atomic_load_explicit(&loop->pending, memory_order_seq_cst) == 0 &&
-         (!loop->background || stopping(loop));
-}
-
-/* Runs the loop on this thread until run_done().  loop->driven is set. */
-static void drive(mm_loop_t *loop) {
-  mm_loop_t *saved = mm__tls.loop;
-  mm__tls.loop = loop;
-  for (;;) {
-    drain_remote(loop);
-    process_stop(loop);
-    mm__loop_update_refs(loop);
-    if (run_done(loop))
-      break;
-    uv_run(loop->uv, UV_RUN_ONCE);
-  }
-  mm__tls.loop = saved;
 }
 
 static void set_driven(mm_loop_t *loop, bool on) {
@@ -508,24 +112,11 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   atomic_init(&loop->state, MM__LOOP_OPEN);
   atomic_init(&loop->driven, false);
 
-  int r = uv_async_init(loop->uv, &loop->async, on_async);
+  int r = mm__loop_handles_init(loop);
   if (r != 0) {
     mm__watchdog_stop(loop);
     return r;
   }
-  loop->async.data = loop;
-  uv_unref((uv_handle_t *) &loop->async);
-  uv_idle_init(loop->uv, &loop->idle);
-  loop->idle.data = loop;
-  uv_unref((uv_handle_t *) &loop->idle);
-  uv_prepare_init(loop->uv, &loop->prepare);
-  loop->prepare.data = loop;
-  uv_prepare_start(&loop->prepare, on_prepare);
-  uv_unref((uv_handle_t *) &loop->prepare);
-  uv_check_init(loop->uv, &loop->check);
-  loop->check.data = loop;
-  uv_check_start(&loop->check, on_check);
-  uv_unref((uv_handle_t *) &loop->check);
   /* Until the loop first runs, every post wakes it. */
   atomic_init(&loop->asleep, 1);
   mm__timers_init(loop);
@@ -615,7 +206,7 @@ int mm_loop_run(mm_loop_t *loop) {
   set_driven(loop, true);
   pthread_mutex_unlock(&loop->mu);
 
-  drive(loop);
+  mm__loop_drive(loop);
 
   pthread_mutex_lock(&loop->mu);
   set_driven(loop, false);
@@ -628,7 +219,7 @@ static void *background_main(void *arg) {
 #ifdef HAVE_PTHREAD_SETNAME_NP
   pthread_setname_np(pthread_self(), "mm-loop");
 #endif
-  drive(loop);
+  mm__loop_drive(loop);
   pthread_mutex_lock(&loop->mu);
   set_driven(loop, false);
   pthread_mutex_unlock(&loop->mu);
@@ -669,13 +260,13 @@ int mm_loop_stop(mm_loop_t *loop) {
   atomic_store_explicit(&loop->state, MM__LOOP_STOPPING, memory_order_seq_cst);
   pthread_mutex_unlock(&loop->mu);
   if (mm__on_loop_thread(loop)) {
-    process_stop(loop);
+    mm__loop_process_stop(loop);
     mm__loop_update_refs(loop);
   } else {
     /* The driver, if any, carries out the stop in on_async; nobody: here,
      * at once (serve_undriven answers every waiting caller). */
     uv_async_send(&loop->async);
-    kick(loop);
+    mm__loop_kick(loop);
   }
   return 0;
 }
@@ -861,7 +452,7 @@ int mm_loop_free(mm_loop_t *loop) {
 
   /* Finish what is left on this thread: cancelled coroutines run to their
    * end, owed releases arrive. */
-  drive(loop);
+  mm__loop_drive(loop);
 
   /* Posters still inside push_remote or mm__loop_submit touch
    * loop->async.  From CLOSING on, a submitter that finds the loop
@@ -871,7 +462,7 @@ int mm_loop_free(mm_loop_t *loop) {
   while (atomic_load_explicit(&loop->posting, memory_order_seq_cst) != 0)
     sched_yield();
   mm__tls.loop = loop;
-  drain_remote(loop);
+  mm__loop_drain(loop);
   reap_zombies(loop);
   void *bridge = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (bridge != NULL)

@@ -6,7 +6,7 @@
  * mm_loop_run(), the loop's background thread (mm_loop_start), or, for a
  * borrowed uv loop, the thread that runs uv_run().  Fields marked "loop
  * thread" are touched only by that driver.  Other threads reach a loop
- * through its remote queue (lock-free, see loop.c) or, for the few
+ * through its remote queue (lock-free, see remote.c) or, for the few
  * life-cycle fields, under loop->mu.
  *
  * Lock order: loop->mu, then a thread waiter's mu (waiter.c).  Nothing is
@@ -362,7 +362,7 @@ struct mm_coro {
    * seq_cst, read by other joiners through pins (coro.c, join cycles). */
   _Atomic(mm_coro_t *) joining;
 
-  /* Remote queue link and events (loop.c). */
+  /* Remote queue link and events (remote.c). */
   _Atomic unsigned remote_bits;
   _Atomic int remote_status;  /* with MM__REMOTE_WAKE */
   mm__mpsc_node_t remote;     /* in loop->remote_head */
@@ -401,7 +401,7 @@ struct mm_loop {
                                  value means inherited across fork */
   mm_loop_options_t opt;
 
-  /* handles; async is ref'd only while the loop has work (loop.c) */
+  /* handles; async is ref'd only while the loop has work (drive.c) */
   uv_async_t async;
   uv_idle_t idle;             /* active while coroutines are ready */
   uv_prepare_t prepare;       /* drains posts before libuv blocks */
@@ -454,7 +454,7 @@ struct mm_loop {
   mm__list_t cache;           /* mm_coro_t.link */
   size_t ncache;
 
-  /* remote queue: a Treiber stack of coroutines, see loop.c */
+  /* remote queue: a Treiber stack of coroutines, see remote.c */
   _Atomic(mm__mpsc_node_t *) remote_head;  /* mm_coro_t.remote */
   _Atomic uint64_t pending;   /* foreign spawns accepted, not yet admitted;
                                  incremented under mu */
@@ -499,7 +499,7 @@ typedef struct mm__proxy {
 typedef struct mm__tls {
   mm_loop_t *loop;            /* loop this thread drives right now (an
                                  owned loop: inside drive(); a borrowed
-                                 one: while it has work, see loop.c) */
+                                 one: while it has work, see drive.c) */
   mm_coro_t *coro;            /* coroutine running on this thread */
   const mm__proxy_t *proxy;   /* the coroutine on whose behalf this thread
                                  runs a blocking call (bridge/), or NULL */
@@ -513,7 +513,7 @@ typedef struct mm__tls {
  * static TLS room for such libraries if it is). */
 extern __thread mm__tls_t mm__tls __attribute__((tls_model("initial-exec")));
 
-/* loop.c */
+/* loop.c, remote.c */
 void mm__loop_post(mm_coro_t *c, unsigned bits);   /* any thread */
 /* mm__loop_post in two steps: push queues the bits (lock-free) and
  * returns c's loop, which stays valid until poke (posting counted);
@@ -524,6 +524,17 @@ void mm__loop_poke(mm_loop_t *loop);
 void mm__loop_post_spawn(mm_coro_t *c);            /* pending counted */
 void mm__loop_update_refs(mm_loop_t *loop);
 void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
+/* remote.c: handles what other threads queued (mu held when nobody
+ * drives the loop); sees queued events handled now (mm__loop_poke without
+ * the posting count). */
+void mm__loop_drain(mm_loop_t *loop);
+void mm__loop_kick(mm_loop_t *loop);
+/* drive.c: the loop's own libuv handles (async, idle, prepare, check);
+ * runs the loop on this thread until it has nothing left; cancels every
+ * live coroutine once the loop is stopping (once). */
+int  mm__loop_handles_init(mm_loop_t *loop);
+void mm__loop_drive(mm_loop_t *loop);
+void mm__loop_process_stop(mm_loop_t *loop);
 bool mm__on_loop_thread(const mm_loop_t *loop);
 /* Made by another process: this is a child forked since.  A system call:
  * for life-cycle calls, not per request. */

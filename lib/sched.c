@@ -8,7 +8,7 @@
  * around mm__ctx_switch below.
  *
  * Loop thread only, except mm_cancel's flag (an atomic CAS) and what it
- * posts through loop.c.  Not done here: loop life cycle (loop.c), handles
+ * posts through remote.c.  Not done here: loop life cycle (loop.c), handles
  * and join (coro.c), memory (stack.c).
  */
 #include "mm-internal.h"

@@ -44,7 +44,7 @@
  * written before the wait was published (the request, the item slot), and
  * a party that finds the word taken (acquire) sees what the winner wrote
  * before claiming.  Delivery to a coroutine of another thread goes through
- * the loop's remote queue (release push, acquire drain: loop.c); delivery
+ * the loop's remote queue (release push, acquire drain: remote.c); delivery
  * to a thread through its waiter's mutex and a release store of done that
  * a spinning waiter reads with acquire (waiter.c).
  */

@@ -1,0 +1,199 @@
+/* Driving a loop: the drive loop of mm_loop_run and the background
+ * thread, the libuv callbacks that run ready coroutines (idle), drain the
+ * remote queue before libuv blocks (prepare), mark the loop awake (check)
+ * and answer a wake-up (async), the bounded polling of the queues while
+ * answers come quickly (DESIGN.md, "Wake-ups cost more than the work"),
+ * and the reference that keeps uv_run going while the loop has work.
+ * Loop thread only.  Not here: the queues themselves (remote.c), the
+ * scheduler (sched.c), life cycle (loop.c).
+ */
+#include "mm-internal.h"
+
+#include <sched.h>
+
+/* The async handle keeps uv_run going exactly while the loop has work:
+ * live coroutines, released handles owed, spawns in flight, or a
+ * background loop that has not been stopped. */
+void mm__loop_update_refs(mm_loop_t *loop) {
+  bool need = mm__counter_get(&loop->nlive) != 0 || loop->njoining != 0 ||
+              atomic_load_explicit(&loop->pending, memory_order_relaxed) ||
+              (loop->background && !mm__loop_stopping(loop));
+  if (need)
+    uv_ref((uv_handle_t *) &loop->async);
+  else
+    uv_unref((uv_handle_t *) &loop->async);
+  /* A borrowed loop's thread counts as "the loop's thread" for -EDEADLK
+   * exactly while the loop has work: then a blocking wait there could
+   * only end through the loop it blocks.  We cannot see the user's uv_run
+   * begin or end, so this is the sound approximation: once the work is
+   * done the thread may block again (join an ended coroutine, sleep). */
+  if (loop->borrowed) {
+    if (need)
+      mm__tls.loop = loop;
+    else if (mm__tls.loop == loop)
+      mm__tls.loop = NULL;
+  }
+}
+
+static void on_idle(uv_idle_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  mm__sched_run_ready(loop);
+}
+
+void mm__loop_wake_ready(mm_loop_t *loop) {
+  uv_idle_start(&loop->idle, on_idle);
+}
+
+void mm__loop_process_stop(mm_loop_t *loop) {
+  if (!mm__loop_stopping(loop) || loop->stop_done)
+    return;
+  loop->stop_done = true;
+  mm__cancel_all(loop);
+}
+
+static bool heads_empty(mm_loop_t *loop) {
+  return atomic_load_explicit(&loop->remote_head, memory_order_relaxed) ==
+             NULL &&
+         atomic_load_explicit(&loop->tasks, memory_order_relaxed) == NULL;
+}
+
+/* How long the loop polls its queues before it lets libuv block, when
+ * answers have lately come back that quickly (DESIGN.md, "Wake-ups cost
+ * more than the work"). */
+#define POLL_NS 10000
+
+/* A wake-up that came this soon after the loop went to sleep says that
+ * answers come quickly: the next time, poll first.  Larger than POLL_NS
+ * because the time measured includes the wake-up itself. */
+#define POLL_WORTH_NS 50000
+
+/* Polling only pays when the thread that answers can run meanwhile: not
+ * on one CPU. */
+static bool poll_cpus_ok(void) {
+  return mm__cpu_count() >= 2;
+}
+
+/* Past this much polling, the poll also yields the CPU at each turn: the
+ * thread that will answer may be waiting for this very CPU. */
+#define POLL_YIELD_NS 3000
+
+/* Polls the loop's queues for up to POLL_NS, pausing the CPU; returns
+ * whether something came. */
+static bool poll_heads(mm_loop_t *loop) {
+  uint64_t t0 = uv_hrtime();
+  uint64_t dt = 0;
+  while (heads_empty(loop) && dt < POLL_NS) {
+    for (int i = 0; i < 32; i++)
+      mm__cpu_relax();
+    if (dt >= POLL_YIELD_NS)
+      sched_yield();
+    dt = uv_hrtime() - t0;
+  }
+  return !heads_empty(loop);
+}
+
+/* Passes of poll-and-run one prepare makes at most before libuv gets its
+ * turn (timers, I/O): about POLL_ROUNDS * POLL_NS at worst. */
+#define POLL_ROUNDS 64
+
+/* Right before libuv polls for I/O.  Drains what other threads posted;
+ * then announces that the loop may sleep and checks once more (see
+ * wake_if_asleep).  While answers to calls in flight come back quickly,
+ * it first polls the queues for a bounded time, pausing the CPU, and
+ * runs what comes, again and again while answers keep coming that way. */
+static void on_prepare(uv_prepare_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  for (unsigned round = 0;; round++) {
+    if (!heads_empty(loop)) {
+      mm__loop_drain(loop);
+      if (!mm__list_empty(&loop->ready))
+        mm__sched_run_ready(loop);
+    }
+    if (!mm__list_empty(&loop->ready))
+      break;              /* the idle handle keeps libuv from blocking */
+    if (loop->poll_first && poll_cpus_ok()) {
+      if (round == POLL_ROUNDS) {
+        /* libuv's turn, without sleeping: an active idle handle makes
+         * its poll return at once, and we come back here after. */
+        uv_idle_start(&loop->idle, on_idle);
+        break;
+      }
+      loop->poll_first = poll_heads(loop);
+      continue;
+    }
+    atomic_store_explicit(&loop->asleep, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (heads_empty(loop))
+      break;
+    atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
+  }
+  loop->sleep_start = uv_hrtime();
+  mm__loop_update_refs(loop);
+}
+
+/* Right after libuv polled: awake again. */
+static void on_check(uv_check_t *h) {
+  mm_loop_t *loop = h->data;
+  atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
+}
+
+static void on_async(uv_async_t *h) {
+  mm_loop_t *loop = h->data;
+  mm__tls.loop = loop;
+  /* Woken by a post within the polling window: poll first next time. */
+  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
+    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_WORTH_NS;
+  mm__loop_drain(loop);
+  mm__loop_process_stop(loop);
+  /* Run what the drain made ready now rather than in the idle phase of
+   * the next loop pass: that would cost one more epoll_wait per wake. */
+  if (!mm__list_empty(&loop->ready))
+    mm__sched_run_ready(loop);
+  else
+    mm__loop_update_refs(loop);
+}
+
+/* ---- driving ------------------------------------------------------------ */
+
+static bool run_done(mm_loop_t *loop) {
+  return mm__counter_get(&loop->nlive) == 0 && loop->njoining == 0 &&
+         atomic_load_explicit(&loop->pending, memory_order_seq_cst) == 0 &&
+         (!loop->background || mm__loop_stopping(loop));
+}
+
+/* Runs the loop on this thread until run_done().  loop->driven is set. */
+void mm__loop_drive(mm_loop_t *loop) {
+  mm_loop_t *saved = mm__tls.loop;
+  mm__tls.loop = loop;
+  for (;;) {
+    mm__loop_drain(loop);
+    mm__loop_process_stop(loop);
+    mm__loop_update_refs(loop);
+    if (run_done(loop))
+      break;
+    uv_run(loop->uv, UV_RUN_ONCE);
+  }
+  mm__tls.loop = saved;
+}
+
+int mm__loop_handles_init(mm_loop_t *loop) {
+  int r = uv_async_init(loop->uv, &loop->async, on_async);
+  if (r != 0)
+    return r;
+  loop->async.data = loop;
+  uv_unref((uv_handle_t *) &loop->async);
+  uv_idle_init(loop->uv, &loop->idle);
+  loop->idle.data = loop;
+  uv_unref((uv_handle_t *) &loop->idle);
+  uv_prepare_init(loop->uv, &loop->prepare);
+  loop->prepare.data = loop;
+  uv_prepare_start(&loop->prepare, on_prepare);
+  uv_unref((uv_handle_t *) &loop->prepare);
+  uv_check_init(loop->uv, &loop->check);
+  loop->check.data = loop;
+  uv_check_start(&loop->check, on_check);
+  uv_unref((uv_handle_t *) &loop->check);
+  return 0;
+}
