@@ -14,12 +14,9 @@ int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
   if (out == NULL)
     return -EINVAL;
   *out = NULL;
-  if (loop == NULL)
-    return -EINVAL;
-  if (mm__loop_inherited(loop))
-    return -ECHILD;
-  if (mm__loop_stopping(loop))
-    return -ESHUTDOWN;
+  int r = mm__loop_check(loop);
+  if (r != 0)
+    return r;
   mm__bridge_t *b = mm__bridge_of(loop);
   if (b == NULL)
     return mm__bridge_error(loop);

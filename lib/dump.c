@@ -32,11 +32,10 @@ static void dump_here(mm_loop_t *loop, void *arg) {
 }
 
 int mm_loop_dump(mm_loop_t *loop, FILE *out) {
-  if (loop == NULL || out == NULL)
+  if (out == NULL)
     return -EINVAL;
-  if (mm__loop_inherited(loop))
-    return -ECHILD;
-  if (mm__loop_stopping(loop))
-    return -ESHUTDOWN;
+  int r = mm__loop_check(loop);
+  if (r != 0)
+    return r;
   return mm__loop_call_arg(loop, dump_here, out);
 }

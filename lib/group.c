@@ -55,12 +55,9 @@ int mm_group_new(mm_loop_t *loop, mm_group_t **out) {
   if (out == NULL)
     return -EINVAL;
   *out = NULL;
-  if (loop == NULL)
-    return -EINVAL;
-  if (mm__loop_inherited(loop))
-    return -ECHILD;
-  if (mm__loop_stopping(loop))
-    return -ESHUTDOWN;
+  int r = mm__loop_check(loop);
+  if (r != 0)
+    return r;
   mm_group_t *g = calloc(1, sizeof(*g));
   if (g == NULL)
     return -ENOMEM;

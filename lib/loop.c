@@ -54,6 +54,14 @@ static bool stopping(const mm_loop_t *loop) {
 /* ---- handles ------------------------------------------------------------ */
 
 
+int mm__loop_check(const mm_loop_t *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (mm__loop_inherited(loop))
+    return -ECHILD;
+  return stopping(loop) ? -ESHUTDOWN : 0;
+}
+
 bool mm__loop_stopping(const mm_loop_t *loop) {
   return stopping(loop);
 }

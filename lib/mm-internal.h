@@ -582,6 +582,9 @@ int mm__join_hook(mm_coro_t *c, bool *loop_stopping,
 void *mm__loop_set_bridge(mm_loop_t *loop, void *bridge,
                           const mm__bridge_ops_t *ops);
 bool mm__loop_stopping(const mm_loop_t *loop);
+/* Whether new work may be given to loop: -EINVAL (NULL), -ECHILD
+ * (inherited across fork), -ESHUTDOWN (stopping), else 0. */
+int mm__loop_check(const mm_loop_t *loop);
 
 /* A counter with one writer (the loop thread) and readers anywhere: a
  * relaxed load and store, no locked instruction. */

@@ -595,21 +595,21 @@ static void test_loop_stop_while_4_threads_call_run_async_answers_every_call(
 
 /* ---- A loop nobody runs ----------------------------------------------- */
 
-/* Issue 8, instance 5: mm_loop_stop answers a thread blocked in
- * mm_run_async on a loop nobody drives at that moment -- never started,
- * or between two mm_loop_run calls -- with -ESHUTDOWN, at once. */
 typedef struct {
   mm_test_log_t    log;
-  mm_test_latch_t  warned;
-} stop_watch_t;
+  mm_test_latch_t  warned;   /* counts "has not run" warnings */
+} warn_watch_t;
 
-static void watch_stop_warning(int level, const char *msg, void *data) {
-  stop_watch_t *w = data;
+static void watch_for_not_run(int level, const char *msg, void *data) {
+  warn_watch_t *w = data;
   mm_test_log_fn(level, msg, &w->log);
   if (level == MM_LOG_WARN && msg != NULL && strstr(msg, "has not run"))
     mm_test_latch_add(&w->warned, 1);
 }
 
+/* Issue 8, instance 5: mm_loop_stop answers a thread blocked in
+ * mm_run_async on a loop nobody drives at that moment -- never started,
+ * or between two mm_loop_run calls -- with -ESHUTDOWN, at once. */
 typedef struct {
   mm_loop_t *loop;
   int result;
@@ -625,10 +625,10 @@ static void *call_and_record(void *arg) {
  * loop does not run (so it surely waits), stops the loop, and checks the
  * answer. */
 static void stop_answers_blocked_caller(mm_loop_t *loop) {
-  stop_watch_t watch;
+  warn_watch_t watch;
   mm_test_log_init(&watch.log);
   mm_test_latch_init(&watch.warned);
-  mm_set_log(watch_stop_warning, &watch);
+  mm_set_log(watch_for_not_run, &watch);
   undriven_caller_t b = { loop, 0 };
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, call_and_record, &b), 0);
@@ -703,18 +703,6 @@ static void test_run_async_on_a_stopping_loop_makes_no_pool(void **state) {
   assert_mm_ok(mm_loop_stats(loop, &st));
   assert_int_equal(st.pool_threads, 0);
   assert_mm_ok(mm_loop_free(loop));
-}
-
-typedef struct {
-  mm_test_log_t    log;
-  mm_test_latch_t  warned;   /* counts "has not run" warnings */
-} warn_watch_t;
-
-static void watch_for_not_run(int level, const char *msg, void *data) {
-  warn_watch_t *w = data;
-  mm_test_log_fn(level, msg, &w->log);
-  if (level == MM_LOG_WARN && msg != NULL && strstr(msg, "has not run"))
-    mm_test_latch_add(&w->warned, 1);
 }
 
 typedef struct {
