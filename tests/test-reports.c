@@ -135,6 +135,21 @@ static mm_coro_t *spawn_named(mm_loop_t *loop, mm_fn fn, void *arg,
 
 #define LIVE_REPORT "has held the loop for "
 
+/* Starts capturing the log in s, runs fn as a coroutine named name on a
+ * watched loop (slow_step_ms = 20) until it has been reported once, lets
+ * it go, and frees the loop; the log is captured no more. */
+static void hog_reported(sink_t *s, mm_fn fn, const char *name) {
+  sink_start(s);
+  mm_loop_t *loop = watched_loop(20);
+  hold_t h = { 0 };
+  mm_coro_t *c = spawn_named(loop, fn, &h, name);
+  sink_wait(s, LIVE_REPORT, 1);
+  atomic_store_explicit(&h.release, 1, memory_order_release);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_set_log(NULL, NULL);
+}
+
 /* Checks the live report's first line and returns its ms. */
 static unsigned check_live_line(const char *msg, const char *head,
                                 unsigned slow_step_ms) {
@@ -196,15 +211,7 @@ static void test_a_coroutine_holding_the_loop_is_reported_while_it_holds_it(
 static void test_a_function_without_a_dynamic_symbol_is_given_by_module(
     void **state) {
   sink_t s;
-  sink_start(&s);
-  mm_loop_t *loop = watched_loop(20);
-  hold_t h = { 0 };
-  mm_coro_t *c = spawn_named(loop, hold_anonymously, &h, "anon");
-  sink_wait(&s, LIVE_REPORT, 1);
-  atomic_store_explicit(&h.release, 1, memory_order_release);
-  assert_mm_ok(mm_join(c));
-  assert_mm_ok(mm_loop_free(loop));
-  mm_set_log(NULL, NULL);
+  hog_reported(&s, hold_anonymously, "anon");
 
   const char *r = sink_find(&s, LIVE_REPORT, 0, NULL);
   char head[128];
@@ -291,15 +298,7 @@ static void test_the_program_s_own_sigurg_handler_is_left_alone(
   assert_int_equal(sigaction(SIGURG, &sa, &old), 0);
 
   sink_t s;
-  sink_start(&s);
-  mm_loop_t *loop = watched_loop(20);
-  hold_t h = { 0 };
-  mm_coro_t *c = spawn_named(loop, hold_until_released, &h, "hog");
-  sink_wait(&s, LIVE_REPORT, 1);
-  atomic_store_explicit(&h.release, 1, memory_order_release);
-  assert_mm_ok(mm_join(c));
-  assert_mm_ok(mm_loop_free(loop));
-  mm_set_log(NULL, NULL);
+  hog_reported(&s, hold_until_released, "hog");
 
   assert_int_equal(sigaction(SIGURG, &old, &now), 0);
   assert_ptr_equal(now.sa_handler, programs_own);
