@@ -260,8 +260,18 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   int status = mm__wait_block(&sw.w);
   if (sw.armed)
     mm__timer_stop(c->loop, &sw.deadline);
-  if (!sw.abandoned && req->on_heap)
+  if (!sw.abandoned && req->on_heap) {
+    /* Not abandoned after all: fn worked on a copy of the locals, which
+     * become the coroutine's, as if fn had shared them (it returned, and
+     * the coroutine was parked meanwhile). */
+    if (atomic_load_explicit(&req->end, memory_order_relaxed) ==
+        MM__END_WOKEN) {
+      mm__locals_free(&c->locals);
+      c->locals = req->snapshot;
+      memset(&req->snapshot, 0, sizeof(req->snapshot));
+    }
     req_free(req);
+  }
   return status;
 
 err_timer:

@@ -288,7 +288,9 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * and a nested mm_run_sync runs inline.  With abandon_on_cancel the
  * coroutine may end while fn runs, so fn sees a copy of its locals taken
  * when the call was made (never another coroutine's, never freed memory),
- * and its caller thread and handle as they were then.
+ * and its caller thread and handle as they were then; if the call is not
+ * abandoned after all, the copy, with fn's changes, becomes the
+ * coroutine's when the call returns.
  * On a plain thread (and in a worker): fn runs inline -- the thread may
  * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
  * and this thread waits.

@@ -334,6 +334,93 @@ static void test_detached_children_keep_their_copy_after_the_parent_ends(
 }
 
 
+/* A run_sync call that may be abandoned works on a copy of its coroutine's
+ * locals.  Completed, its changes are the coroutine's, as for any call;
+ * abandoned, they stay with the call. */
+typedef struct {
+  mm_test_latch_t gate;       /* abandoned call: set once the caller left */
+  int abandon;                /* cancel the caller while fn runs */
+  mm_coro_t *caller;
+  atomic_int running;
+  void *seen_in_fn;           /* key_a inside fn */
+  void *after_a, *after_b;    /* key_a, key_b in the coroutine after */
+  int result;
+  mm_test_latch_t done;       /* fn has set key_b */
+} snapshot_t;
+
+static int set_b_in_fn(void *arg) {
+  snapshot_t *s = arg;
+  s->seen_in_fn = mm_local_get(&key_a);
+  atomic_store(&s->running, 1);
+  if (s->abandon)
+    mm_test_latch_wait(&s->gate, 1);
+  mm_local_set(&key_b, &value_2);
+  mm_test_latch_add(&s->done, 1);
+  return 7;
+}
+
+static int call_abandonable(void *arg) {
+  snapshot_t *s = arg;
+  mm_local_set(&key_a, &value_1);
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.abandon_on_cancel = true;
+  s->result = mm_run_sync_ex(set_b_in_fn, s, &o);
+  s->after_a = mm_local_get(&key_a);
+  s->after_b = mm_local_get(&key_b);
+  mm_test_latch_add(&s->gate, 1);
+  return 0;
+}
+
+static int cancel_when_running(void *arg) {
+  snapshot_t *s = arg;
+  while (!atomic_load(&s->running))
+    if (mm_sleep(1) != 0)
+      return -1;
+  return mm_cancel(s->caller);
+}
+
+static void run_snapshot(snapshot_t *s) {
+  mm_test_latch_init(&s->gate);
+  mm_test_latch_init(&s->done);
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_spawn(loop, call_abandonable, s, &s->caller));
+  mm_coro_t *k = NULL;
+  if (s->abandon)
+    assert_mm_ok(mm_spawn(loop, cancel_when_running, s, &k));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(s->caller));
+  if (k != NULL)
+    assert_mm_ok(mm_join(k));
+  mm_test_latch_wait(&s->done, 1);
+  assert_mm_ok(mm_loop_free(loop));
+  mm_test_latch_destroy(&s->gate);
+  mm_test_latch_destroy(&s->done);
+}
+
+static void test_an_abandonable_call_that_completes_shares_its_locals(
+    void **state) {
+  snapshot_t s;
+  memset(&s, 0, sizeof s);
+  run_snapshot(&s);
+  assert_int_equal(s.result, 7);
+  assert_ptr_equal(s.seen_in_fn, &value_1);
+  assert_ptr_equal(s.after_a, &value_1);
+  assert_ptr_equal(s.after_b, &value_2);
+}
+
+static void test_an_abandoned_call_keeps_its_locals_to_itself(void **state) {
+  snapshot_t s;
+  memset(&s, 0, sizeof s);
+  s.abandon = 1;
+  run_snapshot(&s);
+  assert_int_equal(s.result, -ECANCELED);
+  assert_ptr_equal(s.seen_in_fn, &value_1);
+  assert_ptr_equal(s.after_a, &value_1);
+  assert_null(s.after_b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_local_set_then_get_on_a_plain_thread),
@@ -347,6 +434,8 @@ int main(void) {
     mm_test(test_coroutine_spawned_from_another_thread_copies_that_threads),
     mm_test(test_locals_of_ended_coroutines_are_released),
     mm_test(test_detached_children_keep_their_copy_after_the_parent_ends),
+    mm_test(test_an_abandonable_call_that_completes_shares_its_locals),
+    mm_test(test_an_abandoned_call_keeps_its_locals_to_itself),
   };
   return mm_run_tests(tests);
 }
