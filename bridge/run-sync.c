@@ -212,6 +212,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   } else {
     req->proxy.locals = &c->locals;
     req->proxy.coro_cancel = &c->cancel_reason;
+    req->proxy.waited = true;
   }
   req->on_heap = sw.abandonable;
   req->cleanup = o != NULL ? o->cleanup : NULL;

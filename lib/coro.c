@@ -213,7 +213,8 @@ static void give_back(mm_coro_t *c, bool *loop_stopping) {
  * least one of them sees the other, so they cannot both wait (both may
  * refuse).  The chain is followed through pins, so an ending coroutine's
  * block is never read after its reuse.  A blocking call run for a
- * coroutine (a worker) looks for that coroutine in the chain. */
+ * coroutine (a worker) looks for that coroutine in the chain, unless the
+ * call may be abandoned: then the coroutine need not wait for it. */
 #define JOIN_CHAIN_MAX 4096
 
 static bool joins_back(mm_coro_t *h, const mm_coro_t *self) {
@@ -247,8 +248,9 @@ int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
   mm_coro_t *self = mm__tls.coro;
   if (self != NULL && self->handle == h)
     return -EDEADLK;
+  const mm__proxy_t *p = mm__tls.proxy;
   const mm_coro_t *me = self != NULL ? self->handle
-                        : mm__tls.proxy != NULL ? mm__tls.proxy->handle : NULL;
+                        : p != NULL && p->waited ? p->handle : NULL;
   if (me != NULL) {
     if (self != NULL)
       atomic_store_explicit(&self->joining, h, memory_order_seq_cst);

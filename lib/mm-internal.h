@@ -493,6 +493,9 @@ typedef struct mm__proxy {
   mm__waiter_t *caller;       /* its caller thread, or NULL */
   _Atomic int *cancel;        /* the call's own cancellation */
   const _Atomic int *coro_cancel;  /* the coroutine's, or NULL: snapshot */
+  bool waited;                /* the coroutine cannot go on before the call
+                                 returns (not abandonable): a wait of the
+                                 call for it would wait for itself */
 } mm__proxy_t;
 
 /* Thread-local state of the calling thread. */

@@ -705,6 +705,63 @@ static void test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk(
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* An abandonable call may join its own coroutine: once the coroutine is
+ * cancelled it goes on without the call, so the join ends with the
+ * coroutine's status. */
+typedef struct {
+  mm_coro_t *coro;
+  atomic_int running;
+  int joined;
+  mm_test_latch_t cleaned;
+} own_join_t;
+
+static int join_own_coroutine(void *arg) {
+  own_join_t *o = arg;
+  atomic_store(&o->running, 1);
+  o->joined = mm_join(mm_current());
+  return 0;
+}
+
+static void own_join_cleanup(void *arg, int status) {
+  own_join_t *o = arg;
+  mm_test_latch_add(&o->cleaned, 1);
+}
+
+static int abandonable_join_of_self(void *arg) {
+  mm_sync_options_t so;
+  mm_sync_options_init(&so);
+  so.abandon_on_cancel = true;
+  so.cleanup = own_join_cleanup;
+  int r = mm_run_sync_ex(join_own_coroutine, arg, &so);
+  return r == -ECANCELED ? 5 : -1;
+}
+
+static int cancel_once_called(void *arg) {
+  own_join_t *o = arg;
+  while (!atomic_load(&o->running))
+    if (mm_sleep(1) != 0)
+      return -1;
+  return mm_cancel(o->coro);
+}
+
+static void test_an_abandonable_call_may_join_its_coroutine(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_loop_start(loop));
+  own_join_t o;
+  memset(&o, 0, sizeof o);
+  mm_test_latch_init(&o.cleaned);
+  /* o.coro is joined by the call, not here. */
+  assert_mm_ok(mm_spawn(loop, abandonable_join_of_self, &o, &o.coro));
+  mm_coro_t *k;
+  assert_mm_ok(mm_spawn(loop, cancel_once_called, &o, &k));
+  mm_test_latch_wait(&o.cleaned, 1);
+  assert_mm_ok(mm_join(k));
+  assert_status(o.joined, 5);
+  mm_test_latch_destroy(&o.cleaned);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 static void test_cancelled_is_false_until_a_cancel(void **state) {
   assert_false(mm_cancelled());   /* plain thread */
   mm_loop_t *loop = new_loop();
@@ -1327,6 +1384,7 @@ int main(void) {
     mm_test(test_two_coroutines_joining_each_other_get_edeadlk),
     mm_test(test_join_rings_across_loops_get_edeadlk),
     mm_test(test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk),
+    mm_test(test_an_abandonable_call_may_join_its_coroutine),
     mm_test(test_cancelled_is_false_until_a_cancel),
     mm_test(test_coroutine_cancelled_while_joining_cancels_the_joined_one),
     mm_test(test_spawn_timeout_cancels_with_etimedout),
