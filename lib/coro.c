@@ -248,22 +248,26 @@ int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
   mm_coro_t *self = mm__tls.coro;
   if (self != NULL && self->handle == h)
     return -EDEADLK;
-  const mm__proxy_t *p = mm__tls.proxy;
-  const mm_coro_t *me = self != NULL ? self->handle
-                        : p != NULL && p->waited ? p->handle : NULL;
-  if (me != NULL) {
-    if (self != NULL)
-      atomic_store_explicit(&self->joining, h, memory_order_seq_cst);
-    if (joins_back(h, me)) {
-      if (self != NULL)
-        atomic_store_explicit(&self->joining, NULL, memory_order_relaxed);
-      return -EDEADLK;
-    }
-  }
   int r = join_handle(h, self, loop_stopping, before_release, arg);
   if (self != NULL)
     atomic_store_explicit(&self->joining, NULL, memory_order_relaxed);
   return r;
+}
+
+/* Whether a join of c (pinned, handle h) by the calling coroutine, or by
+ * a call its coroutine waits for, would wait for itself.  Publishes the
+ * join first (see above); the caller clears it. */
+static bool join_cycle(mm_coro_t *h, const mm_coro_t *c, mm_coro_t *self) {
+  const mm__proxy_t *p = mm__tls.proxy;
+  const mm_coro_t *me = self != NULL ? self->handle
+                        : p != NULL && p->waited ? p->handle : NULL;
+  if (me == NULL)
+    return false;
+  if (self != NULL)
+    atomic_store_explicit(&self->joining, h, memory_order_seq_cst);
+  return h == me ||
+         joins_back(atomic_load_explicit(&c->joining, memory_order_seq_cst),
+                    me);
 }
 
 static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
@@ -287,6 +291,10 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
   if (mm__loop_inherited(c->loop)) {
     mm__handle_unpin(c);
     return -ECHILD;
+  }
+  if (join_cycle(h, c, self)) {
+    mm__handle_unpin(c);
+    return -EDEADLK;   /* the handle untouched */
   }
   jw.target = c;
   uintptr_t expected = MM__JOIN_NONE;
