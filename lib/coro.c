@@ -292,9 +292,14 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
     mm__handle_unpin(c);
     return -ECHILD;
   }
+  if (atomic_load_explicit(&c->join, memory_order_relaxed) ==
+      MM__JOIN_DETACHED) {
+    mm__handle_unpin(c);
+    return -EINVAL;   /* refused as detached, cycle or not */
+  }
   if (join_cycle(h, c, self)) {
     mm__handle_unpin(c);
-    return -EDEADLK;   /* the handle untouched */
+    return -EDEADLK;  /* the handle untouched */
   }
   jw.target = c;
   uintptr_t expected = MM__JOIN_NONE;

@@ -686,6 +686,37 @@ static void test_join_rings_across_loops_get_edeadlk(void **state) {
     assert_mm_ok(mm_loop_free(loops[i]));
 }
 
+/* A detached handle is refused as such (-EINVAL) even where joining it
+ * would close a cycle. */
+typedef struct {
+  mm_coro_t *a, *b;
+  int b_joined_a;
+} detached_ring_t;
+
+static int join_b(void *arg) {
+  detached_ring_t *d = arg;
+  return mm_join(d->b);
+}
+
+static int join_detached_a(void *arg) {
+  detached_ring_t *d = arg;
+  d->b_joined_a = mm_join(d->a);   /* a waits for us, and is detached */
+  return 9;
+}
+
+static void test_a_detached_handle_in_a_join_cycle_gets_einval(void **state) {
+  mm_loop_t *loop = new_loop();
+  detached_ring_t d = { NULL, NULL, 0 };
+  mm_coro_t *a;
+  assert_mm_ok(mm_spawn(loop, join_b, &d, &a));
+  assert_mm_ok(mm_spawn(loop, join_detached_a, &d, &d.b));
+  d.a = a;
+  assert_mm_ok(mm_detach(a));   /* a runs first and parks joining b */
+  assert_mm_ok(mm_loop_run(loop));
+  assert_status(d.b_joined_a, -EINVAL);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 /* A blocking call run for a coroutine that joins that coroutine. */
 static int join_my_coroutine(void *arg) {
   return mm_join(mm_current());
@@ -1384,6 +1415,7 @@ int main(void) {
     mm_test(test_two_coroutines_joining_each_other_get_edeadlk),
     mm_test(test_join_rings_across_loops_get_edeadlk),
     mm_test(test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk),
+    mm_test(test_a_detached_handle_in_a_join_cycle_gets_einval),
     mm_test(test_an_abandonable_call_may_join_its_coroutine),
     mm_test(test_cancelled_is_false_until_a_cancel),
     mm_test(test_coroutine_cancelled_while_joining_cancels_the_joined_one),
