@@ -77,6 +77,22 @@ static void bridge_free(mm_loop_t *loop, void *p) {
   free(b);
 }
 
+static void bridge_forget(void *p) {
+  mm__bridge_t *b = p;
+  mm__list_t *n;
+  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
+    mm_lane_t *lane = container_of(n, mm_lane_t, link);
+    mm__pool_forget(lane->pool);
+    free(lane);
+  }
+  mm__pool_forget(b->pool);
+  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
+                                               memory_order_acquire);
+  if (sensitive != NULL)
+    mm__pool_forget(sensitive);
+  free(b);
+}
+
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (b != NULL)
@@ -96,7 +112,8 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   mm__list_init(&b->staged);
   b->loop = loop;
   mm__timer_init(&b->pool_timer, on_pool_timer);
-  static const mm__bridge_ops_t ops = { mm__bridge_flush, bridge_free };
+  static const mm__bridge_ops_t ops = { mm__bridge_flush, bridge_free,
+                                        bridge_forget };
   mm__bridge_t *cur = mm__loop_set_bridge(loop, b, &ops);
   if (cur != b)
     bridge_free(loop, b);   /* another thread was first */

@@ -71,6 +71,8 @@ mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
                          const char *thread_name);
 /* Runs every queued call, stops and joins the threads, frees the pool. */
 void mm__pool_free(mm__pool_t *pool);
+/* In a forked child, a pool of the parent's: frees its memory only. */
+void mm__pool_forget(mm__pool_t *pool);
 /* Queues req (state QUEUED).  -ESHUTDOWN once the pool stops, -EAGAIN if
  * no thread could be started for an empty pool. */
 int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);

@@ -386,6 +386,16 @@ void mm__pool_free(mm__pool_t *pool) {
   free(pool);
 }
 
+void mm__pool_forget(mm__pool_t *pool) {
+  mm__list_t *lists[] = { &pool->threads, &pool->dead };
+  for (size_t i = 0; i < MM__ARRAY_SIZE(lists); i++) {
+    mm__list_t *n;
+    while ((n = mm__list_pop_front(lists[i])) != NULL)
+      free(container_of(n, worker_t, link));
+  }
+  free(pool);
+}
+
 int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
   pthread_mutex_lock(&pool->mu);
   if (pool->stopping) {

@@ -373,10 +373,9 @@ static void forget_coro(mm_coro_t *c) {
  * kernel state (uv_loop_fork: until then its epoll set is the parent's),
  * so that closing the handles leaves the parent's loop alone.  A borrowed
  * uv loop is the user's: libuv wants uv_loop_fork called on it before any
- * use in the child, which is theirs to do before this free.
- * TODO(#8): the bridge layer's state is left (its pools' threads are the
- * parent's: freeing it would join them); it needs a bridge op that
- * forgets threads. */
+ * use in the child, which is theirs to do before this free.  The bridge
+ * layer's state is forgotten the same way (its pools' threads are the
+ * parent's: freeing it would join them). */
 static int free_inherited(mm_loop_t *loop) {
   if (!loop->borrowed) {
     int r = uv_loop_fork(loop->uv);
@@ -399,6 +398,9 @@ static int free_inherited(mm_loop_t *loop) {
     forget_coro(container_of(n, mm_coro_t, all));
   mm__list_foreach_safe(n, tmp, &loop->zombies)
     forget_coro(container_of(n, mm_coro_t, all));
+  void *bridge = atomic_load_explicit(&loop->bridge, memory_order_acquire);
+  if (bridge != NULL)
+    loop->bridge_ops->forget(bridge);
   mm__cache_free(loop);
   mm__timers_free(loop);
   close_uv(loop);

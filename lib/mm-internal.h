@@ -378,10 +378,14 @@ typedef struct mm__loop_task mm__loop_task_t;
 /* What lib/ calls of the bridge layer's per-loop state, on the loop's
  * thread.  flush: after each pass over the ready coroutines, before the
  * loop may block (hands over what those coroutines staged, in one go).
- * free: from mm_loop_free, once no coroutine is left. */
+ * free: from mm_loop_free, once no coroutine is left.  forget: from
+ * mm_loop_free in a forked child, of a loop inherited from the parent:
+ * releases the memory, joining and destroying nothing (the threads, and
+ * the locks they may hold, stayed with the parent). */
 typedef struct mm__bridge_ops {
   void (*flush)(mm_loop_t *loop, void *bridge);
   void (*free)(mm_loop_t *loop, void *bridge);
+  void (*forget)(void *bridge);
 } mm__bridge_ops_t;
 
 /* ---- loops --------------------------------------------------------------- */

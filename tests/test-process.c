@@ -589,9 +589,20 @@ static void child_frees_the_inherited_loop(void *arg) {
   child_uses_a_new_loop(NULL);
 }
 
+static int calls_a_worker_and_a_lane(void *arg) {
+  mm_lane_t *lane = arg;
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = lane;
+  int r = mm_run_sync(seven, NULL);
+  return r != 7 ? r : mm_run_sync_ex(seven, NULL, &o);
+}
+
 /* The parent's loop runs in the background with a coroutine asleep, one
- * ended and not joined, and a block in its cache.  (No bridge call: the
- * child leaves the bridge layer's state, see free_inherited in loop.c.) */
+ * ended and not joined, a block in its cache, and bridge state: a worker
+ * pool and a lane, with their threads (which the child does not have:
+ * its free releases their memory, as Valgrind checks in the child). */
 static void test_fork_child_frees_the_loop_it_inherited(void **state) {
   parent_made_a_loop = true;
   test_pid = getpid();
@@ -606,6 +617,9 @@ static void test_fork_child_frees_the_loop_it_inherited(void **state) {
   assert_mm_ok(mm_spawn(loop, seven, NULL, &quick));
   assert_int_equal(mm_join(quick), 7);
   assert_mm_ok(mm_spawn(loop, nothing, NULL, &ended));
+  mm_lane_t *lane;
+  assert_mm_ok(mm_lane_new(loop, "inherited", &lane));
+  assert_int_equal(mm_run_async(loop, calls_a_worker_and_a_lane, lane), 7);
 
   static mm_test_child_t child;
   inherited_t in = { loop, sleeper };
@@ -623,6 +637,7 @@ static void test_fork_child_frees_the_loop_it_inherited(void **state) {
   assert_mm_ok(mm_cancel(sleeper));
   assert_mm_err(mm_join(sleeper), -ECANCELED);
   assert_mm_ok(mm_join(ended));
+  assert_mm_ok(mm_lane_free(lane));
   assert_mm_ok(mm_loop_free(loop));
 }
 
