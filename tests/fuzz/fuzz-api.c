@@ -65,6 +65,11 @@
  *                         harness starts it first (TODO(#8): a thread in
  *                         mm_run_async on a stopped undriven loop is never
  *                         answered).
+ *   FUZZ_ABANDONED_BODY=1 let a run_sync function that may be abandoned
+ *                         (abandon_on_cancel) run its body.  Off: it only
+ *                         sleeps (TODO(#8): an abandoned call's mm_spawn,
+ *                         mm_run_async, mm_current and locals act for a
+ *                         coroutine that has ended).
  *   FUZZ_MAX_OPS=N        operations decoded at most (48; 12 under TSan,
  *                         where every new coroutine costs milliseconds).
  */
@@ -97,6 +102,9 @@
 #endif
 #ifndef FUZZ_STOP_UNDRIVEN
 # define FUZZ_STOP_UNDRIVEN 0
+#endif
+#ifndef FUZZ_ABANDONED_BODY
+# define FUZZ_ABANDONED_BODY 0
 #endif
 #ifndef FUZZ_MAX_OPS
 # ifdef FUZZ_TSAN
@@ -518,7 +526,8 @@ static int sync_fn(void *arg) {
     struct timespec ts = { 0, 250000 };
     nanosleep(&ts, NULL);
   }
-  run_kids(op, &op->body_ctx);
+  if (!op->abandon || FUZZ_ABANDONED_BODY)
+    run_kids(op, &op->body_ctx);
   atomic_store(&op->fn_done, 1);
   atomic_fetch_sub(&S.fns_running, 1);
   return op->value;
