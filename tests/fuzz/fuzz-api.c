@@ -67,9 +67,16 @@
  *                         answered).
  *   FUZZ_ABANDONED_BODY=1 let a run_sync function that may be abandoned
  *                         (abandon_on_cancel) run its body.  Off: it only
- *                         sleeps (TODO(#8): an abandoned call's mm_spawn,
- *                         mm_run_async, mm_current and locals act for a
+ *                         sleeps, without asking mm_cancelled() (TODO(#8):
+ *                         an abandoned call's mm_spawn, mm_run_async,
+ *                         mm_cancelled, mm_current and locals act for a
  *                         coroutine that has ended).
+ *   FUZZ_CALLER_ORPHANS=1 let a coroutine that inherited a caller thread
+ *                         without being waited for by it (spawned inside
+ *                         a run_async body) make MM_AFFINITY_CALLER calls.
+ *                         Off: they go to the pool (TODO(#8): the thread
+ *                         leaving mm_run_async runs its queue from a list
+ *                         that a deadline or cancel edits at once).
  *   FUZZ_MAX_OPS=N        operations decoded at most (48; 12 under TSan,
  *                         where every new coroutine costs milliseconds).
  */
@@ -105,6 +112,9 @@
 #endif
 #ifndef FUZZ_ABANDONED_BODY
 # define FUZZ_ABANDONED_BODY 0
+#endif
+#ifndef FUZZ_CALLER_ORPHANS
+# define FUZZ_CALLER_ORPHANS 0
 #endif
 #ifndef FUZZ_MAX_OPS
 # ifdef FUZZ_TSAN
@@ -155,6 +165,13 @@ typedef struct ctx {
   bool coro;      /* in a coroutine */
   bool timed;     /* the coroutine has a deadline (spawn or run_async) */
   int group;      /* a child of this group (or runs for one), or -1 */
+  int lane_min;   /* a plain thread that is lane N - 1 makes LANE calls
+                     only to lanes >= N: two lanes waiting for each other
+                     would wait for ever, and nothing cancels a thread */
+  int caller;     /* the thread its MM_AFFINITY_CALLER calls go to: 0
+                     none (the sensitive thread), 1 a thread blocked in
+                     mm_run_async for it, 2 one it inherited from its
+                     spawner, which may leave mm_run_async meanwhile */
   const char *who;
 } ctx_t;
 
@@ -322,6 +339,8 @@ static void print_op(FILE *f, const op_t *op, int indent) {
             atomic_load(&op->ret), errname(atomic_load(&op->ret)));
   else if (op->fname != NULL)
     fprintf(f, "  [in %s]", op->fname);
+  if (!atomic_load(&op->skipped) && op->note != NULL)
+    fprintf(f, " (%s)", op->note);
   if (!atomic_load(&op->done) && atomic_load(&op->begun))
     fprintf(f, " (not finished)");
   if (op->code == OP_RUN_SYNC && atomic_load(&op->begun))
@@ -521,12 +540,16 @@ static int sync_fn(void *arg) {
   atomic_fetch_add(&S.fns_running, 1);
   if (atomic_fetch_add(&op->fn_runs, 1) != 0)
     violation("#%d: a run_sync function ran twice", op->id);
-  /* Sleeps in steps, stopping early once cancelled (a long loop would). */
-  for (int i = 0; i < op->sleep_ms * 4 && !mm_cancelled(); i++) {
+  /* Sleeps in steps, stopping early once cancelled (a long loop would).
+   * An abandonable one asks nothing of the library unless
+   * FUZZ_ABANDONED_BODY: mm_cancelled() reads the awaiting coroutine,
+   * which may have ended (TODO(#8)). */
+  bool ask = !op->abandon || FUZZ_ABANDONED_BODY;
+  for (int i = 0; i < op->sleep_ms * 4 && !(ask && mm_cancelled()); i++) {
     struct timespec ts = { 0, 250000 };
     nanosleep(&ts, NULL);
   }
-  if (!op->abandon || FUZZ_ABANDONED_BODY)
+  if (ask)
     run_kids(op, &op->body_ctx);
   atomic_store(&op->fn_done, 1);
   atomic_fetch_sub(&S.fns_running, 1);
@@ -560,7 +583,8 @@ static void do_spawn(op_t *op, const ctx_t *ctx) {
 
   op->body_ctx = (ctx_t) { .rank = slotted ? s : ctx->rank, .loop = l,
                            .coro = true, .timed = op->timeout != 0,
-                           .group = -1, .who = "coroutine" };
+                           .group = -1, .caller = ctx->caller ? 2 : 0,
+                           .who = "coroutine" };
   char name[16];
   snprintf(name, sizeof(name), "fz-%d", op->id);
   mm_spawn_options_t o;
@@ -734,7 +758,15 @@ static void do_stale(op_t *op) {
 
 static void do_run_sync(op_t *op, const ctx_t *ctx) {
   int aff = op->a % 3;
+  if (aff == 1 && ctx->caller == 2 && !FUZZ_CALLER_ORPHANS) {
+    op->note = "CALLER sent to the pool: FUZZ_CALLER_ORPHANS is off";
+    aff = 0;
+  }
   int lane_loop = ctx->coro ? ctx->loop : (op->a >> 2) & 1;
+  if (aff == 2 && !ctx->coro && lane_loop < ctx->lane_min) {
+    op->note = "LANE sent to the pool: a lane waiting for a lower one";
+    aff = 0;
+  }
   bool ref = false;
   mm_lane_t *lane = NULL;
   mm_sync_options_t o;
@@ -760,6 +792,9 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   op->body_ctx = (ctx_t) { .rank = ctx->rank, .loop = -1, .coro = false,
                            .timed = false,
                            .group = op->abandon ? -1 : ctx->group,
+                           .lane_min = aff == 2 && lane_loop + 1 >
+                                       ctx->lane_min ? lane_loop + 1
+                                                     : ctx->lane_min,
                            .who = "run_sync function" };
   int r = mm_run_sync_ex(sync_fn, op, &o);
   record(op, "mm_run_sync_ex", r, op->value);
@@ -785,6 +820,7 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
     return skip(op, "loop gone");
   op->body_ctx = (ctx_t) { .rank = ctx->rank, .loop = l, .coro = true,
                            .timed = op->timeout != 0, .group = ctx->group,
+                           .caller = ctx->coro ? ctx->caller : 1,
                            .who = "run_async coroutine" };
   char name[16];
   snprintf(name, sizeof(name), "fa-%d", op->id);
@@ -792,6 +828,7 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
   mm_async_options_init(&o);
   o.timeout_ms = op->timeout;
   o.name = op->b & 4 ? name : NULL;
+  op->fname = "mm_run_async_ex";
   int r = mm_run_async_ex(S.loops[l].l, coro_body, op, &o);
   record(op, "mm_run_async_ex", r, op->value);
   bool stopped = atomic_load(&S.loops[l].stopped);
@@ -954,7 +991,9 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
   int g = op->a & 1;
   lock();
   if (S.groups[g].state == GS_EMPTY && !S.teardown && ctx->group < 0) {
-    int l = (op->a >> 1) & 1;
+    /* With FUZZ_STOP_UNDRIVEN a group on a stopped undriven loop could
+     * not be waited for: groups live on loop 0 then. */
+    int l = FUZZ_STOP_UNDRIVEN ? 0 : (op->a >> 1) & 1;
     if (S.loops[l].l != NULL && !S.loops[l].dying) {
       int r = mm_group_new(S.loops[l].l, &S.groups[g].g);
       check_code("mm_group_new", r, false);
@@ -979,7 +1018,9 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
   mm_group_t *grp = S.groups[g].g;
   unlock();
   op->body_ctx = (ctx_t) { .rank = RANK_GROUP(g), .loop = l, .coro = true,
-                           .timed = false, .group = g, .who = "group child" };
+                           .timed = false, .group = g,
+                           .caller = ctx->caller ? 2 : 0,
+                           .who = "group child" };
   int r = mm_group_spawn(grp, coro_body, op);
   record(op, "mm_group_spawn", r, INT32_MIN);
   lock();
@@ -1121,10 +1162,12 @@ static void close_all_channels(void) {
 /* Joins (from this plain thread) what is left of loop l: its groups and
  * its handles; then frees its lane and the loop.  The loop is stopped and
  * has no user left. */
-static void free_loop(int l) {
+static void free_loop(int l, bool undriven) {
   const ctx_t main_ctx = { .rank = -1, .loop = -1, .group = -1,
                            .who = "main thread" };
-  for (int g = 0; g < NGRP; g++) {
+  /* A stopped loop nobody drives runs none of its coroutines before its
+   * free: their handles go with it, unjoined. */
+  for (int g = 0; g < NGRP && !undriven; g++) {
     lock();
     bool mine = S.groups[g].state == GS_OPEN && S.groups[g].loop == l;
     mm_group_t *grp = S.groups[g].g;
@@ -1140,9 +1183,9 @@ static void free_loop(int l) {
     mm_coro_t *h = S.slots[s].h;
     op_t *sp = S.slots[s].spawn;
     if (mine)
-      S.slots[s].state = CS_CLAIMED;
+      S.slots[s].state = undriven ? CS_EMPTY : CS_CLAIMED;
     unlock();
-    if (!mine)
+    if (!mine || undriven)
       continue;
     int r = mm_join(h);
     check_code("mm_join", r, r == sp->value);
@@ -1158,7 +1201,7 @@ static void free_loop(int l) {
     if (r != 0)
       violation("mm_lane_free from the main thread returned %d", r);
   }
-  S.phase = "mm_loop_free";
+  S.phase = l == 0 ? "mm_loop_free of loop 0" : "mm_loop_free of loop 1";
   int r = mm_loop_free(S.loops[l].l);
   check_code("mm_loop_free", r, false);
   if (r != 0)
@@ -1172,6 +1215,49 @@ static void free_loop(int l) {
       S.slots[s].stale = NULL;
   unlock();
 }
+
+static bool quiet_now(void);
+
+#if FUZZ_STOP_UNDRIVEN
+/* A loop stopped while nobody drove it cannot be started again and runs
+ * nothing until its free.  What waits for it gets a while to be answered:
+ * the header promises that a stop answers every mm_run_async caller. */
+static void check_answered(int l) {
+  uint64_t until = now_ns() + 200000000;
+  lock();
+  while (!quiet_now() && now_ns() < until)
+    wait_a_bit();
+  unlock();
+  for (int i = 0; i < S.nops; i++) {
+    op_t *op = &S.ops[i];
+    if (op->code == OP_RUN_ASYNC && (op->a & 1) == l &&
+        atomic_load(&op->begun) && !atomic_load(&op->done) &&
+        op->fname != NULL)
+      violation("#%d: mm_run_async on loop %d was not answered 200 ms "
+                "after mm_loop_stop of that loop, which nobody drives "
+                "(issue 8, instance 5)", op->id, l);
+  }
+}
+
+/* The teardown frees such a loop first.  What still waits (a join of its
+ * coroutine) is answered by the free, which drives the loop. */
+static void stopped_undriven(void) {
+  for (int l = 0; l < NLOOPS; l++) {
+    lock();
+    bool stuck = S.loops[l].l != NULL && !S.loops[l].dying &&
+                 !S.loops[l].started && atomic_load(&S.loops[l].stopped);
+    unlock();
+    if (!stuck)
+      continue;
+    S.phase = "teardown: a stopped loop nobody drives";
+    check_answered(l);
+    lock();
+    S.loops[l].dying = true;
+    unlock();
+    free_loop(l, true);
+  }
+}
+#endif
 
 /* FREE at any point: the loop's later operations are skipped. */
 static void do_free(op_t *op) {
@@ -1194,12 +1280,16 @@ static void do_free(op_t *op) {
   /* Threads blocked in channels could keep users of the loop (a pool
    * function that waits for an item) alive: close them all. */
   close_all_channels();
+#if FUZZ_STOP_UNDRIVEN
+  if (undriven)
+    check_answered(l);
+#endif
   S.phase = "FREE: waiting for the loop's users";
   lock();
   while (S.loops[l].refs > 0)
     wait_a_bit();
   unlock();
-  free_loop(l);
+  free_loop(l, undriven && FUZZ_STOP_UNDRIVEN);
   op->fname = "mm_loop_free";
   atomic_store(&op->ret, 0);
   atomic_store(&op->nret, 1);
@@ -1618,23 +1708,26 @@ static void teardown(void) {
     check_code("mm_loop_stop", mm_loop_stop(S.loops[l].l), false);
     loop_unref(l);
   }
+#if FUZZ_STOP_UNDRIVEN
+  stopped_undriven();
+#endif
   /* Now everything must come back: a stop answers every waiter. */
   S.phase = "teardown: waiting for every call to return after the stop";
   lock();
   while (!quiet_now())
     wait_a_bit();
   unlock();
-  S.phase = "teardown: free";
   for (int l = 0; l < NLOOPS; l++) {
     lock();
     bool here = S.loops[l].l != NULL;
     if (here)
       S.loops[l].dying = true;
+    S.phase = "teardown: waiting for the users of a loop";
     while (here && S.loops[l].refs > 0)
       wait_a_bit();
     unlock();
     if (here)
-      free_loop(l);
+      free_loop(l, false);
   }
   (void) main_ctx;
   lock();
