@@ -239,7 +239,7 @@ static struct {
   pthread_cond_t cv;
   op_t ops[FUZZ_MAX_OPS];
   int nops;
-  int kids[FUZZ_MAX_OPS];
+  int kids[FUZZ_MAX_OPS];     /* bodies, each a run of entries */
   int nkids;
   int top[FUZZ_MAX_OPS];
   int ntop;
@@ -253,6 +253,7 @@ static struct {
   struct { mm_group_t *g; int loop; int state; int uses; } groups[NGRP];
   exec_t ex[NTHREADS];
   bool teardown;
+  int closing;                /* FREEs closing every channel: none made */
   _Atomic int fns_running;
   _Atomic uint64_t deadline_ns;  /* watchdog; 0 while idle */
   _Atomic(const char *) phase;
@@ -854,7 +855,7 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
 static hchan_t *chan_use(int c, const ctx_t *ctx, bool create, int cap) {
   lock();
   hchan_t *hc = S.chans[c];
-  if (hc == NULL && create && !S.teardown) {
+  if (hc == NULL && create && !S.teardown && S.closing == 0) {
     hc = calloc(1, sizeof(*hc));
     if (hc == NULL)
       abort();
@@ -1268,6 +1269,7 @@ static void do_free(op_t *op) {
     return skip(op, "loop gone");
   }
   S.loops[l].dying = true;
+  S.closing++;
   bool undriven = !S.loops[l].started;
   unlock();
   S.phase = "FREE: stop";
@@ -1290,6 +1292,9 @@ static void do_free(op_t *op) {
     wait_a_bit();
   unlock();
   free_loop(l, undriven && FUZZ_STOP_UNDRIVEN);
+  lock();
+  S.closing--;
+  unlock();
   op->fname = "mm_loop_free";
   atomic_store(&op->ret, 0);
   atomic_store(&op->nret, 1);
@@ -1488,6 +1493,10 @@ static int decode_op(int depth) {
   }
   if (has_body(op->code) && depth < MAX_DEPTH) {
     int n = (op->where >> 3) & 3;
+    /* No more entries than operations left to decode: kids[] holds each
+     * decoded operation at most once. */
+    if (n > FUZZ_MAX_OPS - S.nkids)
+      n = FUZZ_MAX_OPS - S.nkids;
     op->kid0 = S.nkids;
     S.nkids += n;
     int got = 0;
@@ -1583,14 +1592,11 @@ static void setup(void) {
   memset(S.ex, 0, sizeof(S.ex));
   S.all_chans = NULL;
   S.teardown = false;
+  S.closing = 0;
   atomic_store(&S.fns_running, 0);
   mm_loop_options_t o;
   mm_loop_options_init(&o);
-#ifdef FUZZ_TSAN
-  o.stack_size = 64 * 1024;
-#else
-  o.stack_size = 128 * 1024;
-#endif
+  o.stack_size = 256 * 1024;   /* nested bodies, sanitizers' frames */
   o.pool_max_threads = 8;
   for (int l = 0; l < NLOOPS; l++) {
     int r = mm_loop_new(&S.loops[l].l, &o);
