@@ -77,6 +77,13 @@
  *                         Off: they go to the pool (TODO(#8): the thread
  *                         leaving mm_run_async runs its queue from a list
  *                         that a deadline or cancel edits at once).
+ *   FUZZ_CHAN_FREE_EARLY=1 a CHAN_FREE on a plain thread frees the channel
+ *                         once its coroutine users are parked in it and
+ *                         it is closed, without waiting for them to
+ *                         return (allowed: nobody waits in a closed
+ *                         channel).  Off: it waits for every user
+ *                         (TODO(#8): the cancel of a coroutine woken by
+ *                         the close then locks the freed channel).
  *   FUZZ_MAX_OPS=N        operations decoded at most (48; 12 under TSan,
  *                         where every new coroutine costs milliseconds).
  */
@@ -115,6 +122,9 @@
 #endif
 #ifndef FUZZ_CALLER_ORPHANS
 # define FUZZ_CALLER_ORPHANS 0
+#endif
+#ifndef FUZZ_CHAN_FREE_EARLY
+# define FUZZ_CHAN_FREE_EARLY 0
 #endif
 #ifndef FUZZ_MAX_OPS
 # ifdef FUZZ_TSAN
@@ -968,6 +978,55 @@ static int chan_free_now(hchan_t *hc, op_t *by, const ctx_t *ctx) {
   return r;
 }
 
+#if FUZZ_CHAN_FREE_EARLY
+static int barrier_fn(void *arg) {
+  (void) arg;
+  return 0;
+}
+
+/* A plain thread frees a channel whose coroutine users may still be on
+ * their way out: no new user can find it (its slot is empty); a coroutine
+ * of each loop with users runs first (mm_run_async), after which every
+ * counted coroutine user of that loop is parked inside its call or done
+ * with it; then the close wakes them -- the wake-ups may still be in
+ * their loops' queues when the channel is freed, as in issue 8, instance
+ * 1.  Threads are waited for.  False if a loop cannot run the barrier
+ * (stopped, or nobody drives it): then the caller waits for everyone. */
+static bool chan_free_early(hchan_t *hc, op_t *by, int *rp) {
+  for (int l = 0; l < NLOOPS; l++) {
+    lock();
+    bool users = hc->users_coro[l] > 0;
+    bool ok = !users || (S.loops[l].started &&
+                         !atomic_load(&S.loops[l].stopped) &&
+                         loop_ref_locked(l));
+    unlock();
+    if (!ok)
+      return false;
+    if (!users)
+      continue;
+    int r = mm_run_async(S.loops[l].l, barrier_fn, NULL);
+    loop_unref(l);
+    if (r != 0)
+      return false;
+  }
+  int r = mm_chan_close(hc->ch);
+  check_code("mm_chan_close", r, false);
+  lock();
+  hc->closed = true;
+  while (hc->users - hc->users_coro[0] - hc->users_coro[1] > 0)
+    wait_a_bit();
+  unlock();
+  void *item;
+  while ((r = mm_chan_recv(hc->ch, &item)) == 0)
+    deliver(by, item);
+  if (r != -EPIPE)
+    violation("#%d: draining a closed channel: mm_chan_recv returned %d",
+              by->id, r);
+  *rp = mm_chan_free(hc->ch);
+  return true;
+}
+#endif
+
 static void do_chan_free(op_t *op, const ctx_t *ctx) {
   int c = op->a % NCHANS;
   lock();
@@ -978,7 +1037,11 @@ static void do_chan_free(op_t *op, const ctx_t *ctx) {
   }
   S.chans[c] = NULL;            /* later users make a new one */
   unlock();
-  int r = chan_free_now(hc, op, ctx);
+  int r;
+#if FUZZ_CHAN_FREE_EARLY
+  if (ctx->coro || !chan_free_early(hc, op, &r))
+#endif
+    r = chan_free_now(hc, op, ctx);
   record(op, "mm_chan_free", r, INT32_MIN);
   if (r != 0)
     violation("#%d: mm_chan_free of a closed channel with no listed "
