@@ -1323,7 +1323,28 @@ static void stopped_undriven(void) {
 }
 #endif
 
-/* FREE at any point: the loop's later operations are skipped. */
+/* Starts loop m if nobody drives it and it is not stopped. */
+static void drive_loop(int m) {
+  lock();
+  bool go = !S.loops[m].started && !atomic_load(&S.loops[m].stopped) &&
+            loop_ref_locked(m);
+  unlock();
+  if (!go)
+    return;
+  int r = mm_loop_start(S.loops[m].l);
+  check_code("mm_loop_start", r, false);
+  lock();
+  if (r == 0)
+    S.loops[m].started = true;
+  S.loops[m].refs--;
+  broadcast();
+  unlock();
+}
+
+/* FREE at any point: the loop's later operations are skipped.  The other
+ * loop is driven first if nobody drives it: the freed loop's coroutines
+ * may wait for its coroutines (run_async, join), which a loop nobody
+ * drives never ends. */
 static void do_free(op_t *op) {
   int l = op->a & 1;
   lock();
@@ -1340,6 +1361,7 @@ static void do_free(op_t *op) {
     int r = mm_loop_start(S.loops[l].l);
     check_code("mm_loop_start", r, false);
   }
+  drive_loop(1 - l);
   atomic_store(&S.loops[l].stopped, true);
   check_code("mm_loop_stop", mm_loop_stop(S.loops[l].l), false);
   /* Threads blocked in channels could keep users of the loop (a pool
