@@ -148,13 +148,13 @@ enum op_code {
   OP_SPAWN, OP_JOIN, OP_DETACH, OP_CANCEL, OP_YIELD, OP_SLEEP, OP_RUN_SYNC,
   OP_RUN_ASYNC, OP_SEND, OP_RECV, OP_CLOSE, OP_CHAN_FREE, OP_GSPAWN,
   OP_GCANCEL, OP_GWAIT, OP_STOP, OP_FREE, OP_START, OP_RUN, OP_STALE,
-  OP_COUNT
+  OP_LOCAL, OP_DUMP, OP_COUNT
 };
 
 static const char *const op_names[OP_COUNT] = {
   "SPAWN", "JOIN", "DETACH", "CANCEL", "YIELD", "SLEEP", "RUN_SYNC",
   "RUN_ASYNC", "SEND", "RECV", "CLOSE", "CHAN_FREE", "GSPAWN", "GCANCEL",
-  "GWAIT", "STOP", "FREE", "START", "RUN", "STALE"
+  "GWAIT", "STOP", "FREE", "START", "RUN", "STALE", "LOCAL", "DUMP"
 };
 
 /* Who runs a top-level operation: 0-3 threads, 4-5 loop coroutines. */
@@ -178,6 +178,10 @@ typedef struct ctx {
   int lane_min;   /* a plain thread that is lane N - 1 makes LANE calls
                      only to lanes >= N: two lanes waiting for each other
                      would wait for ever, and nothing cancels a thread */
+  void **locals;  /* the two values its locals table must hold (keys
+                     local_keys[0..1]), or NULL: not known (a lane's
+                     thread keeps a table of its own) */
+  bool any_ok;    /* locals may also read as NULL (an abandoned call) */
   int caller;     /* the thread its MM_AFFINITY_CALLER calls go to: 0
                      none (the sensitive thread), 1 a thread blocked in
                      mm_run_async for it, 2 one it inherited from its
@@ -196,6 +200,8 @@ struct op {
   bool abandon, cleanup;      /* RUN_SYNC */
   int sleep_ms;
   ctx_t body_ctx;             /* set when the body is started */
+  void *own_locals[2];        /* the body's table, when it has its own */
+  void *exec_locals[2];       /* a top-level op's coroutine's table */
   const char *fname;          /* the library function called */
   op_t *target;               /* JOIN: the SPAWN of the joined handle */
 
@@ -242,6 +248,7 @@ typedef struct exec {
   int qh, qt;
   bool busy, quit;
   int idx;
+  void *locals[2];            /* the thread's locals table */
 } exec_t;
 
 static struct {
@@ -340,6 +347,12 @@ static void print_op(FILE *f, const op_t *op, int indent) {
     fprintf(f, " slot=%d %s", op->a % NSLOTS,
             (const char *[]) { "join", "detach", "cancel" }[op->b % 3]);
     break;
+  case OP_LOCAL:
+    fprintf(f, " key=%d", op->a & 1);
+    break;
+  case OP_DUMP:
+    fprintf(f, " loop=%d %s", op->a & 1, op->b & 1 ? "stats" : "dump");
+    break;
   }
   if (!atomic_load(&op->begun))
     fprintf(f, "  [not run]");
@@ -428,6 +441,9 @@ static const struct { const char *fn; int codes; } allowed[] = {
   { "mm_loop_run", C_OK | C_INVAL | C_BUSY | C_SHUTDOWN | C_DEADLK },
   { "mm_lane_new", C_OK | C_INVAL | C_SHUTDOWN | C_NOMEM | C_AGAIN },
   { "mm_lane_free", C_OK | C_INVAL | C_DEADLK | C_CANCELED },
+  { "mm_local_set", C_OK | C_INVAL | C_NOMEM },
+  { "mm_loop_dump", C_OK | C_INVAL | C_SHUTDOWN | C_DEADLK },
+  { "mm_loop_stats", C_OK | C_INVAL },
 };
 
 static int code_bit(int r) {
@@ -523,6 +539,40 @@ static void loop_unref(int i) {
   unlock();
 }
 
+/* ---- locals ------------------------------------------------------------ */
+
+static char local_keys[2];
+static void *main_locals[2];
+
+/* What a new table copied from ctx's must hold: in dst, or NULL. */
+static void **inherit(void **dst, const ctx_t *ctx) {
+  if (ctx->locals == NULL)
+    return NULL;
+  dst[0] = ctx->locals[0];
+  dst[1] = ctx->locals[1];
+  return dst;
+}
+
+/* DESIGN.md, "Locals": a coroutine's are its own, copied from its
+ * spawner's; a run_async coroutine's are a copy of the calling thread's;
+ * in a run_sync call they are the awaiting coroutine's; an abandoned call
+ * sees a snapshot or NULL (API.md), never another request's. */
+static void check_locals(const op_t *op, const ctx_t *ctx, const char *at) {
+  if (ctx->locals == NULL)
+    return;
+  for (int k = 0; k < 2; k++) {
+    void *v = mm_local_get(&local_keys[k]);
+    if (v == ctx->locals[k] || (v == NULL && ctx->any_ok))
+      continue;
+    const op_t *by = v;
+    bool known = v != NULL && by >= S.ops && by < S.ops + S.nops;
+    violation("#%d: %s in a %s: local %d reads %s%d, expected %s%d", op->id,
+              at, ctx->who, k, known ? "LOCAL #" : "?",
+              known ? by->id : -1, ctx->locals[k] != NULL ? "LOCAL #" : "",
+              ctx->locals[k] != NULL ? ((op_t *) ctx->locals[k])->id : 0);
+  }
+}
+
 /* ---- bodies ----------------------------------------------------------- */
 
 static void exec_op(op_t *op, const ctx_t *ctx);
@@ -540,6 +590,7 @@ static int coro_body(void *arg) {
   if (mm_current() == NULL)
     violation("#%d: body of %s runs outside a coroutine", op->id,
               op_names[op->code]);
+  check_locals(op, &op->body_ctx, "at the start of the body");
   run_kids(op, &op->body_ctx);
   atomic_store(&op->body_done, 1);
   return op->value;
@@ -560,8 +611,10 @@ static int sync_fn(void *arg) {
     struct timespec ts = { 0, 250000 };
     nanosleep(&ts, NULL);
   }
-  if (ask)
+  if (ask) {
+    check_locals(op, &op->body_ctx, "in the run_sync function");
     run_kids(op, &op->body_ctx);
+  }
   atomic_store(&op->fn_done, 1);
   atomic_fetch_sub(&S.fns_running, 1);
   return op->value;
@@ -595,7 +648,8 @@ static void do_spawn(op_t *op, const ctx_t *ctx) {
   op->body_ctx = (ctx_t) { .rank = slotted ? s : ctx->rank, .loop = l,
                            .coro = true, .timed = op->timeout != 0,
                            .group = -1, .caller = ctx->caller ? 2 : 0,
-                           .who = "coroutine" };
+                           .locals = inherit(op->own_locals, ctx),
+                           .any_ok = ctx->any_ok, .who = "coroutine" };
   char name[16];
   snprintf(name, sizeof(name), "fz-%d", op->id);
   mm_spawn_options_t o;
@@ -807,6 +861,18 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
                                        ctx->lane_min ? lane_loop + 1
                                                      : ctx->lane_min,
                            .who = "run_sync function" };
+  /* Its locals: the awaiting coroutine's (or, inline, the thread's), the
+   * same table; a snapshot or NULL once it may be abandoned; a lane's
+   * own for a plain thread's lane call. */
+  if (op->abandon && ctx->coro) {
+    op->body_ctx.locals = inherit(op->own_locals, ctx);
+    op->body_ctx.any_ok = true;
+  } else if (aff == 2 && !ctx->coro) {
+    op->body_ctx.locals = NULL;
+  } else {
+    op->body_ctx.locals = ctx->locals;
+    op->body_ctx.any_ok = ctx->any_ok;
+  }
   int r = mm_run_sync_ex(sync_fn, op, &o);
   record(op, "mm_run_sync_ex", r, op->value);
   if (ref)
@@ -832,6 +898,8 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
   op->body_ctx = (ctx_t) { .rank = ctx->rank, .loop = l, .coro = true,
                            .timed = op->timeout != 0, .group = ctx->group,
                            .caller = ctx->coro ? ctx->caller : 1,
+                           .locals = inherit(op->own_locals, ctx),
+                           .any_ok = ctx->any_ok,
                            .who = "run_async coroutine" };
   char name[16];
   snprintf(name, sizeof(name), "fa-%d", op->id);
@@ -1084,7 +1152,8 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
   op->body_ctx = (ctx_t) { .rank = RANK_GROUP(g), .loop = l, .coro = true,
                            .timed = false, .group = g,
                            .caller = ctx->caller ? 2 : 0,
-                           .who = "group child" };
+                           .locals = inherit(op->own_locals, ctx),
+                           .any_ok = ctx->any_ok, .who = "group child" };
   int r = mm_group_spawn(grp, coro_body, op);
   record(op, "mm_group_spawn", r, INT32_MIN);
   lock();
@@ -1228,7 +1297,7 @@ static void close_all_channels(void) {
  * has no user left. */
 static void free_loop(int l, bool undriven) {
   const ctx_t main_ctx = { .rank = -1, .loop = -1, .group = -1,
-                           .who = "main thread" };
+                           .locals = main_locals, .who = "main thread" };
   /* A stopped loop nobody drives runs none of its coroutines before its
    * free: their handles go with it, unjoined. */
   for (int g = 0; g < NGRP && !undriven; g++) {
@@ -1322,6 +1391,46 @@ static void stopped_undriven(void) {
   }
 }
 #endif
+
+/* Locals: each LOCAL stores its own address under one of two keys and
+ * reads it back; what is stored is copied into the coroutines spawned
+ * afterwards (and read by run_sync functions and run_async coroutines),
+ * so that the library's copies have something on the heap to copy. */
+static void do_local(op_t *op, const ctx_t *ctx) {
+  check_locals(op, ctx, "before mm_local_set");
+  const void *key = &local_keys[op->a & 1];
+  int r = mm_local_set(key, op);
+  record(op, "mm_local_set", r, INT32_MIN);
+  if (r == 0 && ctx->locals != NULL)
+    ctx->locals[op->a & 1] = op;
+  check_locals(op, ctx, "after mm_local_set");
+}
+
+static FILE *dump_sink;
+
+static void do_dump(op_t *op, const ctx_t *ctx) {
+  int l = op->a & 1;
+  if (!loop_ref(l))
+    return skip(op, "loop gone");
+  if (op->b & 1) {
+    mm_stats_t st;
+    int r = mm_loop_stats(S.loops[l].l, &st);
+    record(op, "mm_loop_stats", r, INT32_MIN);
+  } else {
+    /* From another loop's coroutine the dump waits for loop l's thread
+     * to write it: it suspends nothing, so only on a loop that runs. */
+    lock();
+    bool driven = S.loops[l].started;
+    unlock();
+    if (!driven && ctx->coro && ctx->loop != l) {
+      loop_unref(l);
+      return skip(op, "dump of a loop nobody drives from a coroutine");
+    }
+    int r = mm_loop_dump(S.loops[l].l, dump_sink);
+    record(op, "mm_loop_dump", r, INT32_MIN);
+  }
+  loop_unref(l);
+}
 
 /* Starts loop m if nobody drives it and it is not stopped. */
 static void drive_loop(int m) {
@@ -1426,6 +1535,8 @@ static void exec_op(op_t *op, const ctx_t *ctx) {
   case OP_FREE: do_free(op); break;
   case OP_START: do_start(op); break;
   case OP_RUN: do_run(op, ctx); break;
+  case OP_LOCAL: do_local(op, ctx); break;
+  case OP_DUMP: do_dump(op, ctx); break;
   case OP_STALE:
 #if FUZZ_STALE
     do_stale(op);
@@ -1447,7 +1558,7 @@ static void *exec_main(void *arg) {
   static const char *const names[] = { "thread T0", "thread T1", "thread T2",
                                        "thread T3" };
   const ctx_t ctx = { .rank = -1, .loop = -1, .coro = false, .group = -1,
-                      .who = names[e->idx] };
+                      .locals = e->locals, .who = names[e->idx] };
   lock();
   for (;;) {
     while (e->qh == e->qt && !e->quit)
@@ -1471,6 +1582,7 @@ static int opcoro_main(void *arg) {
   op_t *op = arg;
   int l = where_of(op->where) - 4;
   const ctx_t ctx = { .rank = -1, .loop = l, .coro = true, .group = -1,
+                      .locals = op->exec_locals,
                       .who = l == 0 ? "coroutine of loop 0"
                                     : "coroutine of loop 1" };
   exec_op(op, &ctx);
@@ -1497,7 +1609,7 @@ static bool dispatched(const op_t *op) {
 static void dispatch(op_t *op) {
   if (op->code == OP_FREE || op->code == OP_START) {
     const ctx_t ctx = { .rank = -1, .loop = -1, .group = -1,
-                        .who = "main thread" };
+                        .locals = main_locals, .who = "main thread" };
     exec_op(op, &ctx);
     return;
   }
@@ -1660,6 +1772,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void) argc;
   (void) argv;
   mm_set_log(quiet_log, NULL);
+  dump_sink = fopen("/dev/null", "w");
+  if (dump_sink == NULL)
+    abort();
   pthread_t th;
   if (pthread_create(&th, NULL, watchdog_main, NULL) != 0)
     abort();
@@ -1755,7 +1870,7 @@ static void settle(void) {
 
 static void teardown(void) {
   const ctx_t main_ctx = { .rank = -1, .loop = -1, .group = -1,
-                           .who = "main thread" };
+                           .locals = main_locals, .who = "main thread" };
   S.phase = "teardown: close, cancel, stop";
   lock();
   S.teardown = true;

@@ -17,7 +17,7 @@ mkdir -p "$dir"
 
 SPAWN=0 JOIN=1 DETACH=2 CANCEL=3 YIELD=4 SLEEP=5 RUN_SYNC=6 RUN_ASYNC=7
 SEND=8 RECV=9 CLOSE=10 CHAN_FREE=11 GSPAWN=12 GCANCEL=13 GWAIT=14 STOP=15
-FREE=16 START=17 RUN=18 STALE=19
+FREE=16 START=17 RUN=18 STALE=19 LOCAL=20 DUMP=21
 T0=0 T1=1 T2=2 T3=3 C0=4 C1=5
 
 out=""
@@ -99,5 +99,12 @@ op $SPAWN $C0 3 1 0; op $RUN_SYNC 0 2 2 134; op $RUN_ASYNC 0 1 1 1
 op $SEND 0 0 0 0; op $RECV 0 0 0 0; op $CANCEL $T0 0 1 0
 op $JOIN $T1 0 1 0
 seed mixed-nesting 0
+
+# locals (a: key) and diagnostics (DUMP a: loop; b: 1 stats)
+op $LOCAL $T0 0 0 0; op $SPAWN $T0 2 0 0; op $LOCAL 0 0 1 0
+op $RUN_SYNC 0 1 0 0; op $LOCAL 0 0 0 0; op $RUN_ASYNC $T0 1 1 0
+op $LOCAL 0 0 1 0; op $JOIN $T1 0 0 0; op $DUMP $T2 0 0 0
+op $DUMP $C1 0 0 1; op $DUMP $C0 0 1 0
+seed locals-dump 0
 
 echo "make-seeds.sh: $(ls "$dir" | wc -l) seeds in $dir"
