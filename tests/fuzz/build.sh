@@ -62,7 +62,7 @@ else
   fi
 fi
 
-# ---- the library's sources, as Makefile.am lists them -------------------------
+# ---- the library's sources, as Makefile.am lists them ---------------------
 mapfile -t sources < <(
   awk '/^libmm_la_SOURCES = /{on=1; next}
        on { for (i = 1; i <= NF; i++) if ($i != "\\") print $i;
@@ -101,12 +101,14 @@ build() {
     o=${o%.c.o}.o
     o=${o%.S.o}.o
     "$cc" "${cppflags[@]}" "${cflags[@]}" $uv_cflags \
-      -fsanitize=fuzzer-no-link,"$san" "${sflags[@]}" "${extra[@]}" -c "$top/$s" -o "$o" &
+      -fsanitize=fuzzer-no-link,"$san" "${sflags[@]}" "${extra[@]}" \
+      -c "$top/$s" -o "$o" &
     objs+=("$o")
   done
   wait_all
   "$cc" "${cppflags[@]}" "${cflags[@]}" $uv_cflags -fsanitize=fuzzer,"$san" \
-    "${sflags[@]}" "${extra[@]}" "$top/tests/fuzz/fuzz-api.c" "${objs[@]}" $uv_libs \
+    "${sflags[@]}" "${extra[@]}" "$top/tests/fuzz/fuzz-api.c" "${objs[@]}" \
+    $uv_libs \
     -o "$out/fuzz-api-$name"
   echo "build.sh: built $out/fuzz-api-$name"
 }

@@ -1719,7 +1719,7 @@ static void decode(const uint8_t *data, size_t size) {
     S.top[S.ntop++] = k;
 }
 
-/* ---- the watchdog ---------------------------------------------------------- */
+/* ---- the watchdog ---------------------------------------------------- */
 
 static int hang_s(void) {
   const char *e = getenv("FUZZ_HANG_S");

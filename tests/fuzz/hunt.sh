@@ -38,8 +38,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
   new=$(ls -t "$work/artifacts" | grep -v '\.log$' | head -n 1)
   if [ $rc -ne 0 ] && [ -n "$new" ] && [ ! -f "$work/artifacts/$new.log" ]; then
     tail -n 400 "$work/run-$run.log" >"$work/artifacts/$new.log"
-    echo "hunt.sh: run $run: $new ($(grep -m1 -oE \
-      'violation: .{0,80}|fuzz-api: hang|ERROR: [A-Za-z]+: [a-z-]+|WARNING: ThreadSanitizer: [a-z ]+' \
+    what='violation: .{0,80}|fuzz-api: hang|ERROR: [A-Za-z]+: [a-z-]+'
+    what="$what|WARNING: ThreadSanitizer: [a-z ]+"
+    echo "hunt.sh: run $run: $new ($(grep -m1 -oE "$what" \
       "$work/run-$run.log" | head -n 1))"
   fi
   grep -E '^#[0-9]+.*(DONE|pulse)' "$work/run-$run.log" | tail -n 1
