@@ -167,6 +167,8 @@ static bool has_body(int code) {
          code == OP_GSPAWN;
 }
 
+typedef struct op op_t;
+
 /* Where an operation (or a body) runs, for the rules on what it may wait
  * for and on which codes its calls may return. */
 typedef struct ctx {
@@ -182,6 +184,8 @@ typedef struct ctx {
                      local_keys[0..1]), or NULL: not known (a lane's
                      thread keeps a table of its own) */
   bool any_ok;    /* locals may also read as NULL (an abandoned call) */
+  op_t *abandonable; /* the RUN_SYNC with abandon_on_cancel whose function
+                        this plain thread runs, or NULL */
   int caller;     /* the thread its MM_AFFINITY_CALLER calls go to: 0
                      none (the sensitive thread), 1 a thread blocked in
                      mm_run_async for it, 2 one it inherited from its
@@ -189,7 +193,6 @@ typedef struct ctx {
   const char *who;
 } ctx_t;
 
-typedef struct op op_t;
 struct op {
   int id;
   uint8_t code, where, a, b;
@@ -212,6 +215,7 @@ struct op {
   const char *note;
   _Atomic int body_started, body_done;
   _Atomic int fn_runs, fn_done, cleanups, cleanup_status;
+  _Atomic int wrote;          /* RUN_SYNC: keys its function's LOCALs set */
   _Atomic int deliveries;     /* SEND: how often its item was received */
   _Atomic int send_state;     /* SEND: 0 not sent, 1 ok, 2 failed */
 };
@@ -543,6 +547,10 @@ static void loop_unref(int i) {
 
 static char local_keys[2];
 static void *main_locals[2];
+static char unknown_local;
+/* An expected value that cannot be told (an abandoned call's function set
+ * it, maybe before the abandon): not checked. */
+#define LOCAL_UNKNOWN ((void *) &unknown_local)
 
 /* What a new table copied from ctx's must hold: in dst, or NULL. */
 static void **inherit(void **dst, const ctx_t *ctx) {
@@ -562,7 +570,8 @@ static void check_locals(const op_t *op, const ctx_t *ctx, const char *at) {
     return;
   for (int k = 0; k < 2; k++) {
     void *v = mm_local_get(&local_keys[k]);
-    if (v == ctx->locals[k] || (v == NULL && ctx->any_ok))
+    if (v == ctx->locals[k] || (v == NULL && ctx->any_ok) ||
+        ctx->locals[k] == LOCAL_UNKNOWN)
       continue;
     const op_t *by = v;
     bool known = v != NULL && by >= S.ops && by < S.ops + S.nops;
@@ -867,14 +876,23 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   if (op->abandon && ctx->coro) {
     op->body_ctx.locals = inherit(op->own_locals, ctx);
     op->body_ctx.any_ok = true;
+    op->body_ctx.abandonable = op;
   } else if (aff == 2 && !ctx->coro) {
     op->body_ctx.locals = NULL;
   } else {
     op->body_ctx.locals = ctx->locals;
     op->body_ctx.any_ok = ctx->any_ok;
+    op->body_ctx.abandonable = ctx->abandonable;
   }
   int r = mm_run_sync_ex(sync_fn, op, &o);
   record(op, "mm_run_sync_ex", r, op->value);
+  /* What an abandonable call's function stored: the coroutine's own (a
+   * call that completed), or not known (one abandoned, maybe after the
+   * stores); a store after the return must not show. */
+  int wrote = op->abandon && ctx->coro ? atomic_load(&op->wrote) : 0;
+  for (int k = 0; k < 2 && ctx->locals != NULL; k++)
+    if (wrote & (1 << k))
+      ctx->locals[k] = r == op->value ? op->own_locals[k] : LOCAL_UNKNOWN;
   if (ref)
     loop_unref(lane_loop);
   if (r == op->value)
@@ -1398,6 +1416,8 @@ static void stopped_undriven(void) {
  * so that the library's copies have something on the heap to copy. */
 static void do_local(op_t *op, const ctx_t *ctx) {
   check_locals(op, ctx, "before mm_local_set");
+  if (ctx->abandonable != NULL)
+    atomic_fetch_or(&ctx->abandonable->wrote, 1 << (op->a & 1));
   const void *key = &local_keys[op->a & 1];
   int r = mm_local_set(key, op);
   record(op, "mm_local_set", r, INT32_MIN);
