@@ -172,6 +172,8 @@ typedef struct op op_t;
 /* Where an operation (or a body) runs, for the rules on what it may wait
  * for and on which codes its calls may return. */
 typedef struct ctx {
+  int id;         /* who runs: 0 main, 1-4 T0..T3, 100 + op: the op's
+                     coroutine, 1000 + op: the op's body */
   int rank;       /* waits only for ranks above this; -1: anything */
   int loop;       /* the coroutine's loop, or -1 on a plain thread */
   bool coro;      /* in a coroutine */
@@ -216,6 +218,10 @@ struct op {
   _Atomic int body_started, body_done;
   _Atomic int fn_runs, fn_done, cleanups, cleanup_status;
   _Atomic int wrote;          /* RUN_SYNC: keys its function's LOCALs set */
+  int ctx_id;                 /* SEND, RECV: the ctx_t id that ran it */
+  void *chan;                 /* SEND, RECV: the hchan_t used */
+  int got;                    /* RECV: the SEND whose item came, or -1 */
+  int ginst;                  /* GSPAWN, GWAIT: the group's incarnation */
   _Atomic int deliveries;     /* SEND: how often its item was received */
   _Atomic int send_state;     /* SEND: 0 not sent, 1 ok, 2 failed */
 };
@@ -271,7 +277,8 @@ static struct {
            mm_coro_t *stale; } slots[NSLOTS];
   hchan_t *chans[NCHANS];
   hchan_t *all_chans;
-  struct { mm_group_t *g; int loop; int state; int uses; } groups[NGRP];
+  struct { mm_group_t *g; int loop; int state; int uses; int inst; }
+    groups[NGRP];
   exec_t ex[NTHREADS];
   bool teardown;
   int closing;                /* FREEs closing every channel: none made */
@@ -485,6 +492,13 @@ static void check_code(const char *fn, int r, bool is_value) {
  * value when the call may return one, else INT_MIN. */
 static void record(op_t *op, const char *fn, int r, int value) {
   op->fname = fn;
+  /* The harness calls nothing on a loop's thread outside its coroutines,
+   * and its waits never wait for themselves (ranks): -EDEADLK, where
+   * documented, is never due here. */
+  if (r == -EDEADLK && r != value)
+    violation("#%d: %s returned -EDEADLK, in a context where no wait is "
+              "for itself and no loop thread runs outside a coroutine",
+              op->id, fn);
   atomic_store(&op->ret, r);
   if (atomic_fetch_add(&op->nret, 1) != 0)
     violation("#%d: %s returned twice (now %d)", op->id, fn, r);
@@ -654,7 +668,8 @@ static void do_spawn(op_t *op, const ctx_t *ctx) {
     S.slots[s].state = CS_SPAWNING;
   unlock();
 
-  op->body_ctx = (ctx_t) { .rank = slotted ? s : ctx->rank, .loop = l,
+  op->body_ctx = (ctx_t) { .id = 1000 + op->id,
+                           .rank = slotted ? s : ctx->rank, .loop = l,
                            .coro = true, .timed = op->timeout != 0,
                            .group = -1, .caller = ctx->caller ? 2 : 0,
                            .locals = inherit(op->own_locals, ctx),
@@ -863,7 +878,8 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   o.cleanup = op->cleanup ? sync_cleanup : NULL;
   /* The function runs on a plain thread for this context; an abandoned one
    * may outlive the caller, so it spawns into no group. */
-  op->body_ctx = (ctx_t) { .rank = ctx->rank, .loop = -1, .coro = false,
+  op->body_ctx = (ctx_t) { .id = 1000 + op->id,
+                           .rank = ctx->rank, .loop = -1, .coro = false,
                            .timed = false,
                            .group = op->abandon ? -1 : ctx->group,
                            .lane_min = aff == 2 && lane_loop + 1 >
@@ -913,7 +929,8 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
   int l = op->a & 1;
   if (!loop_ref(l))
     return skip(op, "loop gone");
-  op->body_ctx = (ctx_t) { .rank = ctx->rank, .loop = l, .coro = true,
+  op->body_ctx = (ctx_t) { .id = 1000 + op->id,
+                           .rank = ctx->rank, .loop = l, .coro = true,
                            .timed = op->timeout != 0, .group = ctx->group,
                            .caller = ctx->coro ? ctx->caller : 1,
                            .locals = inherit(op->own_locals, ctx),
@@ -997,6 +1014,8 @@ static void do_send(op_t *op, const ctx_t *ctx) {
   hchan_t *hc = chan_use(op->a % NCHANS, ctx, true, 1 + ((op->a >> 2) & 1));
   if (hc == NULL)
     return skip(op, "no channel");
+  op->ctx_id = ctx->id;
+  op->chan = hc;
   int r = mm_chan_send(hc->ch, (void *) (uintptr_t) (op->id + 1));
   atomic_store(&op->send_state, r == 0 ? 1 : 2);
   record(op, "mm_chan_send", r, INT32_MIN);
@@ -1008,10 +1027,15 @@ static void do_recv(op_t *op, const ctx_t *ctx) {
   if (hc == NULL)
     return skip(op, "no channel");
   void *item = NULL;
+  op->ctx_id = ctx->id;
+  op->chan = hc;
+  op->got = -1;
   int r = mm_chan_recv(hc->ch, &item);
   record(op, "mm_chan_recv", r, INT32_MIN);
-  if (r == 0)
+  if (r == 0) {
     deliver(op, item);
+    op->got = (int) (uintptr_t) item - 1;
+  }
   chan_unuse(hc, ctx);
 }
 
@@ -1151,6 +1175,7 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
         S.groups[g].state = GS_OPEN;
         S.groups[g].loop = l;
         S.groups[g].uses = 0;
+        S.groups[g].inst++;
       }
     }
   }
@@ -1165,9 +1190,11 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
     return skip(op, "group not open to this spawner");
   }
   S.groups[g].uses++;
+  op->ginst = S.groups[g].inst;
   mm_group_t *grp = S.groups[g].g;
   unlock();
-  op->body_ctx = (ctx_t) { .rank = RANK_GROUP(g), .loop = l, .coro = true,
+  op->body_ctx = (ctx_t) { .id = 1000 + op->id,
+                           .rank = RANK_GROUP(g), .loop = l, .coro = true,
                            .timed = false, .group = g,
                            .caller = ctx->caller ? 2 : 0,
                            .locals = inherit(op->own_locals, ctx),
@@ -1227,8 +1254,22 @@ static void group_wait(op_t *op, const ctx_t *ctx, int g) {
   while (S.groups[g].uses > 0)
     wait_a_bit();
   mm_group_t *grp = S.groups[g].g;
+  int inst = S.groups[g].inst;
   unlock();
   int r = mm_group_wait(grp);
+  /* A failure is the status of a child of this group: its value, or
+   * -ECANCELED for one cancelled before it ran. */
+  bool child_failed = false;
+  lock();                       /* ginst is written under S.mu */
+  for (int i = 0; i < S.nops && r != 0 && r != -ECANCELED; i++)
+    child_failed |= S.ops[i].code == OP_GSPAWN && (S.ops[i].a & 1) == g &&
+                    S.ops[i].ginst == inst && atomic_load(&S.ops[i].nret) &&
+                    atomic_load(&S.ops[i].ret) == 0 && S.ops[i].value == r;
+  unlock();
+  if (r != 0 && r != -ECANCELED && !child_failed)
+    violation("#%d: mm_group_wait returned %d (%s), the value of none of "
+              "the group's children", op != NULL ? op->id : -1, r,
+              mm_strerror(r));
   bool child_value = r == -EIO || r == -ENOENT || r == -ECANCELED;
   if (op != NULL)
     record(op, "mm_group_wait", r, child_value ? r : INT32_MIN);
@@ -1577,8 +1618,9 @@ static void *exec_main(void *arg) {
   exec_t *e = arg;
   static const char *const names[] = { "thread T0", "thread T1", "thread T2",
                                        "thread T3" };
-  const ctx_t ctx = { .rank = -1, .loop = -1, .coro = false, .group = -1,
-                      .locals = e->locals, .who = names[e->idx] };
+  const ctx_t ctx = { .id = 1 + e->idx, .rank = -1, .loop = -1,
+                      .coro = false, .group = -1, .locals = e->locals,
+                      .who = names[e->idx] };
   lock();
   for (;;) {
     while (e->qh == e->qt && !e->quit)
@@ -1601,8 +1643,8 @@ static void *exec_main(void *arg) {
 static int opcoro_main(void *arg) {
   op_t *op = arg;
   int l = where_of(op->where) - 4;
-  const ctx_t ctx = { .rank = -1, .loop = l, .coro = true, .group = -1,
-                      .locals = op->exec_locals,
+  const ctx_t ctx = { .id = 100 + op->id, .rank = -1, .loop = l,
+                      .coro = true, .group = -1, .locals = op->exec_locals,
                       .who = l == 0 ? "coroutine of loop 0"
                                     : "coroutine of loop 1" };
   exec_op(op, &ctx);
@@ -1979,8 +2021,31 @@ static void teardown(void) {
   }
 }
 
+/* A channel is FIFO: a context that received two items one context sent
+ * into the same channel got them in the order they were sent (the sends
+ * of one context happen in op order, and so do its receives). */
+static void check_fifo(void) {
+  for (int i = 0; i < S.nops; i++) {
+    const op_t *r1 = &S.ops[i];
+    if (r1->code != OP_RECV || !atomic_load(&r1->nret) || r1->got < 0)
+      continue;
+    for (int j = i + 1; j < S.nops; j++) {
+      const op_t *r2 = &S.ops[j];
+      if (r2->code != OP_RECV || !atomic_load(&r2->nret) || r2->got < 0 ||
+          r2->ctx_id != r1->ctx_id || r2->chan != r1->chan)
+        continue;
+      const op_t *s1 = &S.ops[r1->got], *s2 = &S.ops[r2->got];
+      if (s1->ctx_id == s2->ctx_id && s1->id > s2->id)
+        violation("#%d and #%d received item %d before item %d, which "
+                  "one context sent in the other order into one channel",
+                  r1->id, r2->id, s1->id + 1, s2->id + 1);
+    }
+  }
+}
+
 /* Checks every node once everything has ended. */
 static void final_checks(void) {
+  check_fifo();
   for (int i = 0; i < S.nops; i++) {
     op_t *op = &S.ops[i];
     if (atomic_load(&op->begun) && !atomic_load(&op->done))
