@@ -84,6 +84,16 @@
  *                         channel).  Off: it waits for every user
  *                         (TODO(#8): the cancel of a coroutine woken by
  *                         the close then locks the freed channel).
+ *   FUZZ_FREE_IN_CALL=1   a FREE in a body run by one of a loop's own
+ *                         threads (its pool, lane or sensitive thread)
+ *                         frees that loop, expecting -EDEADLK (API.md).
+ *                         Off: such a FREE is skipped (TODO(#8): main
+ *                         hangs there).
+ *   FUZZ_GROUP_LATE_SPAWN=1 anyone may spawn into a group until its wait
+ *                         returns, as the header says.  Off: only before
+ *                         the wait, as API.md says, or its own children
+ *                         (TODO(#8): the wait frees the group under a
+ *                         concurrent spawn).
  *   FUZZ_MAX_OPS=N        operations decoded at most (48; 12 under TSan,
  *                         where every new coroutine costs milliseconds).
  */
@@ -125,6 +135,12 @@
 #endif
 #ifndef FUZZ_CHAN_FREE_EARLY
 # define FUZZ_CHAN_FREE_EARLY 0
+#endif
+#ifndef FUZZ_FREE_IN_CALL
+# define FUZZ_FREE_IN_CALL 0
+#endif
+#ifndef FUZZ_GROUP_LATE_SPAWN
+# define FUZZ_GROUP_LATE_SPAWN 0
 #endif
 #ifndef FUZZ_MAX_OPS
 # ifdef FUZZ_TSAN
@@ -188,6 +204,8 @@ typedef struct ctx {
   bool any_ok;    /* locals may also read as NULL (an abandoned call) */
   op_t *abandonable; /* the RUN_SYNC with abandon_on_cancel whose function
                         this plain thread runs, or NULL */
+  int thread_of;  /* 1 + the loop whose pool, lane or sensitive thread
+                     runs this (a run_sync function), or 0 */
   int caller;     /* the thread its MM_AFFINITY_CALLER calls go to: 0
                      none (the sensitive thread), 1 a thread blocked in
                      mm_run_async for it, 2 one it inherited from its
@@ -447,7 +465,7 @@ static const struct { const char *fn; int codes; } allowed[] = {
   { "mm_group_cancel", C_OK | C_INVAL },
   { "mm_group_wait", C_OK | C_VAL | C_CANCELED | C_DEADLK | C_INVAL },
   { "mm_loop_stop", C_OK | C_INVAL },
-  { "mm_loop_free", C_OK | C_INVAL | C_BUSY },
+  { "mm_loop_free", C_OK | C_INVAL | C_BUSY | C_DEADLK },
   { "mm_loop_start", C_OK | C_INVAL | C_BUSY | C_SHUTDOWN | C_AGAIN },
   { "mm_loop_run", C_OK | C_INVAL | C_BUSY | C_SHUTDOWN | C_DEADLK },
   { "mm_lane_new", C_OK | C_INVAL | C_SHUTDOWN | C_NOMEM | C_AGAIN },
@@ -900,6 +918,12 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
     op->body_ctx.any_ok = ctx->any_ok;
     op->body_ctx.abandonable = ctx->abandonable;
   }
+  /* Whose thread runs the function: a coroutine's pool, lane or (no
+   * caller thread) sensitive thread; inline, the caller's own. */
+  if (!ctx->coro)
+    op->body_ctx.thread_of = ctx->thread_of;
+  else if (aff != 1 || ctx->caller == 0)
+    op->body_ctx.thread_of = 1 + ctx->loop;
   int r = mm_run_sync_ex(sync_fn, op, &o);
   record(op, "mm_run_sync_ex", r, op->value);
   /* What an abandonable call's function stored: the coroutine's own (a
@@ -1181,7 +1205,8 @@ static void do_gspawn(op_t *op, const ctx_t *ctx) {
   }
   /* Anyone before the wait; the group's own children until it returns. */
   bool ok = S.groups[g].state == GS_OPEN ||
-            (S.groups[g].state == GS_WAITING && ctx->group == g);
+            (S.groups[g].state == GS_WAITING &&
+             (ctx->group == g || FUZZ_GROUP_LATE_SPAWN));
   int l = S.groups[g].loop;
   if (ok && !loop_ref_locked(l))
     ok = false;
@@ -1493,6 +1518,22 @@ static void do_dump(op_t *op, const ctx_t *ctx) {
   loop_unref(l);
 }
 
+#if FUZZ_FREE_IN_CALL
+/* mm_loop_free from one of the loop's own threads: -EDEADLK, the loop
+ * left usable (API.md, "Loops"). */
+static void free_in_call(op_t *op, int l) {
+  if (!loop_ref(l))
+    return skip(op, "loop gone");
+  op->fname = "mm_loop_free";
+  int r = mm_loop_free(S.loops[l].l);
+  record(op, "mm_loop_free", r, -EDEADLK);
+  if (r != -EDEADLK)
+    violation("#%d: mm_loop_free from a thread of the loop returned %d, "
+              "not -EDEADLK", op->id, r);
+  loop_unref(l);
+}
+#endif
+
 /* Starts loop m if nobody drives it and it is not stopped. */
 static void drive_loop(int m) {
   lock();
@@ -1593,7 +1634,17 @@ static void exec_op(op_t *op, const ctx_t *ctx) {
   case OP_GCANCEL: do_gcancel(op); break;
   case OP_GWAIT: group_wait(op, ctx, op->a & 1); break;
   case OP_STOP: do_stop(op); break;
-  case OP_FREE: do_free(op); break;
+  case OP_FREE:
+    if (ctx->id == 0)
+      do_free(op);
+#if FUZZ_FREE_IN_CALL
+    else if (ctx->thread_of != 0)
+      free_in_call(op, ctx->thread_of - 1);
+#endif
+    else
+      skip(op, "FREE in a body: only on a loop's own thread (with "
+               "FUZZ_FREE_IN_CALL)");
+    break;
   case OP_START: do_start(op); break;
   case OP_RUN: do_run(op, ctx); break;
   case OP_LOCAL: do_local(op, ctx); break;
@@ -1728,7 +1779,7 @@ static int decode_op(int depth) {
   op->b = in_data[in_pos + 3];
   in_pos += 4;
   op->depth = depth;
-  if (depth > 0 && (op->code == OP_FREE || op->code == OP_START))
+  if (depth > 0 && op->code == OP_START)
     op->code = OP_YIELD;        /* the main thread's alone */
   switch (op->code) {
   case OP_SPAWN:
