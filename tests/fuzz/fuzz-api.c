@@ -2,9 +2,12 @@
  * API operations over 2 loops and 4 plain threads, runs it, and checks the
  * library's promises afterwards (issue 8, "Proof that keeps them out").
  *
- * Input.  Byte 0 configures the run (bit 0: loop 1 starts undriven; it is
+ * Input.  Byte 0 configures the run: bit 0, loop 1 starts undriven (it is
  * then driven only by the START and RUN operations, by a stop, or by its
- * free).  Every operation after it takes 4 bytes:
+ * free); bits 1 and 2, loop 0's and loop 1's pools have at most 2 threads
+ * (else 8); bit 3, idle workers exit after 1 ms; bit 4, slow_step_ms is 1;
+ * bit 5, each pool keeps 1 thread.  Every operation after it takes 4
+ * bytes:
  *
  *   code   which operation (op_names below), modulo OP_COUNT
  *   where  top level, bits 0-2 modulo 6: who runs it (0-3: plain thread
@@ -417,8 +420,13 @@ static void print_op(FILE *f, const op_t *op, int indent) {
 }
 
 static void print_program(FILE *f) {
-  fprintf(f, "program: config=0x%02x (loop 1 %s), %d ops\n", S.config,
-          S.config & 1 ? "undriven" : "started", S.nops);
+  fprintf(f, "program: config=0x%02x (loop 1 %s%s%s%s%s%s), %d ops\n",
+          S.config, S.config & 1 ? "undriven" : "started",
+          S.config & 2 ? ", pool 0 max 2" : "",
+          S.config & 4 ? ", pool 1 max 2" : "",
+          S.config & 8 ? ", idle 1 ms" : "",
+          S.config & 16 ? ", slow_step 1 ms" : "",
+          S.config & 32 ? ", pool min 1" : "", S.nops);
   for (int i = 0; i < S.ntop; i++)
     print_op(f, &S.ops[S.top[i]], 2);
   fflush(f);
@@ -1919,11 +1927,17 @@ static void setup(void) {
   S.teardown = false;
   S.closing = 0;
   atomic_store(&S.fns_running, 0);
-  mm_loop_options_t o;
-  mm_loop_options_init(&o);
-  o.stack_size = 256 * 1024;   /* nested bodies, sanitizers' frames */
-  o.pool_max_threads = 8;
   for (int l = 0; l < NLOOPS; l++) {
+    mm_loop_options_t o;
+    mm_loop_options_init(&o);
+    o.stack_size = 256 * 1024;   /* nested bodies, sanitizers' frames */
+    o.pool_max_threads = S.config & (2 << l) ? 2 : 8;
+    if (S.config & 8)
+      o.pool_idle_ms = 1;
+    if (S.config & 16)
+      o.slow_step_ms = 1;
+    if (S.config & 32)
+      o.pool_min_threads = 1;
     int r = mm_loop_new(&S.loops[l].l, &o);
     if (r != 0)
       violation("mm_loop_new: %d", r);

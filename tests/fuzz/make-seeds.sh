@@ -107,4 +107,16 @@ op $LOCAL 0 0 1 0; op $JOIN $T1 0 0 0; op $DUMP $T2 0 0 0
 op $DUMP $C1 0 0 1; op $DUMP $C0 0 1 0
 seed locals-dump 0
 
+# config bits: 1 loop 1 undriven, 2/4 pools of 2, 8 idle 1 ms, 16 slow
+# step 1 ms, 32 one thread kept
+op $SPAWN $C0 2 0 0; op $RUN_SYNC 0 0 0 64; op $RUN_SYNC 0 0 0 64
+op $SPAWN $C0 1 1 0; op $RUN_SYNC 0 0 0 130; op $RUN_SYNC $C0 0 0 66
+op $SLEEP $T0 0 3 0; op $RUN_SYNC $C0 0 0 0; op $JOIN $T1 0 0 0
+op $JOIN $T2 0 1 0
+seed pool-tight $((2 | 8 | 16))
+op $RUN_ASYNC $T0 1 1 0; op $RUN_SYNC 0 1 1 66; op $SPAWN $T1 0 9 0
+op $RUN $T2 0 1 0; op $RUN_ASYNC $C0 1 1 0; op $RUN_SYNC 0 0 2 0
+op $STOP $T3 0 1 0
+seed undriven-pool-min $((1 | 4 | 32))
+
 echo "make-seeds.sh: $(ls "$dir" | wc -l) seeds in $dir"
