@@ -37,19 +37,24 @@
  * waits for those in flight (each holds a reference) after its stop.
  * Waits are kept acyclic by ranks: a coroutine in slot k (and what it
  * runs) waits only for slots above k and for groups; a group's children
- * wait for nothing of lower rank.  Channel waits end at the latest when
- * the channel is closed: the end of the program (and a mid-program loop
- * free) closes every channel, cancels every handle and group, and stops
- * the loops, so that a correct library lets everything return.
+ * wait for nothing of lower rank; a function running on lane N makes lane
+ * calls only to higher lanes.  Channel waits end at the latest when the
+ * channel is closed: the end of the program closes every channel,
+ * cancels every handle and group, and stops the loops (a mid-program free
+ * closes the channels, drives the other loop and stops its own), so that
+ * a correct library lets everything return.
  *
  * Checks, after each input: every call returned once, with a code the
  * header documents for the function (allowed[] below) and consistent with
  * what happened (fn's value only if fn ran, -ETIMEDOUT only under a
- * deadline, ...); cleanup ran as the ownership rule says; every channel
- * item sent was received or drained exactly once and no item whose send
- * failed was delivered; no thread stayed blocked (a watchdog dumps the
- * loops and aborts with "hang" after FUZZ_HANG_S seconds, default 10);
- * ASan/LSan and TSan see the rest.  A violation prints the decoded program
+ * deadline, no -EDEADLK where no wait is for itself, a group's failure
+ * is a child's status...); cleanup ran as the ownership rule says; every
+ * channel item sent was received or drained exactly once, no item whose
+ * send failed was delivered, and items from one sender reach one
+ * receiver in order; locals read what DESIGN.md says they hold; no
+ * thread stayed blocked (a watchdog dumps the loops and aborts with
+ * "hang" after FUZZ_HANG_S seconds, default 10); ASan/LSan and TSan see
+ * the rest.  A violation prints the decoded program
  * with each node's result and aborts.  FUZZ_PRINT=1 in the environment
  * prints the decoded program of every input.
  *
