@@ -953,7 +953,7 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   /* Whose thread runs the function: a coroutine's pool, lane or (no
    * caller thread) sensitive thread; inline, the caller's own. */
   if (!ctx->coro)
-    op->body_ctx.thread_of = ctx->thread_of;
+    op->body_ctx.thread_of = aff == 2 ? 1 + lane_loop : ctx->thread_of;
   else if (aff != 1 || ctx->caller == 0)
     op->body_ctx.thread_of = 1 + ctx->loop;
   int r = mm_run_sync_ex(sync_fn, op, &o);
