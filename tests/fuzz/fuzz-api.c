@@ -245,6 +245,7 @@ struct op {
   _Atomic int ret;
   _Atomic int skipped;
   const char *note;
+  _Atomic int calling;        /* RUN_ASYNC: the library call was made */
   _Atomic int body_started, body_done;
   _Atomic int fn_runs, fn_done, cleanups, cleanup_status;
   int ctx_id;                 /* SEND, RECV: the ctx_t id that ran it */
@@ -407,6 +408,8 @@ static void print_op(FILE *f, const op_t *op, int indent) {
             atomic_load(&op->ret), errname(atomic_load(&op->ret)));
   else if (op->fname != NULL)
     fprintf(f, "  [in %s]", op->fname);
+  else if (atomic_load(&op->calling))
+    fprintf(f, "  [in mm_run_async_ex]");
   if (!atomic_load(&op->skipped) && op->note != NULL)
     fprintf(f, " (%s)", op->note);
   if (!atomic_load(&op->done) && atomic_load(&op->begun))
@@ -994,7 +997,7 @@ static void do_run_async(op_t *op, const ctx_t *ctx) {
   mm_async_options_init(&o);
   o.timeout_ms = op->timeout;
   o.name = op->b & 4 ? name : NULL;
-  op->fname = "mm_run_async_ex";
+  atomic_store(&op->calling, 1);
   int r = mm_run_async_ex(S.loops[l].l, coro_body, op, &o);
   record(op, "mm_run_async_ex", r, op->value);
   bool stopped = atomic_load(&S.loops[l].stopped);
@@ -1477,7 +1480,7 @@ static void check_answered(int l) {
     op_t *op = &S.ops[i];
     if (op->code == OP_RUN_ASYNC && (op->a & 1) == l &&
         atomic_load(&op->begun) && !atomic_load(&op->done) &&
-        op->fname != NULL)
+        atomic_load(&op->calling))
       violation("#%d: mm_run_async on loop %d was not answered 200 ms "
                 "after mm_loop_stop of that loop, which nobody drives "
                 "(issue 8, instance 5)", op->id, l);
