@@ -58,50 +58,50 @@
  * with each node's result and aborts.  FUZZ_PRINT=1 in the environment
  * prints the decoded program of every input.
  *
- * Compile-time switches (-D..., see tests/fuzz/build.sh):
- *   FUZZ_STALE=1          operations on handles already joined or
- *                         detached, expecting -EINVAL (main does not yet
- *                         recognise stale handles: TODO(#8)).
- *   FUZZ_CLEANUP_API=1    check cleanup against API.md's rule (every
- *                         -ECANCELED, -ETIMEDOUT, -ESHUTDOWN return calls
- *                         it once).  Off: the header's current rule, only
- *                         for abandoned calls (TODO(#8): main runs no
- *                         cleanup for calls removed before they ran, and a
- *                         running call past its own deadline returns fn's
- *                         value instead of -ETIMEDOUT).
- *   FUZZ_STOP_UNDRIVEN=1  stop a loop nobody drives as it is.  Off: the
- *                         harness starts it first (TODO(#8): a thread in
- *                         mm_run_async on a stopped undriven loop is never
- *                         answered).
- *   FUZZ_ABANDONED_BODY=1 let a run_sync function that may be abandoned
- *                         (abandon_on_cancel) run its body.  Off: it only
- *                         sleeps, without asking mm_cancelled() (TODO(#8):
- *                         an abandoned call's mm_spawn, mm_run_async,
- *                         mm_cancelled, mm_current and locals act for a
- *                         coroutine that has ended).
- *   FUZZ_CALLER_ORPHANS=1 let a coroutine that inherited a caller thread
+ * Compile-time switches (-D..., see tests/fuzz/build.sh).  Each of the
+ * first six turns on a pattern that main got wrong until f61cbe1 (issue
+ * 8); they are on, and =0 keeps a pattern out should it break again:
+ *   FUZZ_STALE            operations on handles already joined or
+ *                         detached, expecting -EINVAL (8.3).
+ *   FUZZ_STOP_UNDRIVEN    stop a loop nobody drives as it is; =0: the
+ *                         harness starts it first (8.5: a thread in
+ *                         mm_run_async on it was never answered).
+ *   FUZZ_ABANDONED_BODY   a run_sync function that may be abandoned
+ *                         (abandon_on_cancel) runs its body; =0: it only
+ *                         sleeps, without asking mm_cancelled() (8.2: an
+ *                         abandoned call's mm_spawn, mm_run_async,
+ *                         mm_cancelled, mm_current and locals acted for a
+ *                         coroutine that had ended).
+ *   FUZZ_CALLER_ORPHANS   a coroutine that inherited a caller thread
  *                         without being waited for by it (spawned inside
- *                         a run_async body) make MM_AFFINITY_CALLER calls.
- *                         Off: they go to the pool (TODO(#8): the thread
- *                         leaving mm_run_async runs its queue from a list
- *                         that a deadline or cancel edits at once).
- *   FUZZ_CHAN_FREE_EARLY=1 a CHAN_FREE on a plain thread frees the channel
+ *                         a run_async body) makes MM_AFFINITY_CALLER
+ *                         calls; =0: they go to the pool (8.4: the thread
+ *                         leaving mm_run_async ran its queue from a list
+ *                         that a deadline or cancel edited at once).
+ *   FUZZ_CHAN_FREE_EARLY  a CHAN_FREE on a plain thread frees the channel
  *                         once its coroutine users are parked in it and
  *                         it is closed, without waiting for them to
- *                         return (allowed: nobody waits in a closed
- *                         channel).  Off: it waits for every user
- *                         (TODO(#8): the cancel of a coroutine woken by
- *                         the close then locks the freed channel).
- *   FUZZ_FREE_IN_CALL=1   a FREE in a body run by one of a loop's own
+ *                         return (nobody waits in a closed channel); =0:
+ *                         it waits for every user (8.1: the cancel of a
+ *                         coroutine woken by the close locked the freed
+ *                         channel).
+ *   FUZZ_FREE_IN_CALL     a FREE in a body run by one of a loop's own
  *                         threads (its pool, lane or sensitive thread)
- *                         frees that loop, expecting -EDEADLK (API.md).
- *                         Off: such a FREE is skipped (TODO(#8): main
- *                         hangs there).
+ *                         frees that loop, expecting -EDEADLK; =0: such a
+ *                         FREE is skipped (8.5: it hung).
+ * These stay off, as main still differs:
+ *   FUZZ_CLEANUP_API=1    check cleanup against API.md's rule (every
+ *                         -ECANCELED, -ETIMEDOUT, -ESHUTDOWN return calls
+ *                         it once).  Off: the header's rule, only for
+ *                         abandoned calls (TODO(#8): main runs no cleanup
+ *                         for calls removed before they ran, and a running
+ *                         call past its own deadline returns fn's value
+ *                         instead of -ETIMEDOUT).
  *   FUZZ_GROUP_LATE_SPAWN=1 anyone may spawn into a group until its wait
- *                         returns, as the header says.  Off: only before
- *                         the wait, as API.md says, or its own children
- *                         (TODO(#8): the wait frees the group under a
- *                         concurrent spawn).
+ *                         returns, as the header said before f61cbe1; off:
+ *                         only before the wait (or its own children), as
+ *                         the header says now (a late spawn may touch the
+ *                         group the wait frees).
  *   FUZZ_STRICT_DOC=1     allow only the codes the header lists, also
  *                         where it omits -ETIMEDOUT (mm_yield and channel
  *                         waits of a coroutine past its deadline; TODO(#8)).
@@ -130,25 +130,25 @@
 #endif
 
 #ifndef FUZZ_STALE
-# define FUZZ_STALE 0
+# define FUZZ_STALE 1
 #endif
 #ifndef FUZZ_CLEANUP_API
 # define FUZZ_CLEANUP_API 0
 #endif
 #ifndef FUZZ_STOP_UNDRIVEN
-# define FUZZ_STOP_UNDRIVEN 0
+# define FUZZ_STOP_UNDRIVEN 1
 #endif
 #ifndef FUZZ_ABANDONED_BODY
-# define FUZZ_ABANDONED_BODY 0
+# define FUZZ_ABANDONED_BODY 1
 #endif
 #ifndef FUZZ_CALLER_ORPHANS
-# define FUZZ_CALLER_ORPHANS 0
+# define FUZZ_CALLER_ORPHANS 1
 #endif
 #ifndef FUZZ_CHAN_FREE_EARLY
-# define FUZZ_CHAN_FREE_EARLY 0
+# define FUZZ_CHAN_FREE_EARLY 1
 #endif
 #ifndef FUZZ_FREE_IN_CALL
-# define FUZZ_FREE_IN_CALL 0
+# define FUZZ_FREE_IN_CALL 1
 #endif
 #ifndef FUZZ_GROUP_LATE_SPAWN
 # define FUZZ_GROUP_LATE_SPAWN 0
@@ -671,9 +671,9 @@ static int sync_fn(void *arg) {
   if (atomic_fetch_add(&op->fn_runs, 1) != 0)
     violation("#%d: a run_sync function ran twice", op->id);
   /* Sleeps in steps, stopping early once cancelled (a long loop would).
-   * An abandonable one asks nothing of the library unless
-   * FUZZ_ABANDONED_BODY: mm_cancelled() reads the awaiting coroutine,
-   * which may have ended (TODO(#8)). */
+   * With FUZZ_ABANDONED_BODY=0 an abandonable one asks nothing of the
+   * library: mm_cancelled() reads the awaiting coroutine, which may have
+   * ended. */
   bool ask = !op->abandon || FUZZ_ABANDONED_BODY;
   for (int i = 0; i < op->sleep_ms * 4 && !(ask && mm_cancelled()); i++) {
     struct timespec ts = { 0, 250000 };
@@ -903,7 +903,7 @@ static void do_stale(op_t *op) {
 static void do_run_sync(op_t *op, const ctx_t *ctx) {
   int aff = op->a % 3;
   if (aff == 1 && ctx->caller == 2 && !FUZZ_CALLER_ORPHANS) {
-    op->note = "CALLER sent to the pool: FUZZ_CALLER_ORPHANS is off";
+    op->note = "CALLER sent to the pool: FUZZ_CALLER_ORPHANS=0";
     aff = 0;
   }
   int lane_loop = ctx->coro ? ctx->loop : (op->a >> 2) & 1;
@@ -1352,8 +1352,7 @@ static void do_stop(op_t *op) {
   bool undriven = !S.loops[l].started;
   unlock();
   if (undriven) {
-    /* TODO(#8): a stop of a loop nobody drives leaves mm_run_async
-     * callers waiting; drive it first. */
+    /* With FUZZ_STOP_UNDRIVEN=0: drive it first. */
     int r = mm_loop_start(S.loops[l].l);
     check_code("mm_loop_start", r, false);
     if (r == 0) {
@@ -1682,7 +1681,7 @@ static void exec_op(op_t *op, const ctx_t *ctx) {
 #if FUZZ_STALE
     do_stale(op);
 #else
-    skip(op, "FUZZ_STALE is off");
+    skip(op, "FUZZ_STALE=0");
 #endif
     break;
   }
