@@ -883,7 +883,16 @@ static void do_stale(op_t *op) {
   case 1: fn = "mm_detach"; r = mm_detach(h); break;
   default: fn = "mm_cancel"; r = mm_cancel(h); break;
   }
-  record(op, fn, r, INT32_MIN);
+  /* A join of a detached handle whose coroutine waits for the joiner
+   * (a run_async body joining its caller) gets -EDEADLK: main looks for
+   * the cycle before it looks at the handle.  The header lists both
+   * codes; FUZZ_STRICT_DOC holds it to -EINVAL (TODO(#8)). */
+  bool deadlk_ok = detached && op->b % 3 == 0 && !FUZZ_STRICT_DOC;
+  record(op, fn, r, deadlk_ok ? -EDEADLK : INT32_MIN);
+  if (r == -EDEADLK && deadlk_ok) {
+    loop_unref(l);
+    return;
+  }
   /* A detached handle is stale once its coroutine has ended: until then
    * a cancel reaches the coroutine (0).  Its body running after the call
    * means it had not ended. */
