@@ -104,7 +104,9 @@
  *                         group the wait frees).
  *   FUZZ_STRICT_DOC=1     allow only the codes the header lists, also
  *                         where it omits -ETIMEDOUT (mm_yield and channel
- *                         waits of a coroutine past its deadline; TODO(#8)).
+ *                         waits of a coroutine past its deadline), and
+ *                         only -EINVAL for a join of a detached handle
+ *                         (main may say -EDEADLK; TODO(#8)).
  *   FUZZ_MAX_OPS=N        operations decoded at most (48; 12 under TSan,
  *                         where every new coroutine costs milliseconds).
  */
