@@ -430,7 +430,21 @@ static void print_op(FILE *f, const op_t *op, int indent) {
     print_op(f, &S.ops[S.kids[op->kid0 + i]], indent + 4);
 }
 
+/* The watchdog prints the program while other threads may still write
+ * it: under TSan those reads are not to be reported (a report would wait
+ * for locks the hang may hold). */
+#ifdef FUZZ_TSAN
+void AnnotateIgnoreReadsBegin(const char *file, int line);
+void AnnotateIgnoreReadsEnd(const char *file, int line);
+# define IGNORE_READS_BEGIN() AnnotateIgnoreReadsBegin(__FILE__, __LINE__)
+# define IGNORE_READS_END() AnnotateIgnoreReadsEnd(__FILE__, __LINE__)
+#else
+# define IGNORE_READS_BEGIN() ((void) 0)
+# define IGNORE_READS_END() ((void) 0)
+#endif
+
 static void print_program(FILE *f) {
+  IGNORE_READS_BEGIN();
   fprintf(f, "program: config=0x%02x (loop 1 %s%s%s%s%s%s), %d ops\n",
           S.config, S.config & 1 ? "undriven" : "started",
           S.config & 2 ? ", pool 0 max 2" : "",
@@ -441,6 +455,7 @@ static void print_program(FILE *f) {
   for (int i = 0; i < S.ntop; i++)
     print_op(f, &S.ops[S.top[i]], 2);
   fflush(f);
+  IGNORE_READS_END();
 }
 
 __attribute__((noreturn, format(printf, 1, 2)))
