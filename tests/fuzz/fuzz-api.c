@@ -104,9 +104,8 @@
  *                         group the wait frees).
  *   FUZZ_STRICT_DOC=1     allow only the codes the header lists, also
  *                         where it omits -ETIMEDOUT (mm_yield and channel
- *                         waits of a coroutine past its deadline), and
- *                         only -EINVAL for a join of a detached handle
- *                         (main may say -EDEADLK; TODO(#8)).
+ *                         waits of a coroutine past its deadline;
+ *                         TODO(#8)).
  *   FUZZ_SLOW_STEP        config bit 4 sets slow_step_ms = 1 (the library's
  *                         watchdog thread, with SIGURG backtraces); on, but
  *                         off under TSan (TODO(#8): found/unconfirmed-tsan-
@@ -911,16 +910,9 @@ static void do_stale(op_t *op) {
   case 1: fn = "mm_detach"; r = mm_detach(h); break;
   default: fn = "mm_cancel"; r = mm_cancel(h); break;
   }
-  /* A join of a detached handle whose coroutine waits for the joiner
-   * (a run_async body joining its caller) gets -EDEADLK: main looks for
-   * the cycle before it looks at the handle.  The header lists both
-   * codes; FUZZ_STRICT_DOC holds it to -EINVAL (TODO(#8)). */
-  bool deadlk_ok = detached && op->b % 3 == 0 && !FUZZ_STRICT_DOC;
-  record(op, fn, r, deadlk_ok ? -EDEADLK : INT32_MIN);
-  if (r == -EDEADLK && deadlk_ok) {
-    loop_unref(l);
-    return;
-  }
+  /* A detached handle's join is -EINVAL even where the coroutine waits
+   * for the joiner (main 3d81cc4; it used to be -EDEADLK). */
+  record(op, fn, r, INT32_MIN);
   /* A detached handle is stale once its coroutine has ended: until then
    * a cancel reaches the coroutine (0).  Its body running after the call
    * means it had not ended. */
@@ -999,8 +991,14 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   int r = mm_run_sync_ex(sync_fn, op, &o);
   record(op, "mm_run_sync_ex", r, op->value);
   /* An abandonable call's function works on a copy of the coroutine's
-   * locals taken when the call was made (include/mixmode.h, mm_run_sync):
-   * what it stores never shows in the coroutine, abandoned or not. */
+   * locals taken when the call was made (include/mixmode.h, mm_run_sync);
+   * a call that completes hands the copy, with fn's stores, back to the
+   * coroutine; an abandoned one keeps it. */
+  if (op->abandon && ctx->coro && ctx->locals != NULL && r == op->value &&
+      atomic_load(&op->fn_runs)) {
+    ctx->locals[0] = op->own_locals[0];
+    ctx->locals[1] = op->own_locals[1];
+  }
   if (ref)
     loop_unref(lane_loop);
   if (r == op->value)
