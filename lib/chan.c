@@ -40,7 +40,6 @@
 #include "mm-internal.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stdlib.h>
 
 struct mm_chan {
@@ -232,7 +231,7 @@ int mm_chan_free(mm_chan_t *ch) {
     return -EINVAL;
   /* A listed wait that is cancelled is leaving: its cancel, on its loop's
    * thread between its claim and this mutex, unlinks it in a moment. */
-  for (;;) {
+  for (unsigned round = 0;; mm__backoff(&round)) {
     pthread_mutex_lock(&ch->mu);
     bool pending = any_pending(&ch->senders) || any_pending(&ch->receivers);
     bool leaving = !mm__list_empty(&ch->senders) ||
@@ -242,7 +241,6 @@ int mm_chan_free(mm_chan_t *ch) {
       return -EBUSY;
     if (!leaving)
       break;
-    sched_yield();
   }
   pthread_mutex_destroy(&ch->mu);
   free(ch->buf);

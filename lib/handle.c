@@ -37,7 +37,6 @@
 #include "mm-internal.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stdlib.h>
 
 #define SEG_SLOTS 4096u
@@ -190,8 +189,8 @@ void mm__handle_retire(mm_coro_t *c) {
   slot_t *s = slot_at(c->slot);
   uint64_t w = atomic_fetch_add_explicit(&s->word, GEN_ONE,
                                          memory_order_acq_rel);
-  while ((w & PINS_MASK) != 0) {
-    sched_yield();
+  for (unsigned round = 0; (w & PINS_MASK) != 0;) {
+    mm__backoff(&round);
     w = atomic_load_explicit(&s->word, memory_order_acquire);
   }
 }

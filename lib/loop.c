@@ -469,8 +469,9 @@ int mm_loop_free(mm_loop_t *loop) {
    * stopping does not poke it; one that counted itself in posting before
    * (seq_cst, Dekker-style with this store) is waited for here. */
   atomic_store_explicit(&loop->state, MM__LOOP_CLOSING, memory_order_seq_cst);
-  while (atomic_load_explicit(&loop->posting, memory_order_seq_cst) != 0)
-    sched_yield();
+  for (unsigned round = 0;
+       atomic_load_explicit(&loop->posting, memory_order_seq_cst) != 0;)
+    mm__backoff(&round);
   mm__tls.loop = loop;
   mm__loop_drain(loop);
   reap_zombies(loop);

@@ -107,6 +107,11 @@ typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
 
+/* One step of waiting for another thread to leave a short section it
+ * cannot be blocked in (a pin, a post in flight): pauses, then yields,
+ * then sleeps briefly.  *round starts at 0. */
+void mm__backoff(unsigned *round);
+
 /* CPUs online (at least 1), read once. */
 unsigned mm__cpu_count(void);
 void     mm__spin_init(mm__spin_t *s);

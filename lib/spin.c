@@ -17,6 +17,7 @@
 #include "mm-internal.h"
 
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The longest spin: it must outlast a loop's or a thread's wake-up (tens
@@ -74,6 +75,14 @@ bool mm__spin_begin(void) {
   return true;
 }
 
+/* mm__backoff: pauses first, then yields, then short sleeps.  The sleeps
+ * matter where a scheduler may hand the CPU straight back to a thread
+ * that yields (Valgrind's, a busy one), so that the thread it waits for,
+ * preempted inside a few instructions, gets to finish them. */
+#define BACKOFF_PAUSES 64
+#define BACKOFF_YIELDS 16
+#define BACKOFF_SLEEP_NS 20000
+
 bool mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                    const void *arg) {
   uint64_t limit = s->limit_ns;
@@ -88,6 +97,19 @@ bool mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
   }
   atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
   return came;
+}
+
+void mm__backoff(unsigned *round) {
+  unsigned n = (*round)++;
+  if (n < BACKOFF_PAUSES) {
+    for (int i = 0; i < 16; i++)
+      mm__cpu_relax();
+  } else if (n < BACKOFF_PAUSES + BACKOFF_YIELDS) {
+    sched_yield();
+  } else {
+    struct timespec ts = { 0, BACKOFF_SLEEP_NS };
+    nanosleep(&ts, NULL);
+  }
 }
 
 void mm__spin_missed(mm__spin_t *s) {

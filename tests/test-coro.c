@@ -553,21 +553,23 @@ static void test_handles_of_ended_detached_and_unmapped_coroutines_are_stale(
   assert_mm_ok(mm_loop_free(loop));
 }
 
-/* A thread cancels a handle again and again while the test joins it and
- * spawns the next coroutine, which reuses the block: the cancel lands on
- * the old coroutine or is refused, never on the new one. */
+/* Round after round, a thread cancels the handle joined the round before
+ * while the test spawns the next coroutine, which reuses its block, and
+ * joins it: the stale cancel is refused every time and never reaches the
+ * new coroutine. */
 typedef struct {
   _Atomic(mm_coro_t *) target;
-  atomic_int stop;
-  atomic_long refused;
+  mm_test_latch_t published;  /* rounds whose stale handle is out */
+  int rounds;
+  int refused;                /* read after the join of the thread */
 } reuse_canceller_t;
 
-static void *cancel_loop(void *arg) {
+static void *cancel_each_round(void *arg) {
   reuse_canceller_t *k = arg;
-  while (!atomic_load(&k->stop)) {
-    mm_coro_t *t = atomic_load(&k->target);
-    if (t != NULL && mm_cancel(t) == -EINVAL)
-      atomic_fetch_add(&k->refused, 1);
+  for (int r = 1; r < k->rounds; r++) {
+    mm_test_latch_wait(&k->published, r);
+    if (mm_cancel(atomic_load(&k->target)) == -EINVAL)
+      k->refused++;
   }
   return NULL;
 }
@@ -587,21 +589,25 @@ static void test_cancel_racing_join_and_reuse_never_cancels_the_next(
   assert_mm_ok(mm_loop_start(loop));
   reuse_canceller_t k;
   atomic_init(&k.target, NULL);
-  atomic_init(&k.stop, 0);
-  atomic_init(&k.refused, 0);
+  mm_test_latch_init(&k.published);
+  k.rounds = MM_TEST_SCALE(3000, 300);
+  k.refused = 0;
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, cancel_loop, &k), 0);
-  int rounds = MM_TEST_SCALE(3000, 300);
-  for (int i = 0; i < rounds; i++) {
+  assert_int_equal(pthread_create(&t, NULL, cancel_each_round, &k), 0);
+  mm_coro_t *prev = NULL;
+  for (int i = 0; i < k.rounds; i++) {
     mm_coro_t *c;
     assert_mm_ok(mm_spawn(loop, block_briefly, NULL, &c));
-    /* Joined before the canceller may see it: it must run to its end. */
-    assert_mm_ok(mm_join(c));
-    atomic_store(&k.target, c);   /* now stale */
+    if (prev != NULL) {
+      atomic_store(&k.target, prev);   /* joined: stale */
+      mm_test_latch_add(&k.published, 1);
+    }
+    assert_mm_ok(mm_join(c));          /* never cancelled */
+    prev = c;
   }
-  atomic_store(&k.stop, 1);
   pthread_join(t, NULL);
-  assert_true(atomic_load(&k.refused) > 0);
+  assert_int_equal(k.refused, k.rounds - 1);
+  mm_test_latch_destroy(&k.published);
   assert_mm_ok(mm_loop_free(loop));
 }
 
