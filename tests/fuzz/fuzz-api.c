@@ -1141,6 +1141,19 @@ static void do_close(op_t *op, const ctx_t *ctx) {
   chan_unuse(hc, ctx);
 }
 
+/* Receives what is left in a closed channel (each item delivered once),
+ * then frees it; mm_chan_free's value. */
+static int drain_and_free(hchan_t *hc, op_t *by) {
+  void *item;
+  int r;
+  while ((r = mm_chan_recv(hc->ch, &item)) == 0)
+    deliver(by, item);
+  if (r != -EPIPE)
+    violation("#%d: draining a closed channel: mm_chan_recv returned %d",
+              by->id, r);
+  return mm_chan_free(hc->ch);
+}
+
 /* Closes hc, waits for the calls in flight that may still be on their way
  * into the library, drains what is queued (as delivered to by) and frees
  * the channel.  A coroutine of loop L that frees needs not wait for the
@@ -1168,14 +1181,7 @@ static int chan_free_now(hchan_t *hc, op_t *by, const ctx_t *ctx) {
     }
   }
   unlock();
-  void *item;
-  while ((r = mm_chan_recv(hc->ch, &item)) == 0)
-    deliver(by, item);
-  if (r != -EPIPE)
-    violation("#%d: draining a closed channel: mm_chan_recv returned %d",
-              by->id, r);
-  r = mm_chan_free(hc->ch);
-  return r;
+  return drain_and_free(hc, by);
 }
 
 #if FUZZ_CHAN_FREE_EARLY
@@ -1216,13 +1222,7 @@ static bool chan_free_early(hchan_t *hc, op_t *by, int *rp) {
   while (hc->users - hc->users_coro[0] - hc->users_coro[1] > 0)
     wait_a_bit();
   unlock();
-  void *item;
-  while ((r = mm_chan_recv(hc->ch, &item)) == 0)
-    deliver(by, item);
-  if (r != -EPIPE)
-    violation("#%d: draining a closed channel: mm_chan_recv returned %d",
-              by->id, r);
-  *rp = mm_chan_free(hc->ch);
+  *rp = drain_and_free(hc, by);
   return true;
 }
 #endif
