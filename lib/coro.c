@@ -241,6 +241,12 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
 static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
                         void (*before_release)(void *arg), void *arg);
 
+/* Lets go of a block from mm__handle_get. */
+static inline void put(mm_coro_t *c, bool pinned) {
+  if (pinned)
+    mm__handle_unpin(c);
+}
+
 int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
                   void (*before_release)(void *arg), void *arg) {
   if (h == NULL)
@@ -285,20 +291,21 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
   jw.reason = 0;
   jw.w.cancel = join_cancel;
 
-  mm_coro_t *c = mm__handle_pin(h);
+  bool pinned;
+  mm_coro_t *c = mm__handle_get(h, &pinned);
   if (c == NULL)
     return -EINVAL;  /* stale: joined, detached and ended, or freed */
   if (mm__loop_inherited(c->loop)) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -ECHILD;
   }
   if (atomic_load_explicit(&c->join, memory_order_relaxed) ==
       MM__JOIN_DETACHED) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -EINVAL;   /* refused as detached, cycle or not */
   }
   if (join_cycle(h, c, self)) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -EDEADLK;  /* the handle untouched */
   }
   jw.target = c;
@@ -311,17 +318,17 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
         atomic_compare_exchange_strong_explicit(
             &c->join, &expected, MM__JOIN_FREED, memory_order_acquire,
             memory_order_relaxed)) {
-      mm__handle_unpin(c);    /* the handle is ours now */
+      put(c, pinned);    /* the handle is ours now */
       int status = c->status;
       if (before_release != NULL)
         before_release(arg);
       give_back(c, loop_stopping);
       return status;
     }
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -EINVAL;  /* detached, or another joiner */
   }
-  mm__handle_unpin(c);        /* the handle is ours now */
+  put(c, pinned);        /* the handle is ours now */
 
   if (self != NULL && mm__coro_cancel_reason(self) != 0) {
     /* Already cancelled: cancel the target and wait for it regardless. */
@@ -337,11 +344,12 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
 }
 
 int mm_detach(mm_coro_t *h) {
-  mm_coro_t *c = mm__handle_pin(h);
+  bool pinned;
+  mm_coro_t *c = mm__handle_get(h, &pinned);
   if (c == NULL)
     return -EINVAL;
   if (mm__loop_inherited(c->loop)) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -ECHILD;
   }
   uintptr_t expected = MM__JOIN_NONE;
@@ -352,34 +360,35 @@ int mm_detach(mm_coro_t *h) {
                atomic_compare_exchange_strong_explicit(
                    &c->join, &expected, MM__JOIN_FREED,
                    memory_order_acquire, memory_order_relaxed);
-  mm__handle_unpin(c);
+  put(c, pinned);
   if (ended)
     give_back(c, NULL);
   return detached || ended ? 0 : -EINVAL;
 }
 
 int mm_cancel(mm_coro_t *h) {
-  mm_coro_t *c = mm__handle_pin(h);
+  bool pinned;
+  mm_coro_t *c = mm__handle_get(h, &pinned);
   if (c == NULL)
     return -EINVAL;
   if (mm__loop_inherited(c->loop)) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return -ECHILD;
   }
   if (!mm__set_reason(&c->cancel_reason, ECANCELED)) {
-    mm__handle_unpin(c);
+    put(c, pinned);
     return 0;
   }
   if (mm__on_loop_thread(c->loop)) {
     /* Nobody but this thread releases blocks of this loop now. */
-    mm__handle_unpin(c);
+    put(c, pinned);
     mm__coro_interrupt(c);
     return 0;
   }
   /* Queued while pinned (lock-free), so that the block cannot be reused
    * before the event is in; the loop is poked once the pin is gone. */
   mm_loop_t *loop = mm__loop_push(c, MM__REMOTE_CANCEL);
-  mm__handle_unpin(c);
+  put(c, pinned);
   mm__loop_poke(loop);
   return 0;
 }

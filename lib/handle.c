@@ -47,6 +47,7 @@
 typedef struct slot {
   _Atomic uint64_t word;      /* gen << 32 | pins */
   _Atomic(mm_coro_t *) coro;  /* the block owning the slot, or NULL */
+  _Atomic(mm_loop_t *) loop;  /* its loop (a block never changes loops) */
   uint32_t next_free;         /* free list (index + 1); table_mu */
 } slot_t;
 
@@ -98,7 +99,7 @@ static slot_t *slot_at(uint32_t idx) {
   return seg != NULL ? &seg[idx % SEG_SLOTS] : NULL;
 }
 
-int mm__slot_new(mm_coro_t *c) {
+int mm__slot_new(mm_coro_t *c, mm_loop_t *loop) {
   mm__fork_init();
   pthread_mutex_lock(&table_mu);
   uint32_t idx;
@@ -126,6 +127,7 @@ int mm__slot_new(mm_coro_t *c) {
     nslots++;
   }
   atomic_store_explicit(&slot_at(idx)->coro, c, memory_order_relaxed);
+  atomic_store_explicit(&slot_at(idx)->loop, loop, memory_order_relaxed);
   pthread_mutex_unlock(&table_mu);
   c->slot = idx;
   return 0;
@@ -157,21 +159,51 @@ mm_coro_t *mm__handle_make(mm_coro_t *c) {
                         ((uintptr_t) c->slot + 1));
 }
 
-mm_coro_t *mm__handle_pin(const mm_coro_t *h) {
+/* The slot a handle names, or NULL. */
+static slot_t *slot_of(const mm_coro_t *h) {
   uintptr_t v = (uintptr_t) h;
   if ((v & IDX_MASK) == 0)
     return NULL;
   uint32_t idx = (uint32_t) ((v & IDX_MASK) - 1);
   if (idx >= SEG_MAX * SEG_SLOTS)
     return NULL;
-  slot_t *s = slot_at(idx);
+  return slot_at(idx);
+}
+
+static bool same_gen(uint64_t word, const mm_coro_t *h) {
+  uintptr_t gen = (uintptr_t) (word >> 32);
+  return (gen & (UINTPTR_MAX >> IDX_BITS)) == (uintptr_t) h >> IDX_BITS;
+}
+
+mm_coro_t *mm__handle_get(const mm_coro_t *h, bool *pinned) {
+  slot_t *s = slot_of(h);
+  if (s == NULL)
+    return NULL;
+  /* Driving the block's loop, this thread is the only one that reuses
+   * or unmaps its blocks: a plain load of the generation is enough, and
+   * stays true for as long as this thread does not release the block.
+   * (A joiner elsewhere may retire the handle meanwhile: it then owns it,
+   * and whatever this thread tries on the join word fails.)  tls.loop is
+   * compared, never dereferenced: the loop may be any loop. */
+  if (mm__tls.loop != NULL &&
+      atomic_load_explicit(&s->loop, memory_order_relaxed) == mm__tls.loop) {
+    *pinned = false;
+    if (!same_gen(atomic_load_explicit(&s->word, memory_order_acquire), h))
+      return NULL;
+    return atomic_load_explicit(&s->coro, memory_order_relaxed);
+  }
+  *pinned = true;
+  return mm__handle_pin(h);
+}
+
+mm_coro_t *mm__handle_pin(const mm_coro_t *h) {
+  slot_t *s = slot_of(h);
   if (s == NULL)
     return NULL;
   /* acq_rel: pairs with retire's RMW on the same word (see above) and
    * with the unpin's release of an earlier pinner. */
   uint64_t w = atomic_fetch_add_explicit(&s->word, 1, memory_order_acq_rel);
-  uintptr_t gen = (uintptr_t) (w >> 32);
-  if ((gen & (UINTPTR_MAX >> IDX_BITS)) != v >> IDX_BITS) {
+  if (!same_gen(w, h)) {
     atomic_fetch_sub_explicit(&s->word, 1, memory_order_release);
     return NULL;
   }

@@ -619,7 +619,7 @@ size_t mm__page_size(void);
  * it is mapped.  pin: the block of a handle that is not stale, pinned
  * (not reused until unpinned), or NULL; a pinned section never blocks.
  * retire: the handle goes (any later pin fails); waits for pinners. */
-int  mm__slot_new(mm_coro_t *c);
+int  mm__slot_new(mm_coro_t *c, mm_loop_t *loop);
 /* Registers handle.c's and log.c's fork handlers (once); forks counted
  * since, as a child sees them: a loop made before a fork is inherited. */
 void mm__fork_init(void);
@@ -630,6 +630,10 @@ void mm__slot_free(mm_coro_t *c);
 mm_coro_t *mm__handle_make(mm_coro_t *c);
 mm_coro_t *mm__handle_pin(const mm_coro_t *h);
 void mm__handle_unpin(mm_coro_t *c);
+/* The block of a handle that is not stale, without a pin on the thread
+ * that drives its loop (*pinned false: only that thread reuses blocks of
+ * the loop), else pinned as by mm__handle_pin; NULL if stale. */
+mm_coro_t *mm__handle_get(const mm_coro_t *h, bool *pinned);
 void mm__handle_retire(mm_coro_t *c);
 /* dump.c: "ready", "running", "waiting", "ended", as mm_loop_dump says */
 const char *mm__coro_state_name(enum mm__coro_state s);

@@ -105,7 +105,7 @@ mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached) {
   c->map_size = map_size;
   c->stack_lo = map + page;
   c->stack_size = (size_t) ((char *) c - c->stack_lo);
-  if (mm__slot_new(c) != 0) {
+  if (mm__slot_new(c, loop) != 0) {
     munmap(map, map_size);
     return NULL;
   }
