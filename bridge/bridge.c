@@ -57,40 +57,38 @@ void mm__bridge_flush(mm_loop_t *loop, void *p) {
   }
 }
 
+/* Releases every pool of b -- its lanes (warning about each, if warn),
+ * its pool and its sensitive thread -- with release, then b itself. */
+static void release_all(mm__bridge_t *b, void (*release)(mm__pool_t *pool),
+                        bool warn) {
+  mm__list_t *n;
+  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
+    mm_lane_t *lane = container_of(n, mm_lane_t, link);
+    if (warn)
+      mm__log(MM_LOG_WARN, "mm_loop_free: a lane was never freed; "
+              "freeing it");
+    release(lane->pool);
+    free(lane);
+  }
+  release(b->pool);
+  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
+                                               memory_order_acquire);
+  if (sensitive != NULL)
+    release(sensitive);
+  free(b);
+}
+
 static void bridge_free(mm_loop_t *loop, void *p) {
   mm__bridge_t *b = p;
   assert(mm__list_empty(&b->staged));
   mm__timer_stop(loop, &b->pool_timer);
-  mm__list_t *n;
-  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
-    mm_lane_t *lane = container_of(n, mm_lane_t, link);
-    mm__log(MM_LOG_WARN, "mm_loop_free: a lane was never freed; freeing it");
-    mm__pool_free(lane->pool);
-    free(lane);
-  }
-  mm__pool_free(b->pool);
-  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
-                                               memory_order_acquire);
-  if (sensitive != NULL)
-    mm__pool_free(sensitive);
   pthread_mutex_destroy(&b->mu);
-  free(b);
+  release_all(b, mm__pool_free, true);
 }
 
+/* A forked child's: the threads, and b->mu, are the parent's. */
 static void bridge_forget(void *p) {
-  mm__bridge_t *b = p;
-  mm__list_t *n;
-  while ((n = mm__list_pop_front(&b->lanes)) != NULL) {
-    mm_lane_t *lane = container_of(n, mm_lane_t, link);
-    mm__pool_forget(lane->pool);
-    free(lane);
-  }
-  mm__pool_forget(b->pool);
-  mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
-                                               memory_order_acquire);
-  if (sensitive != NULL)
-    mm__pool_forget(sensitive);
-  free(b);
+  release_all(p, mm__pool_forget, false);
 }
 
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
