@@ -70,26 +70,34 @@ mm_loop_t *mm__loop_push(mm_coro_t *c, unsigned bits) {
   return loop;
 }
 
-static void serve_undriven(mm_loop_t *loop);
+static void serve_undriven(mm_loop_t *loop, void *arg);
+
+/* If nobody drives the loop, runs fn(loop, arg) right here as its driver,
+ * under mu, and returns true.  driven only turns false once the loop has
+ * nothing left that could be waiting for an event, or under mu; reading
+ * it without the lock can only send us to the slower path. */
+static bool run_undriven(mm_loop_t *loop, void (*fn)(mm_loop_t *, void *),
+                         void *arg) {
+  if (atomic_load_explicit(&loop->driven, memory_order_acquire))
+    return false;
+  pthread_mutex_lock(&loop->mu);
+  bool undriven = !atomic_load_explicit(&loop->driven, memory_order_relaxed);
+  if (undriven) {
+    mm_loop_t *saved = mm__tls.loop;
+    mm__tls.loop = loop;
+    fn(loop, arg);
+    mm__tls.loop = saved;
+  }
+  pthread_mutex_unlock(&loop->mu);
+  return undriven;
+}
 
 /* Sees that what was just queued for the loop is handled: by its driver,
  * woken if it may be asleep, or, if nobody drives the loop, right here
  * under mu (serve_undriven). */
 void mm__loop_kick(mm_loop_t *loop) {
-  /* driven only turns false once the loop has nothing left that could be
-   * waiting for an event, or under mu below; reading it without the lock
-   * can only send us to the slower path. */
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    bool undriven = !atomic_load_explicit(&loop->driven,
-                                          memory_order_relaxed);
-    if (undriven)
-      serve_undriven(loop);
-    pthread_mutex_unlock(&loop->mu);
-    if (undriven)
-      return;
-  }
-  wake_if_asleep(loop);
+  if (!run_undriven(loop, serve_undriven, NULL))
+    wake_if_asleep(loop);
 }
 
 void mm__loop_poke(mm_loop_t *loop) {
@@ -153,9 +161,8 @@ static void drain_coros(mm_loop_t *loop) {
  * mm_loop_run and the background thread only stop driving once no
  * coroutine is left -- end cancelled, which answers their joiners and
  * run_async callers.  Requests for a loop that is open wait for its run. */
-static void serve_undriven(mm_loop_t *loop) {
-  mm_loop_t *saved = mm__tls.loop;
-  mm__tls.loop = loop;
+static void serve_undriven(mm_loop_t *loop, void *arg) {
+  (void) arg;
   if (mm__loop_stopping(loop)) {
     mm__loop_drain(loop);
     mm__loop_process_stop(loop);
@@ -163,7 +170,6 @@ static void serve_undriven(mm_loop_t *loop) {
   } else {
     drain_coros(loop);
   }
-  mm__tls.loop = saved;
 }
 
 /* mm__loop_call's request, on the caller's stack until its wait ends. */
@@ -186,18 +192,8 @@ int mm__loop_call_arg(mm_loop_t *loop, void (*fn)(mm_loop_t *, void *),
     fn(loop, arg);
     return 0;
   }
-  if (!atomic_load_explicit(&loop->driven, memory_order_acquire)) {
-    pthread_mutex_lock(&loop->mu);
-    if (!atomic_load_explicit(&loop->driven, memory_order_relaxed)) {
-      mm_loop_t *saved = mm__tls.loop;
-      mm__tls.loop = loop;
-      fn(loop, arg);
-      mm__tls.loop = saved;
-      pthread_mutex_unlock(&loop->mu);
-      return 0;
-    }
-    pthread_mutex_unlock(&loop->mu);
-  }
+  if (run_undriven(loop, fn, arg))
+    return 0;
   call_req_t q;
   q.task.run = call_task;
   q.fn = fn;
