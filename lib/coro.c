@@ -241,10 +241,27 @@ int mm__join(mm_coro_t *c, bool *loop_stopping) {
 static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
                         void (*before_release)(void *arg), void *arg);
 
-/* Lets go of a block from mm__handle_get. */
+/* Lets go of a block from get(). */
 static inline void put(mm_coro_t *c, bool pinned) {
   if (pinned)
     mm__handle_unpin(c);
+}
+
+/* The block of handle h for a call on it (mm__handle_get), or NULL and
+ * *err: -EINVAL (stale: joined, detached and ended, or freed), -ECHILD
+ * (its loop was inherited across fork). */
+static mm_coro_t *get(const mm_coro_t *h, bool *pinned, int *err) {
+  mm_coro_t *c = mm__handle_get(h, pinned);
+  if (c == NULL) {
+    *err = -EINVAL;
+    return NULL;
+  }
+  if (mm__loop_inherited(c->loop)) {
+    put(c, *pinned);
+    *err = -ECHILD;
+    return NULL;
+  }
+  return c;
 }
 
 int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
@@ -292,13 +309,10 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
   jw.w.cancel = join_cancel;
 
   bool pinned;
-  mm_coro_t *c = mm__handle_get(h, &pinned);
+  int err;
+  mm_coro_t *c = get(h, &pinned, &err);
   if (c == NULL)
-    return -EINVAL;  /* stale: joined, detached and ended, or freed */
-  if (mm__loop_inherited(c->loop)) {
-    put(c, pinned);
-    return -ECHILD;
-  }
+    return err;
   if (atomic_load_explicit(&c->join, memory_order_relaxed) ==
       MM__JOIN_DETACHED) {
     put(c, pinned);
@@ -345,13 +359,10 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
 
 int mm_detach(mm_coro_t *h) {
   bool pinned;
-  mm_coro_t *c = mm__handle_get(h, &pinned);
+  int err;
+  mm_coro_t *c = get(h, &pinned, &err);
   if (c == NULL)
-    return -EINVAL;
-  if (mm__loop_inherited(c->loop)) {
-    put(c, pinned);
-    return -ECHILD;
-  }
+    return err;
   uintptr_t expected = MM__JOIN_NONE;
   bool detached = atomic_compare_exchange_strong_explicit(
       &c->join, &expected, MM__JOIN_DETACHED, memory_order_acq_rel,
@@ -368,13 +379,10 @@ int mm_detach(mm_coro_t *h) {
 
 int mm_cancel(mm_coro_t *h) {
   bool pinned;
-  mm_coro_t *c = mm__handle_get(h, &pinned);
+  int err;
+  mm_coro_t *c = get(h, &pinned, &err);
   if (c == NULL)
-    return -EINVAL;
-  if (mm__loop_inherited(c->loop)) {
-    put(c, pinned);
-    return -ECHILD;
-  }
+    return err;
   if (!mm__set_reason(&c->cancel_reason, ECANCELED)) {
     put(c, pinned);
     return 0;
