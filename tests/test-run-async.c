@@ -612,12 +612,15 @@ static void watch_for_not_run(int level, const char *msg, void *data) {
  * or between two mm_loop_run calls -- with -ESHUTDOWN, at once. */
 typedef struct {
   mm_loop_t *loop;
-  int result;
-} undriven_caller_t;
+  int        result;
+  uint64_t   took_ms;
+} waiting_caller_t;
 
-static void *call_and_record(void *arg) {
-  undriven_caller_t *b = arg;
-  b->result = mm_run_async(b->loop, return_arg, (void *)(intptr_t)42);
+static void *call_loop_not_running(void *arg) {
+  waiting_caller_t *w = arg;
+  uint64_t t0 = mm_test_now_ms();
+  w->result = mm_run_async(w->loop, return_arg, (void *)(intptr_t)42);
+  w->took_ms = mm_test_now_ms() - t0;
   return NULL;
 }
 
@@ -629,9 +632,9 @@ static void stop_answers_blocked_caller(mm_loop_t *loop) {
   mm_test_log_init(&watch.log);
   mm_test_latch_init(&watch.warned);
   mm_set_log(watch_for_not_run, &watch);
-  undriven_caller_t b = { loop, 0 };
+  waiting_caller_t b = { loop, 0, 0 };
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, call_and_record, &b), 0);
+  assert_int_equal(pthread_create(&t, NULL, call_loop_not_running, &b), 0);
   mm_test_latch_wait(&watch.warned, 1);
   assert_mm_ok(mm_loop_stop(loop));
   assert_int_equal(pthread_join(t, NULL), 0);
@@ -668,12 +671,12 @@ static void test_loop_stop_racing_callers_of_a_loop_nobody_runs(void **state) {
   int rounds = scaled(200, 20);
   for (int round = 0; round < rounds; round++) {
     mm_loop_t *loop = new_loop();
-    undriven_caller_t b[THREADS];
+    waiting_caller_t b[THREADS];
     pthread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) {
-      b[i] = (undriven_caller_t){ loop, 0 };
-      assert_int_equal(pthread_create(&t[i], NULL, call_and_record, &b[i]),
-                       0);
+      b[i] = (waiting_caller_t){ loop, 0, 0 };
+      assert_int_equal(
+          pthread_create(&t[i], NULL, call_loop_not_running, &b[i]), 0);
     }
     mm_coro_t *k;
     assert_mm_ok(mm_spawn(other, call_undriven, loop, &k));
@@ -703,20 +706,6 @@ static void test_run_async_on_a_stopping_loop_makes_no_pool(void **state) {
   assert_mm_ok(mm_loop_stats(loop, &st));
   assert_int_equal(st.pool_threads, 0);
   assert_mm_ok(mm_loop_free(loop));
-}
-
-typedef struct {
-  mm_loop_t *loop;
-  int        result;
-  uint64_t   took_ms;
-} waiting_caller_t;
-
-static void *call_loop_not_running(void *arg) {
-  waiting_caller_t *w = arg;
-  uint64_t t0 = mm_test_now_ms();
-  w->result = mm_run_async(w->loop, return_arg, (void *)(intptr_t)42);
-  w->took_ms = mm_test_now_ms() - t0;
-  return NULL;
 }
 
 static void test_run_async_on_a_loop_not_running_warns_then_completes_once_run(
