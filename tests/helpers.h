@@ -13,6 +13,7 @@
 #ifndef MM_TEST_HELPERS_H
 #define MM_TEST_HELPERS_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -330,6 +332,62 @@ typedef struct {
   char out[16384];    /* its output, NUL-terminated, truncated */
 } mm_test_child_t;
 
+#if defined(__SANITIZE_ADDRESS__)
+# define MM_TEST_ASAN 1
+#elif defined(__has_feature)
+# if __has_feature(address_sanitizer)
+#  define MM_TEST_ASAN 1
+# endif
+#endif
+
+#ifdef MM_TEST_ASAN
+/* ASan's allocator before LLVM 18 (GCC 12's libasan among them) takes no
+ * lock around fork (llvm/llvm-project#75290 added it): a child forked
+ * while another thread is inside malloc or free -- a thread just created
+ * is, in ASan's own start-up -- inherits the sanitizer's lock taken and
+ * blocks for ever at its first allocation.  That is the sanitizer's
+ * limit, not the library's, and the tests fork from busy parents on
+ * purpose; so under ASan the fork waits until every other thread sleeps in
+ * a system call (state S in /proc), which no thread does mid-allocation.
+ * Gives up after 5 s (the child may then hang: its alarm reports it). */
+static void mm_test_wait_until_other_threads_sleep(void) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%ld/stat",
+           (long) syscall(SYS_gettid));
+  for (int round = 0; round < 5000; round++) {
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL)
+      return;
+    bool asleep = true;
+    struct dirent *e;
+    while (asleep && (e = readdir(d)) != NULL) {
+      char stat[64 + sizeof e->d_name], buf[512];
+      if (e->d_name[0] == '.')
+        continue;
+      snprintf(stat, sizeof stat, "/proc/self/task/%s/stat", e->d_name);
+      if (strcmp(stat, path) == 0)
+        continue;
+      FILE *f = fopen(stat, "r");
+      if (f == NULL)
+        continue;                       /* the thread has ended */
+      size_t n = fread(buf, 1, sizeof buf - 1, f);
+      fclose(f);
+      buf[n] = '\0';
+      const char *paren = strrchr(buf, ')');   /* "tid (comm) S ..." */
+      asleep = paren == NULL || paren[1] != ' ' || paren[2] == 'S';
+    }
+    closedir(d);
+    if (asleep)
+      return;
+    struct timespec ms = { 0, 1000000 };
+    nanosleep(&ms, NULL);
+  }
+}
+#else
+static inline void mm_test_wait_until_other_threads_sleep(void) {
+}
+#endif
+
 /* Runs fn(arg) in a forked child with stdout and stderr captured; the child
  * exits 0 if fn returns, and is killed by SIGALRM if it runs over 60 s.
  * Returns 0, or -1 if the child could not be started. */
@@ -339,6 +397,7 @@ static int mm_test_fork(void (*fn)(void *), void *arg, mm_test_child_t *res) {
   memset(res, 0, sizeof *res);
   if (pipe(fds) != 0)
     return -1;
+  mm_test_wait_until_other_threads_sleep();
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
