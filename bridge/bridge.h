@@ -30,7 +30,8 @@ enum mm__sync_state {
  * caller's wait points at it.  The worker claims WOKEN when fn returns; a
  * cancel or the call's deadline claims CANCELLED when it takes the call
  * out of its queue (it never runs), or, with abandon_on_cancel, while fn
- * runs.
+ * runs.  Asking a running fn to stop (on_cancel) is a second, smaller
+ * handshake on stop, described in run-sync.c.
  *
  * Lifetime.  It lives on the calling coroutine's stack, unless the call
  * may be abandoned (abandon_on_cancel): then it is malloc'ed, because the
@@ -55,9 +56,20 @@ typedef struct mm__sync_req {
   _Atomic int end;            /* enum mm__end: the ending, see above */
   _Atomic int cancel;         /* this call's own cancellation reason;
                                  mm_cancelled() reads it in the worker */
+  _Atomic unsigned stop;      /* MM__STOP_*: asking a running fn to stop
+                                 (run-sync.c, "Stopping a running call") */
   bool on_heap;
   void (*cleanup)(void *arg, int status);
+  void (*on_cancel)(void *arg);
 } mm__sync_req_t;
+
+/* The bits of mm__sync_req_t.stop. */
+enum {
+  MM__STOP_CANCEL = 1,        /* the coroutine was cancelled while fn ran */
+  MM__STOP_DEADLINE = 2,      /* the call's deadline passed while fn ran */
+  MM__STOP_ASKING = 4,        /* on_cancel runs on the loop's thread */
+  MM__STOP_OVER = 8           /* fn has returned: too late to ask */
+};
 
 /* A pool of worker threads with one FIFO queue.  The loop's pool grows on
  * demand up to max and shrinks to min after idle_ms; a lane is a pool of

@@ -7,13 +7,51 @@
  *   ◄── C's loop: remote WAKE(status) ── claim R's end WOKEN, deliver
  *
  * Cancellation and deadlines reach the call through the wait's cancel
- * callback, on the loop thread: a queued call is taken out of the queue
- * and never runs; a running one is waited for (its value is returned, the
- * cancellation stays pending on the coroutine), unless abandon_on_cancel:
- * then the caller leaves at once and the worker runs cleanup(arg, status)
- * when the function ends.  The request's lifetime rules are beside
- * mm__sync_req_t in bridge.h.  Not here: the per-loop state (bridge.c),
- * the pools (pool.c), lanes (lane.c).
+ * callback and the call's deadline timer, both on the loop thread: a
+ * queued call is taken out of its queue and never runs; a running one is
+ * asked to stop (on_cancel, below) and waited for -- unless
+ * abandon_on_cancel: then the caller leaves at once and the worker runs
+ * cleanup(arg, status) when the function ends.  Who owns arg is one rule
+ * (API.md, "The bridges"): cleanup runs exactly once for every call that
+ * returns -ECANCELED, -ETIMEDOUT or -ESHUTDOWN -- on the calling thread if
+ * fn never ran (give_back), on fn's thread if it did (mm__sync_execute).
+ * The request's lifetime rules are beside mm__sync_req_t in bridge.h.
+ * Not here: the per-loop state (bridge.c), the pools (pool.c), lanes
+ * (lane.c).
+ *
+ * ---- Stopping a running call ------------------------------------------
+ *
+ * A cancel or the call's deadline that cannot take the call out of its
+ * queue (a thread took it) asks fn to stop: on_cancel(arg), at most once,
+ * on the loop's thread.  The loop thread and fn's thread meet on
+ * req->stop (MM__STOP_*, bridge.h):
+ *
+ *   loop thread: ask                         fn's thread: over
+ *   CAS stop: unless OVER, add the reason    fn returns
+ *     bit, and ASKING if it is the first     s = fetch_or(stop, OVER)
+ *   if ASKING was added:                     while s has ASKING: back off,
+ *     abandonable: claim end CANCELLED         s = load(stop) (acquire)
+ *     on_cancel(arg)                         DEADLINE in s: cleanup(arg,
+ *     fetch_and(stop, ~ASKING) (release)       value), return -ETIMEDOUT
+ *
+ * - The ask happens only if fn's thread has not yet closed stop with
+ *   OVER: on_cancel never runs for a queued call (the ask comes after the
+ *   unqueue failed, i.e. a thread holds the call), nor after fn's thread
+ *   has decided what the call returns.
+ * - fn's thread waits while ASKING before it claims, cleans up, delivers
+ *   or frees: on_cancel never runs after cleanup or after the call
+ *   returned, and the request outlives on_cancel even when the call was
+ *   abandoned meanwhile.  Clearing ASKING is the asker's last access.
+ * - Reason bits are added before OVER or never (the CAS fails once OVER
+ *   is set), so the bits fn's thread holds once ASKING is clear are
+ *   final: DEADLINE means the call returns -ETIMEDOUT.
+ * - An abandonable call is claimed (CANCELLED) before on_cancel runs, so
+ *   that its caller leaves whatever fn does next; fn's thread, held by
+ *   ASKING, finds the claim taken and cleans up.
+ * - Both askers (the cancel callback and the deadline timer) run on the
+ *   loop thread, so one ask is over before the next begins; the cancel
+ *   callback runs at most once per wait (sched.c), the timer once.  The
+ *   cost on the worker's side is one atomic RMW per call.
  */
 #include "bridge.h"
 
@@ -31,6 +69,20 @@ static void req_free(mm__sync_req_t *req) {
   free(req);
 }
 
+/* fn has returned: closes stop to askers and waits for an on_cancel under
+ * way.  Returns the bits asked before. */
+static unsigned sync_over(mm__sync_req_t *req) {
+  unsigned s = atomic_fetch_or_explicit(&req->stop, MM__STOP_OVER,
+                                        memory_order_acq_rel);
+  unsigned round = 0;
+  while (s & MM__STOP_ASKING) {
+    mm__backoff(&round);
+    /* Pairs with the release fetch_and that ends the ask. */
+    s = atomic_load_explicit(&req->stop, memory_order_acquire);
+  }
+  return s;
+}
+
 void mm__sync_execute(mm__sync_req_t *req) {
   const mm__proxy_t *saved = mm__tls.proxy;
 
@@ -38,8 +90,16 @@ void mm__sync_execute(mm__sync_req_t *req) {
   int status = req->fn(req->arg);
   mm__tls.proxy = saved;
 
+  unsigned stop = sync_over(req);
   mm__wait_t *w = req->wait;
   if (mm__end_claim(&req->end, MM__END_WOKEN)) {
+    if (stop & MM__STOP_DEADLINE) {
+      /* Past its own deadline: fn's value goes to cleanup, here, before
+       * the caller resumes. */
+      if (req->cleanup != NULL)
+        req->cleanup(req->arg, status);
+      status = -ETIMEDOUT;
+    }
     mm__wait_deliver(w, status);   /* last access to req and w */
     return;
   }
@@ -68,19 +128,44 @@ typedef struct sync_wait {
   mm__bridge_t *bridge;
   mm__pool_t *pool;
   bool abandonable;
-  bool abandoned;
+  bool abandoned;             /* ended by an ask: fn's thread cleans up */
+  bool unqueued;              /* ended before fn ran: the caller cleans up */
   bool armed;
 } sync_wait_t;
 
-/* Loop thread, the caller parked.  reason: ECANCELED or ETIMEDOUT. */
-static void sync_cancel(sync_wait_t *sw, int reason) {
+/* Loop thread: asks a running fn to stop ("Stopping a running call"). */
+static void sync_ask(sync_wait_t *sw, int reason, unsigned bit) {
+  mm__sync_req_t *req = sw->req;
+  unsigned s = atomic_load_explicit(&req->stop, memory_order_relaxed);
+  unsigned n;
+  do {
+    if (s & MM__STOP_OVER)
+      return;                 /* fn returned: its thread decides */
+    n = s | bit;
+    if (!(s & (MM__STOP_CANCEL | MM__STOP_DEADLINE)))
+      n |= MM__STOP_ASKING;
+  } while (!atomic_compare_exchange_weak_explicit(&req->stop, &s, n,
+                                                  memory_order_acq_rel,
+                                                  memory_order_relaxed));
+  /* mm_cancelled() turns true in fn only now, after the bit: a fn that
+   * stops because of it still returns into a call that knows why. */
+  mm__set_reason(&req->cancel, reason);
+  if (!(n & MM__STOP_ASKING))
+    return;                   /* asked before: once is the rule */
+  if (sw->abandonable && mm__wait_cancel(&sw->w, -reason))
+    sw->abandoned = true;
+  if (req->on_cancel != NULL)
+    req->on_cancel(req->arg);
+  /* Last access to req: fn's thread may go on (and free it). */
+  atomic_fetch_and_explicit(&req->stop, ~(unsigned) MM__STOP_ASKING,
+                            memory_order_release);
+}
+
+/* Loop thread, the caller parked.  reason: ECANCELED or ETIMEDOUT;
+ * deadline: the call's own deadline, not a cancel of the coroutine. */
+static void sync_cancel(sync_wait_t *sw, int reason, bool deadline) {
   mm__sync_req_t *req = sw->req;
 
-  if (sw->armed) {
-    mm__timer_stop(sw->w.coro->loop, &sw->deadline);
-    sw->armed = false;
-  }
-  mm__set_reason(&req->cancel, reason);
   if (atomic_load_explicit(&req->state, memory_order_relaxed) ==
       MM__SYNC_STAGED) {
     /* Still in this loop's staged list: nobody else has seen it. */
@@ -88,6 +173,7 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
     sw->bridge->nstaged--;
     atomic_store_explicit(&req->state, MM__SYNC_CANCELLED,
                           memory_order_relaxed);
+    sw->unqueued = true;
     mm__wait_cancel(&sw->w, -reason);
     return;
   }
@@ -95,24 +181,34 @@ static void sync_cancel(sync_wait_t *sw, int reason) {
                                                           &req->task)
                                        : mm__pool_unqueue(sw->pool, req);
   if (unqueued) {
+    sw->unqueued = true;
     mm__wait_cancel(&sw->w, -reason);   /* it never runs: ours to end */
     return;
   }
-  if (!sw->abandonable)
-    return;                             /* waited for: the worker ends it */
-  if (mm__wait_cancel(&sw->w, -reason))
-    sw->abandoned = true;
-  /* else the worker won: its delivery is on its way. */
+  sync_ask(sw, reason, deadline ? MM__STOP_DEADLINE : MM__STOP_CANCEL);
 }
 
 static void on_cancel(mm__wait_t *w, int reason) {
-  sync_cancel(container_of(w, sync_wait_t, w), reason);
+  sync_cancel(container_of(w, sync_wait_t, w), reason, false);
 }
 
 static void on_deadline(mm__timer_t *t) {
   sync_wait_t *sw = container_of(t, sync_wait_t, deadline);
   sw->armed = false;
-  sync_cancel(sw, ETIMEDOUT);
+  /* Ended already (taken out, abandoned or woken): the coroutine, ready,
+   * will stop nothing more. */
+  if (sw->w.coro->wait != &sw->w)
+    return;
+  sync_cancel(sw, ETIMEDOUT, true);
+}
+
+/* A call accepted, then refused before fn could run: cleanup owns arg if
+ * the refusal is one of the three codes of the ownership rule. */
+static int give_back(const mm_sync_options_t *o, void *arg, int r) {
+  if ((r == -ECANCELED || r == -ETIMEDOUT || r == -ESHUTDOWN) && o != NULL &&
+      o->cleanup != NULL)
+    o->cleanup(arg, r);
+  return r;
 }
 
 static int check_options(const mm_sync_options_t *o) {
@@ -131,7 +227,8 @@ static int check_options(const mm_sync_options_t *o) {
 
 /* A lane call from a plain thread: the lane's thread is the point, so the
  * call goes there and this thread blocks (inline if it is that thread). */
-static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
+static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg,
+                            const mm_sync_options_t *o) {
   if (mm__pool_is_self(lane->pool))
     return fn(arg);
   mm__wait_t w;
@@ -140,11 +237,12 @@ static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
     return r;
   mm__sync_req_t req = { .fn = fn, .arg = arg, .wait = &w };
   atomic_init(&req.cancel, 0);
+  atomic_init(&req.stop, 0);
   atomic_init(&req.end, MM__END_PENDING);
   w.end = &req.end;
   r = mm__pool_submit(lane->pool, &req);
   if (r != 0)
-    return r;
+    return give_back(o, arg, r);
   return mm__wait_block(&w);
 }
 
@@ -160,16 +258,17 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     if (mm__tls.loop != NULL)
       return -EDEADLK;            /* would block the loop's own thread */
     if (o != NULL && o->affinity == MM_AFFINITY_LANE)
-      return lane_from_thread(o->lane, fn, arg);
+      return lane_from_thread(o->lane, fn, arg, o);
     return fn(arg);               /* a plain thread may block: inline */
   }
 
+  /* Accepted from here: every refusal goes through give_back. */
   int reason = mm__coro_cancel_reason(c);
   if (reason != 0)
-    return -reason;
+    return give_back(o, arg, -reason);
   mm__bridge_t *b = mm__bridge_of(c->loop);
   if (b == NULL)
-    return mm__bridge_error(c->loop);
+    return give_back(o, arg, mm__bridge_error(c->loop));
 
   sync_wait_t sw;
   r = mm__wait_init(&sw.w);
@@ -184,6 +283,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     return -EAGAIN;
   sw.abandonable = o != NULL && o->abandon_on_cancel;
   sw.abandoned = false;
+  sw.unqueued = false;
   sw.armed = false;
 
   mm__sync_req_t local;
@@ -216,7 +316,9 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   }
   req->on_heap = sw.abandonable;
   req->cleanup = o != NULL ? o->cleanup : NULL;
+  req->on_cancel = o != NULL ? o->on_cancel : NULL;
   atomic_init(&req->cancel, 0);
+  atomic_init(&req->stop, 0);
   atomic_init(&req->end, MM__END_PENDING);
   sw.w.end = &req->end;
   sw.req = req;
@@ -261,6 +363,8 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   int status = mm__wait_block(&sw.w);
   if (sw.armed)
     mm__timer_stop(c->loop, &sw.deadline);
+  if (sw.unqueued)
+    give_back(o, arg, status);     /* fn never ran: arg is cleanup's */
   if (!sw.abandoned && req->on_heap) {
     /* Not abandoned after all: fn worked on a copy of the locals, which
      * become the coroutine's, as if fn had shared them (it returned, and
@@ -281,7 +385,7 @@ err_timer:
 err_req:
   if (req != &local)
     req_free(req);
-  return r;
+  return give_back(o, arg, r);
 }
 
 void mm_sync_options_init(mm_sync_options_t *o) {

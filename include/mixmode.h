@@ -263,12 +263,17 @@ MM_EXTERN bool mm_cancelled(void);
 typedef struct mm_sync_options {
   int        affinity;          /* MM_AFFINITY_*; default POOL */
   mm_lane_t *lane;              /* with MM_AFFINITY_LANE */
-  uint64_t   timeout_ms;        /* 0 = none; acts as a cancel of this call
-                                   with -ETIMEDOUT at the deadline */
-  bool       abandon_on_cancel; /* a running call cancelled: return at once,
-                                   let it finish on its own */
-  void     (*cleanup)(void *arg, int status);  /* runs when an abandoned
-                                   call ends, on its thread; may be NULL */
+  uint64_t   timeout_ms;        /* 0 = none; this call's own deadline (it
+                                   never cancels the coroutine) */
+  bool       abandon_on_cancel; /* a running call cancelled or past its
+                                   deadline: return at once, let fn finish
+                                   on its own */
+  void     (*cleanup)(void *arg, int status);  /* owner of arg when the
+                                   call returns a bridge error (below);
+                                   may be NULL */
+  void     (*on_cancel)(void *arg);  /* asks a running fn to stop
+                                   (sqlite3_interrupt, PQcancel); may be
+                                   NULL */
 } mm_sync_options_t;
 
 /* Fills o with the defaults (all zero).  Any thread. */
@@ -295,12 +300,30 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
  * and this thread waits.
  *
- * Cancellation of the coroutine (or the deadline, timeout_ms): a call
- * still queued is removed and never runs (-ECANCELED / -ETIMEDOUT); a call
- * running is waited for and its value returned, the coroutine's
- * cancellation staying pending -- unless abandon_on_cancel, which returns
- * -ECANCELED / -ETIMEDOUT at once and calls cleanup(arg, status) when fn
- * ends.
+ * Cancellation of the coroutine, and the call's own deadline (timeout_ms):
+ * - a call still queued is removed and never runs: -ECANCELED /
+ *   -ETIMEDOUT (so is a call made while the coroutine's cancellation is
+ *   already pending: it is accepted, then cancelled at once);
+ * - a running call: on_cancel(arg) runs once, on the loop's thread, while
+ *   fn still runs (it never runs for a queued call, never twice, never
+ *   after the call returned fn's value or after cleanup).  Past its own
+ *   deadline the call returns -ETIMEDOUT, at once with abandon_on_cancel,
+ *   else when fn returns; the deadline does not cancel the coroutine.
+ *   Cancelled, the call returns -ECANCELED at once with abandon_on_cancel;
+ *   without it the call is waited for and returns fn's value, the
+ *   coroutine's cancellation staying pending for its next suspension.
+ *
+ * Who owns arg, one rule: cleanup(arg, status) is called exactly once for
+ * every call that returns -ECANCELED, -ETIMEDOUT or -ESHUTDOWN, and never
+ * for any other return.  A call that returns fn's value hands arg back; a
+ * call refused at once (-EINVAL, -EDEADLK, -ENOMEM, -EAGAIN) never took
+ * it.  status is fn's value if fn ran, else the bridge's code.  cleanup
+ * runs, for a call whose fn never ran, on the calling thread before the
+ * call returns; for one whose fn ran, on fn's thread after fn returns --
+ * before the call returns, except with abandon_on_cancel, where the call
+ * has already returned.  fn itself must not return -ECANCELED, -ETIMEDOUT
+ * or -ESHUTDOWN (they are the bridge's: map a driver's "interrupted" to
+ * another code, such as -EINTR).
  *
  * When every worker is busy at pool_max_threads, calls wait in the queue
  * in order; one that has waited a second is reported through the log
@@ -316,8 +339,9 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * one sensitive thread ("mm-sensitive"), in order, one at a time.
  *
  * Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK (on a
- * loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT, -ENOMEM,
- * -EAGAIN (no worker thread could be started). */
+ * loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT, -ESHUTDOWN
+ * (the loop or the lane is shutting down), -ENOMEM, -EAGAIN (no worker
+ * thread could be started). */
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 

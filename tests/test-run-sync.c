@@ -1305,7 +1305,10 @@ static void test_abandoned_running_call_times_out_etimedout_then_cleans_up(
   abandon_destroy(&a);
 }
 
-static void test_timeout_of_a_running_call_sets_cancelled_and_returns_value(
+/* Past its own deadline, a running call (no on_cancel here) sees
+ * mm_cancelled() turn true; it returns -ETIMEDOUT once fn returns, fn's
+ * value going to cleanup (tests/test-sync-cancel.c has the rest). */
+static void test_timeout_of_a_running_call_sets_cancelled_then_etimedout(
     void **state) {
   mm_loop_t *loop = new_loop();
   poll_cancel_t p;
@@ -1318,7 +1321,7 @@ static void test_timeout_of_a_running_call_sets_cancelled_and_returns_value(
   assert_mm_ok(mm_join(p.caller));
   assert_mm_ok(mm_join(h));
   assert_false(p.cancelled_at_start);
-  assert_status(p.result, SAW_CANCEL);
+  assert_status(p.result, -ETIMEDOUT);
   /* The deadline was the call's: the coroutine goes on uncancelled. */
   assert_false(p.cancelled_after);
   assert_mm_ok(p.next_yield);
@@ -1971,7 +1974,7 @@ int main(void) {
     mm_test(test_abandoned_running_call_times_out_etimedout_then_cleans_up),
     mm_test(test_abandoned_call_sees_its_own_coroutine_after_it_ended),
     mm_test(test_loop_free_from_its_own_worker_lane_or_sensitive_thread),
-    mm_test(test_timeout_of_a_running_call_sets_cancelled_and_returns_value),
+    mm_test(test_timeout_of_a_running_call_sets_cancelled_then_etimedout),
     mm_test(test_fn_sees_the_awaiting_coroutine_as_current_and_its_locals),
     mm_test(test_lane_runs_calls_on_one_thread_one_at_a_time_in_order),
     mm_test(test_lane_free_waits_for_the_queued_calls),

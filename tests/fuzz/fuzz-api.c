@@ -89,14 +89,14 @@
  *                         threads (its pool, lane or sensitive thread)
  *                         frees that loop, expecting -EDEADLK; =0: such a
  *                         FREE is skipped (8.5: it hung).
+ *   FUZZ_CLEANUP_API      API.md's ownership rule: every -ECANCELED,
+ *                         -ETIMEDOUT and -ESHUTDOWN return of run_sync
+ *                         called cleanup once, no other return did, and
+ *                         on_cancel (set with cleanup) ran at most once,
+ *                         never after cleanup or the call's return; =0:
+ *                         the older rule (cleanup only for a call abandoned
+ *                         while fn ran) that main followed until issue 9.
  * These stay off, as main still differs:
- *   FUZZ_CLEANUP_API=1    check cleanup against API.md's rule (every
- *                         -ECANCELED, -ETIMEDOUT, -ESHUTDOWN return calls
- *                         it once).  Off: the header's rule, only for
- *                         abandoned calls (TODO(#8): main runs no cleanup
- *                         for calls removed before they ran, and a running
- *                         call past its own deadline returns fn's value
- *                         instead of -ETIMEDOUT).
  *   FUZZ_GROUP_LATE_SPAWN=1 anyone may spawn into a group until its wait
  *                         returns, as the header said before f61cbe1; off:
  *                         only before the wait (or its own children), as
@@ -138,7 +138,7 @@
 # define FUZZ_STALE 1
 #endif
 #ifndef FUZZ_CLEANUP_API
-# define FUZZ_CLEANUP_API 0
+# define FUZZ_CLEANUP_API 1
 #endif
 #ifndef FUZZ_STOP_UNDRIVEN
 # define FUZZ_STOP_UNDRIVEN 1
@@ -260,6 +260,8 @@ struct op {
   _Atomic int calling;        /* RUN_ASYNC: the library call was made */
   _Atomic int body_started, body_done;
   _Atomic int fn_runs, fn_done, cleanups, cleanup_status;
+  _Atomic int on_cancels;     /* RUN_SYNC: on_cancel calls */
+  _Atomic int stop_asked;     /* RUN_SYNC: on_cancel asked fn to stop */
   int ctx_id;                 /* SEND, RECV: the ctx_t id that ran it */
   void *chan;                 /* SEND, RECV: the hchan_t used */
   int got;                    /* RECV: the SEND whose item came, or -1 */
@@ -702,7 +704,8 @@ static int sync_fn(void *arg) {
    * library: mm_cancelled() reads the awaiting coroutine, which may have
    * ended. */
   bool ask = !op->abandon || FUZZ_ABANDONED_BODY;
-  for (int i = 0; i < op->sleep_ms * 4 && !(ask && mm_cancelled()); i++) {
+  for (int i = 0; i < op->sleep_ms * 4 && !(ask && mm_cancelled()) &&
+                  !atomic_load(&op->stop_asked); i++) {
     struct timespec ts = { 0, 250000 };
     nanosleep(&ts, NULL);
   }
@@ -713,6 +716,21 @@ static int sync_fn(void *arg) {
   atomic_store(&op->fn_done, 1);
   atomic_fetch_sub(&S.fns_running, 1);
   return op->value;
+}
+
+/* on_cancel of RUN_SYNC: asks sync_fn to stop, as sqlite3_interrupt
+ * would.  Never twice, never after cleanup, never once the call has
+ * returned. */
+static void sync_on_cancel(void *arg) {
+  op_t *op = arg;
+  if (atomic_fetch_add(&op->on_cancels, 1) != 0)
+    violation("#%d: on_cancel ran twice", op->id);
+  if (atomic_load(&op->cleanups) != 0)
+    violation("#%d: on_cancel ran after cleanup", op->id);
+  if (atomic_load(&op->nret) != 0)
+    violation("#%d: on_cancel ran after the call returned %d", op->id,
+              atomic_load(&op->ret));
+  atomic_store(&op->stop_asked, 1);
 }
 
 static void sync_cleanup(void *arg, int status) {
@@ -960,6 +978,9 @@ static void do_run_sync(op_t *op, const ctx_t *ctx) {
   o.timeout_ms = op->timeout;
   o.abandon_on_cancel = op->abandon;
   o.cleanup = op->cleanup ? sync_cleanup : NULL;
+#if FUZZ_CLEANUP_API
+  o.on_cancel = op->cleanup ? sync_on_cancel : NULL;
+#endif
   /* The function runs on a plain thread for this context; an abandoned one
    * may outlive the caller, so it spawns into no group. */
   op->body_ctx = (ctx_t) { .id = 1000 + op->id,
