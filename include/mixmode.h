@@ -347,8 +347,12 @@ MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
 typedef struct mm_async_options {
   const char *name;             /* the coroutine's name, for diagnostics */
-  uint64_t    timeout_ms;       /* 0 = none; then the coroutine is
-                                   cancelled, waited for, -ETIMEDOUT */
+  uint64_t    timeout_ms;       /* 0 = none; bounds the caller's whole
+                                   wait, from the call: a loop that has
+                                   not taken the call by then never runs
+                                   it; a coroutine that runs is cancelled
+                                   at the deadline and waited for; either
+                                   way -ETIMEDOUT */
 } mm_async_options_t;
 
 /* Fills o with the defaults (all zero).  Any thread. */
@@ -358,8 +362,10 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  *
  * On a plain thread (a worker and a lane included): the call is posted to
  * the loop and this thread blocks until the coroutine ends; no memory is
- * allocated per call.  If the loop has not run for a second meanwhile, a
- * warning is logged (the call keeps waiting).  The coroutine starts with
+ * allocated per call (one small block with a timeout).  If the loop has
+ * not run for a second meanwhile, a warning is logged (the call keeps
+ * waiting, until its timeout if it has one, even for a loop not started
+ * yet).  The coroutine starts with
  * a copy of this thread's locals (in a worker: of the coroutine it runs
  * the call for).  While it waits, the thread runs the MM_AFFINITY_CALLER
  * calls of that coroutine and of the coroutines it spawns.
@@ -367,8 +373,9 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  * suspension until the other loop's coroutine ends otherwise.
  * Errors: -EINVAL (NULL loop or fn), -EDEADLK (on a loop's thread outside
  * coroutines, and on the thread a borrowed loop belongs to for a call to
- * that loop, whether or not it has coroutines), -ESHUTDOWN (the loop is stopping, was stopped or freed
- * while the call waited: every waiting caller is answered), -ETIMEDOUT,
+ * that loop, whether or not it has coroutines), -ESHUTDOWN (the loop is
+ * stopping, was stopped or freed while the call waited: every waiting
+ * caller is answered), -ETIMEDOUT,
  * -ECANCELED (a calling coroutine was cancelled), -ENOMEM. */
 MM_EXTERN int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg);
 MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,

@@ -734,6 +734,103 @@ static void test_run_async_on_a_loop_not_running_warns_then_completes_once_run(
 }
 
 
+/* The timeout bounds the caller's whole wait, from the call: a loop that
+ * has not started yet included (it used to wait until the loop ran). */
+typedef struct {
+  mm_loop_t *loop;
+  uint64_t   timeout_ms;
+  atomic_int runs;
+  int        result;
+} bounded_t;
+
+static int count_run(void *arg) {
+  bounded_t *b = arg;
+  atomic_fetch_add(&b->runs, 1);
+  return 42;
+}
+
+static void *call_bounded(void *arg) {
+  bounded_t *b = arg;
+  mm_async_options_t o;
+  mm_async_options_init(&o);
+  o.timeout_ms = b->timeout_ms;
+  b->result = mm_run_async_ex(b->loop, count_run, b, &o);
+  return NULL;
+}
+
+static void test_run_async_timeout_bounds_the_wait_for_a_loop_not_started(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  bounded_t b = { .loop = loop, .timeout_ms = 20 };
+  call_bounded(&b);
+  assert_status(b.result, -ETIMEDOUT);
+  /* The request the caller left is dropped when the loop drains it: fn
+   * never runs, nothing leaks, the loop serves the next call. */
+  assert_mm_ok(mm_loop_start(loop));
+  b.timeout_ms = 0;
+  call_bounded(&b);
+  assert_status(b.result, 42);
+  assert_int_equal(atomic_load(&b.runs), 1);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+static void test_run_async_timeout_left_in_an_inbox_is_freed_with_the_loop(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  bounded_t b = { .loop = loop, .timeout_ms = 1 };
+  call_bounded(&b);
+  assert_status(b.result, -ETIMEDOUT);
+  assert_mm_ok(mm_loop_free(loop));     /* never run: drained by the free */
+  assert_int_equal(atomic_load(&b.runs), 0);
+}
+
+/* The loop starts around the caller's deadline: every call is answered
+ * once, with fn's value (fn ran once) or -ETIMEDOUT (fn ran at most once,
+ * then its coroutine was cancelled or it never started). */
+static int sleep_then_count(void *arg) {
+  bounded_t *b = arg;
+  atomic_fetch_add(&b->runs, 1);
+  int r = mm_sleep(1);
+  return r == 0 ? 42 : r;
+}
+
+static void *call_bounded_sleeper(void *arg) {
+  bounded_t *b = arg;
+  mm_async_options_t o;
+  mm_async_options_init(&o);
+  o.timeout_ms = b->timeout_ms;
+  b->result = mm_run_async_ex(b->loop, sleep_then_count, b, &o);
+  return NULL;
+}
+
+static void test_run_async_timeout_racing_the_loop_s_start_answers_once(
+    void **state) {
+  int rounds = mm_test_under_valgrind() ? 30 : 300;
+  int values = 0, timeouts = 0;
+  for (int i = 0; i < rounds; i++) {
+    mm_loop_t *loop = new_loop();
+    bounded_t b = { .loop = loop, .timeout_ms = 1 + i % 3 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, call_bounded_sleeper, &b), 0);
+    struct timespec ts = { 0, (long) (i % 7) * 400000 };
+    nanosleep(&ts, NULL);            /* where the start lands: any order */
+    assert_mm_ok(mm_loop_start(loop));
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (b.result == 42) {
+      values++;
+      assert_int_equal(atomic_load(&b.runs), 1);
+    } else {
+      timeouts++;
+      assert_status(b.result, -ETIMEDOUT);
+      assert_true(atomic_load(&b.runs) <= 1);
+    }
+    assert_mm_ok(mm_loop_free(loop));
+  }
+  print_message("%d rounds: %d values, %d timeouts\n", rounds, values,
+                timeouts);
+}
+
+
 /* ---- Locals ----------------------------------------------------------- */
 
 static const int key = 0;
@@ -896,6 +993,9 @@ int main(void) {
     mm_test(test_run_async_with_null_loop_or_fn_returns_einval),
     mm_test(test_run_async_timeout_cancels_fn_and_returns_etimedout),
     mm_test(test_run_async_timeout_from_a_coroutine_returns_etimedout),
+    mm_test(test_run_async_timeout_bounds_the_wait_for_a_loop_not_started),
+    mm_test(test_run_async_timeout_left_in_an_inbox_is_freed_with_the_loop),
+    mm_test(test_run_async_timeout_racing_the_loop_s_start_answers_once),
     mm_test(test_run_async_on_a_stopped_loop_returns_eshutdown),
     mm_test(
         test_run_async_in_a_coroutine_on_a_stopped_loop_returns_eshutdown),
