@@ -78,11 +78,11 @@ add run-sync-abandon runsync "-DABANDON -DDEADLINE -DSTOP" safety holds
 add run-sync-abandon-cancel-only runsync "-DABANDON" safety holds
 add run-sync-abandon-live runsync "-DLIVE -DABANDON -DDEADLINE -DSTOP" \
   live holds
-add run-sync-late-on-cancel-rejected runsync "-DDEADLINE -DONCANCEL_LATE" \
+add run-sync-no-ask-wait-rejected runsync "-DDEADLINE -DNO_ASK_WAIT" \
   safety "rejects:assertion violated (arg_alive&& !(oc_active))"
-add run-sync-abandon-late-on-cancel-rejected runsync \
-  "-DABANDON -DDEADLINE -DONCANCEL_LATE" safety \
-  "rejects:assertion violated (arg_alive&&took)"
+add run-sync-abandon-no-ask-wait-rejected runsync \
+  "-DABANDON -DDEADLINE -DNO_ASK_WAIT" safety \
+  "rejects:assertion violated ((arg_alive&&took)"
 add run-sync-ungated-deadline-rejected runsync \
   "-DABANDON -DDEADLINE -DSTOP -DDEADLINE_UNGATED" safety \
   "rejects:assertion violated req_alive"

@@ -11,11 +11,11 @@
  *           arg itself when the call returned fn's value (it is handed back).
  *   Worker  a pool worker (mm__sync_execute): takes the request if still
  *           queued (QUEUED -> RUNNING under the pool mutex), runs fn, then
- *           ends the wait.  With ABANDON: CAS PENDING -> WOKEN; lost, it owns
- *           the heap request: cleanup(arg) once, free.  Without: decides
- *           value against its own deadline on req->cancel (CAS 0 -> FINISHED
- *           against the deadline's CAS 0 -> ETIMEDOUT); on ETIMEDOUT it runs
- *           cleanup before the wake.
+ *           closes req->stop with OVER and waits while ASKING (an
+ *           on_cancel under way), then claims PENDING -> WOKEN.  Won: if
+ *           the call's deadline asked before OVER, cleanup(arg) and
+ *           -ETIMEDOUT, else fn's value; a wake, its last access.  Lost
+ *           (ABANDON): it owns the heap request: cleanup(arg) once, free.
  *   Canceller  mm_cancel from another thread: reason, then a remote CANCEL.
  *   Loop    drains the remote queue (the worker's WAKE and the CANCEL, in
  *           any order), fires the call's own deadline (-DDEADLINE), stops
@@ -24,27 +24,29 @@
  *           deadline through on_deadline -> sync_cancel.
  *   Watch   at quiescence: one ending, cleanup exactly once iff a bridge
  *           code was returned, arg and the heap request freed once,
- *           on_cancel at most once and only for a call that was taken.
+ *           on_cancel at most once and only for a call that was taken,
+ *           never after cleanup or the call's return; a deadline that
+ *           asked a running call to stop makes it return -ETIMEDOUT.
  *
  * sync_cancel (loop thread): under the pool mutex, a queued request is
- * removed (never runs) and the wait ends CANCELLED.  Else the call runs:
- * on_cancel(arg) runs once, if the wait is still PENDING, and only then is
- * the ending decided: ABANDON: CAS PENDING -> CANCELLED on the heap
- * request; without: CAS on req->cancel (the worker's value still ends
- * the wait).
+ * removed (never runs) and the wait ends CANCELLED.  Else the call runs
+ * and is asked to stop (run-sync.c, "Stopping a running call"): one CAS
+ * on req->stop adds the reason bit (CANCEL or DEADLINE) unless OVER is
+ * set, and ASKING with the first bit.  If it added ASKING: ABANDON claims
+ * PENDING -> CANCELLED (the caller leaves at once), then on_cancel(arg),
+ * then ASKING is cleared -- the asker's last access to the request.
  *
- * The call's deadline is a second canceller: it acts only while the
- * caller is still parked in the wait (what mm__coro_interrupt checks for
- * a coroutine cancel), never on the request alone.  (sync_cancel gets
- * the same by stopping the deadline's timer as it starts.)
+ * The call's deadline is a second asker: it acts only while the caller
+ * is still parked in the wait (what mm__coro_interrupt checks for a
+ * coroutine cancel), never on the request alone.
  *
- * -DONCANCEL_LATE: on_cancel after that CAS.  Spin must reject it: the
- * worker, having lost (ABANDON) or seen ETIMEDOUT (without), runs
+ * -DNO_ASK_WAIT: the worker does not wait while ASKING.  Spin must reject
+ * it: the worker, having lost (ABANDON) or seen DEADLINE (without), runs
  * cleanup(arg) while on_cancel(arg) runs.
  * -DDEADLINE_UNGATED (with ABANDON): the deadline fires after a cancel
- * won and before the caller resumed, and goes straight to the request's
- * ending word.  Spin must reject it: the worker lost, cleaned up and freed
- * the heap request, so the deadline's CAS reads freed memory.
+ * won and before the caller resumed, and goes straight to the request.
+ * Spin must reject it: the worker lost, cleaned up and freed the heap
+ * request, so the deadline's CAS reads freed memory.
  */
 #include "completion.pml"
 
@@ -52,7 +54,6 @@
 #define QUEUED   1
 #define RUNNING  2
 #define REMOVED  3
-#define FINISHED 9     /* req->cancel: the worker decided first */
 
 #ifdef ABANDON
 #define REQ_ALIVE req_alive
@@ -68,7 +69,11 @@ byte pmu = NOBODY;     /* the pool mutex */
 byte rq = NOTYET;      /* req->state as far as the pool is concerned */
 byte wstate = PENDING; /* the ending word: on the request */
 byte wstatus = ST_NONE;/* the status given to the wait (in the frame) */
-byte why = 0;          /* req->cancel */
+bit  s_cancel = 0;     /* req->stop: CANCEL */
+bit  s_deadline = 0;   /* DEADLINE */
+bit  s_asking = 0;     /* ASKING */
+bit  s_over = 0;       /* OVER */
+bit  dl_asked = 0;     /* the deadline added its bit */
 byte ends = 0;
 
 byte cstate = C_RUN;
@@ -102,7 +107,10 @@ inline cleanup() {
 }
 
 inline on_cancel_call() {
-  atomic { assert(arg_alive && took); oc_active = 1; oc_runs++ };
+  atomic {
+    assert(arg_alive && took && result == ST_NONE);  /* not returned */
+    oc_active = 1; oc_runs++
+  };
   atomic { assert(arg_alive); oc_active = 0 }
 }
 
@@ -116,8 +124,49 @@ inline end_cancelled(r) {
   }
 }
 
+/* sync_ask: the call runs; r is the reason, dl whether it is the call's
+ * own deadline. */
+inline sync_ask(r, dl) {
+  atomic {
+    assert(REQ_ALIVE);
+    if
+    :: s_over -> ask = 0                    /* fn returned: too late */
+    :: else ->
+       ask = !s_cancel && !s_deadline;      /* the first reason asks */
+       if
+       :: dl -> s_deadline = 1; dl_asked = 1
+       :: else -> s_cancel = 1
+       fi;
+       if
+       :: ask -> s_asking = 1
+       :: else -> skip
+       fi
+    fi
+  }
+  if
+  :: ask ->
+#ifdef ABANDON
+     atomic {
+       assert(REQ_ALIVE);
+       if
+       :: wstate == PENDING -> wstate = CANCELLED; won = 1
+       :: else -> won = 0
+       fi
+     }
+     if
+     :: won -> abandoned = 1; end_cancelled(r)
+     :: else -> skip                       /* the worker's wake is coming */
+     fi;
+#endif
+     oc_ran = 1;
+     on_cancel_call();
+     atomic { assert(REQ_ALIVE); s_asking = 0 }   /* last access */
+  :: else -> skip
+  fi
+}
+
 /* sync_cancel: loop thread, the caller parked; r is the reason. */
-inline sync_cancel(r) {
+inline sync_cancel(r, dl) {
   assert(frame_alive);
   plock(LOOPTHR);
   assert(REQ_ALIVE);
@@ -132,38 +181,7 @@ inline sync_cancel(r) {
      end_cancelled(r)
   :: else ->
      punlock(LOOPTHR);
-#ifndef ONCANCEL_LATE
-     /* Running: on_cancel first, while nothing can free arg (the worker
-      * cannot own it before our CAS, the caller cannot resume while the
-      * loop thread is here). */
-     if
-     :: !oc_ran && wstate == PENDING && rq == RUNNING ->
-        oc_ran = 1; on_cancel_call()
-     :: else -> skip
-     fi;
-#endif
-#ifdef ABANDON
-     atomic {
-       assert(REQ_ALIVE);
-       if
-       :: wstate == PENDING -> wstate = CANCELLED; won = 1
-       :: else -> won = 0
-       fi
-     }
-     if
-     :: won -> abandoned = 1; end_cancelled(r)
-     :: else -> skip                       /* the worker's wake is coming */
-     fi;
-#else
-     atomic { assert(REQ_ALIVE); set_reason(why, r) };
-#endif
-#ifdef ONCANCEL_LATE
-     if
-     :: !oc_ran && rq == RUNNING -> oc_ran = 1; on_cancel_call()
-     :: else -> skip
-     fi;
-#endif
-     skip
+     sync_ask(r, dl)
   fi
 }
 
@@ -171,13 +189,13 @@ inline interrupt() {
   if
   :: cstate == C_PARKED && !cancel_seen && reason != 0 ->
      cancel_seen = 1;
-     sync_cancel(reason)
+     sync_cancel(reason, 0)
   :: else -> skip
   fi
 }
 
 proctype Caller() {
-  bit won;
+  bit won, ask;
   loop_enter(CORO);
   atomic {
     frame_alive = 1;
@@ -235,42 +253,35 @@ proctype Worker() {
   /* fn(arg) */
   atomic { assert(arg_alive); fn_ran = 1 };
   atomic { assert(arg_alive) };
-#ifdef ABANDON
+  /* sync_over: close stop, wait for an on_cancel under way. */
+  atomic { assert(REQ_ALIVE); s_over = 1; tout = s_deadline };
+#ifndef NO_ASK_WAIT
+  atomic { assert(REQ_ALIVE); !s_asking -> tout = s_deadline };
+#endif
   atomic {
-    assert(req_alive);
+    assert(REQ_ALIVE);
     if
     :: wstate == PENDING -> wstate = WOKEN; won = 1
     :: else -> won = 0
     fi
   }
   if
-  :: won ->                       /* wake the caller: last access */
-     atomic {
-       assert(req_alive && frame_alive);
-       wstatus = ST_VALUE; ends++; pend_wake = 1
+  :: won ->
+     if
+     :: tout -> cleanup(); st = ST_ETIMEDOUT  /* its own deadline passed */
+     :: else -> st = ST_VALUE                 /* incl. a coroutine cancel */
+     fi;
+     atomic {                                 /* the wake: last access */
+       assert(REQ_ALIVE && frame_alive);
+       wstatus = st; ends++; pend_wake = 1
      }
   :: else ->                      /* abandoned: the request is ours */
+#ifndef ABANDON
+     assert(0);                   /* only an abandonable call is claimed */
+#endif
      cleanup();
      atomic { assert(req_alive); req_alive = 0 }
   fi;
-#else
-  atomic {
-    assert(REQ_ALIVE);
-    if
-    :: why == 0 -> why = FINISHED; tout = 0
-    :: else -> tout = why == ST_ETIMEDOUT
-    fi
-  }
-  if
-  :: tout -> cleanup(); st = ST_ETIMEDOUT   /* its own deadline passed */
-  :: else -> st = ST_VALUE                  /* incl. a coroutine cancel */
-  fi;
-  atomic {
-    assert(REQ_ALIVE && wstate == PENDING);  /* nobody else can end it */
-    wstate = WOKEN
-  }
-  atomic { assert(frame_alive); wstatus = st; ends++; pend_wake = 1 };
-#endif
 out:
   worker_done = 1
 }
@@ -283,7 +294,7 @@ proctype Canceller() {
 }
 
 proctype Loop() {
-  bit won;
+  bit won, ask;
 end_loop:
   do
   :: atomic { lt == NOBODY && pend_wake -> lt = LOOPTHR; pend_wake = 0 }
@@ -300,11 +311,11 @@ end_loop:
       * a cancel won (ABANDON), the worker may have freed the request that
       * holds the ending word: not even its CAS may touch it. */
      if
-     :: cstate == C_PARKED -> sync_cancel(ST_ETIMEDOUT)
+     :: cstate == C_PARKED -> sync_cancel(ST_ETIMEDOUT, 1)
      :: else -> skip
      fi;
 #else
-     sync_cancel(ST_ETIMEDOUT);
+     sync_cancel(ST_ETIMEDOUT, 1);
 #endif
      loop_leave(LOOPTHR)
 #endif
@@ -331,6 +342,7 @@ proctype Watch() {
     assert(is_bridge_code(result) -> cleanups == 1 : cleanups == 0);
     assert(result != ST_VALUE || fn_ran);
     assert(oc_runs <= 1);
+    assert(!dl_asked || result == ST_ETIMEDOUT);  /* the deadline decides */
     assert(!pend_wake && !pend_cancel)
   }
 }
