@@ -514,6 +514,15 @@ MM_EXTERN int mm_loop_dump(mm_loop_t *loop, FILE *out);
  * WARN and above).  Any thread; applies to all loops. */
 MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
 
+
+/* ---- Waiting for anything ---------------------------------------------- */
+
+/* The loop of the calling coroutine, or, in a blocking call a coroutine
+ * made (mm_run_sync: on a pool worker, a lane, its caller thread), the
+ * loop of that coroutine.  NULL elsewhere: on a plain thread, and on a
+ * loop's thread outside coroutines (a raw libuv callback).  Any thread. */
+MM_EXTERN mm_loop_t *mm_loop_current(void);
+
 #ifdef __cplusplus
 }
 #endif
