@@ -361,6 +361,51 @@ static void test_wait_fd_many_times_on_the_same_pipes(void **state) {
 }
 
 
+static void test_wait_fd_by_coroutines_of_two_loops_on_one_fd(void **state) {
+  /* -EBUSY is per loop: each loop polls the fd with its own handle. */
+  int p[2];
+  make_pipe(p);
+  mm_loop_t *a = started_loop(), *b = started_loop();
+  waiter_t wa = { .fd = p[0], .events = MM_READABLE };
+  waiter_t wb = { .fd = p[0], .events = MM_READABLE };
+  mm_coro_t *ca, *cb;
+  assert_mm_ok(mm_spawn(a, wait_once, &wa, &ca));
+  assert_mm_ok(mm_spawn(b, wait_once, &wb, &cb));
+  assert_int_equal(write(p[1], "x", 1), 1);
+  assert_mm_ok(mm_join(ca));
+  assert_mm_ok(mm_join(cb));
+  assert_status(wa.result, MM_READABLE);
+  assert_status(wb.result, MM_READABLE);
+  assert_mm_ok(mm_loop_free(a));
+  assert_mm_ok(mm_loop_free(b));
+  close_pair(p);
+}
+
+static void test_wait_fd_in_a_borrowed_loop_leaves_uv_loop_closable(
+    void **state) {
+  /* The loop's poll handles live in the user's uv loop: mm_loop_free
+   * closes them, so that uv_loop_close succeeds. */
+  int p[2];
+  make_pipe(p);
+  uv_loop_t uv;
+  assert_int_equal(uv_loop_init(&uv), 0);
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_from_uv(&loop, &uv, NULL));
+  waiter_t w = { .fd = p[0], .events = MM_READABLE };
+  partner_t pa = { &w, p[1], WRITE_BYTE, 0 };
+  mm_coro_t *a, *b;
+  assert_mm_ok(mm_spawn(loop, wait_once, &w, &a));
+  assert_mm_ok(mm_spawn(loop, partner, &pa, &b));
+  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
+  assert_mm_ok(mm_join(a));
+  assert_mm_ok(mm_join(b));
+  assert_status(w.result, MM_READABLE);
+  assert_mm_ok(mm_loop_free(loop));
+  assert_int_equal(uv_loop_close(&uv), 0);
+  close_pair(p);
+}
+
+
 /* ---- timeouts, hang-ups -------------------------------------------------- */
 
 static void test_wait_fd_times_out_in_a_coroutine(void **state) {
@@ -837,6 +882,8 @@ int main(void) {
     mm_test(test_wait_fd_on_a_ready_fd_answers_at_once),
     mm_test(test_wait_fd_leaves_the_fds_flags_as_they_were),
     mm_test(test_wait_fd_many_times_on_the_same_pipes),
+    mm_test(test_wait_fd_by_coroutines_of_two_loops_on_one_fd),
+    mm_test(test_wait_fd_in_a_borrowed_loop_leaves_uv_loop_closable),
     mm_test(test_wait_fd_times_out_in_a_coroutine),
     mm_test(test_wait_fd_times_out_on_a_plain_thread),
     mm_test(test_wait_fd_past_the_spawn_deadline_returns_etimedout),
