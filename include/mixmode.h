@@ -44,6 +44,9 @@ enum { MM_LOG_DEBUG, MM_LOG_INFO, MM_LOG_WARN, MM_LOG_ERROR };
 
 enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2 };
 
+/* What mm_wait_fd waits for and reports (a bit set). */
+enum { MM_READABLE = 1, MM_WRITABLE = 2 };
+
 typedef struct mm_loop mm_loop_t;
 typedef struct mm_coro mm_coro_t;
 typedef struct mm_lane mm_lane_t;
@@ -544,6 +547,47 @@ MM_EXTERN int mm_loop_dump(mm_loop_t *loop, FILE *out);
 /* Sends the library's messages to fn (NULL restores the default: stderr,
  * WARN and above).  Any thread; applies to all loops. */
 MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
+
+
+/* ---- Waiting for anything ---------------------------------------------- */
+
+/* Waits until fd is ready for the events asked (MM_READABLE, MM_WRITABLE
+ * or both) -- a pipe, a socket, a device, libpq's PQsocket -- or until
+ * timeout_ms has passed (0: no timeout).  Colour-blind.
+ *
+ * In a coroutine: the coroutine suspends while its loop polls fd, and the
+ * other coroutines run meanwhile; an fd ready already answers at once,
+ * without suspending.  fd may be closed, and its number reused, between
+ * two waits, but not while a coroutine waits on it (libuv may abort, or
+ * the wait may never see it).  fd's flags (O_NONBLOCK) are left as they
+ * are.  The loop keeps a small handle per fd number it has waited on, so
+ * that waiting on the same fd again allocates nothing; they go with
+ * mm_loop_free.
+ * On a plain thread (a pool worker or a lane included): poll(2), resumed
+ * after a signal with the time left.
+ *
+ * Returns the events ready among those asked (> 0).  An error or a
+ * hang-up on fd reports every event asked: the next read or write tells
+ * what happened.  Errors:
+ *   -ETIMEDOUT  timeout_ms passed; or, in a coroutine, its spawn deadline
+ *               did (before or during the wait)
+ *   -ECANCELED  the coroutine was cancelled (before or during the wait;
+ *               mm_loop_stop and mm_loop_free cancel)
+ *   -EDEADLK    on a loop's thread outside a coroutine (a raw libuv
+ *               callback)
+ *   -EBADF      fd is negative or not open
+ *   -EINVAL     events is 0 or has bits other than the two
+ *   -EBUSY      another coroutine of the loop waits on fd, or a libuv
+ *               handle of the loop watches it (an mm_tcp_t reading it)
+ *   -ENOMEM, or what libuv says when it cannot watch fd (at the first
+ *   wait on an fd number in a loop that has to suspend). */
+MM_EXTERN int mm_wait_fd(int fd, int events, uint64_t timeout_ms);
+
+/* The loop of the calling coroutine, or, in a blocking call a coroutine
+ * made (mm_run_sync: on a pool worker, a lane, its caller thread), the
+ * loop of that coroutine.  NULL elsewhere: on a plain thread, and on a
+ * loop's thread outside coroutines (a raw libuv callback).  Any thread. */
+MM_EXTERN mm_loop_t *mm_loop_current(void);
 
 #ifdef __cplusplus
 }

@@ -21,8 +21,9 @@
             "allocated)")                                                    \
   X(EAGAIN, "a thread could not be created; try again later")                \
   X(EBUSY, "busy: the loop is running on this thread or another, the "     \
-           "channel has waiters, or the group is being waited for; not "    \
-           "allowed now")                                                   \
+           "channel has waiters, the group is being waited for, or "        \
+           "another coroutine of the loop waits on the file descriptor; "   \
+           "not allowed now")                                               \
   X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
   X(EPERM, "not allowed from this kind of thread")                          \
   X(ECHILD, "the loop was inherited across fork(): it belongs to the "       \

@@ -157,6 +157,14 @@ int  mm__timers_init(mm_loop_t *loop);
 unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
 void mm__timers_free(mm_loop_t *loop);
 
+/* ---- wait-fd.c: mm_wait_fd's poll handles, one per fd number ------------ */
+/* Closes the loop's poll handles that are not closing already (the user
+ * may have closed them with uv_walk); returns how many calls of cb to
+ * wait for.  Their data is set to loop for cb.  No wait may be under way. */
+unsigned mm__fd_polls_close(mm_loop_t *loop, uv_close_cb cb);
+/* Frees them, once every close has completed. */
+void mm__fd_polls_free(mm_loop_t *loop);
+
 /* ---- local.c ------------------------------------------------------------- */
 typedef struct mm__local {
   const void *key;
@@ -458,6 +466,11 @@ struct mm_loop {
   size_t heap_n;
   size_t heap_cap;
   uint64_t timer_seq;
+
+  /* mm_wait_fd's poll handles (wait-fd.c), loop thread */
+  struct mm__fd_poll **fd_polls;  /* by fd number, NULL where none; grows */
+  size_t fd_polls_cap;
+  mm__list_t fd_polls_all;    /* every one made: mm__fd_poll.link */
 
   /* stack cache, loop thread (or the thread holding mu while undriven) */
   mm__list_t cache;           /* mm_coro_t.link */
