@@ -551,6 +551,32 @@ MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
 
 /* ---- Waiting for anything ---------------------------------------------- */
 
+/* In a coroutine: suspends until mm_wake(this coroutine, status) and
+ * returns status -- always: nothing the waker produced is lost.  The way
+ * to wrap a callback API: start the operation with a callback that calls
+ * mm_wake(coro, result), then mm_await.  A wake that came before the
+ * await is kept, and this await returns it at once.
+ * If the coroutine is cancelled (mm_cancel, its spawn deadline, a stop or
+ * mm_loop_free) while it waits, on_cancel(arg) runs once, on the loop's
+ * thread, and the wait goes on until the wake: on_cancel asks the
+ * operation to stop (uv_cancel, uv_close, curl_multi_remove_handle), and
+ * its callback must still call mm_wake -- an await never woken keeps its
+ * coroutine, and mm_loop_free, waiting.  The cancellation stays pending
+ * for the coroutine's next wait.  on_cancel may be NULL; a cancellation
+ * already pending at entry runs it at once.  on_cancel must not wait: it
+ * runs inside the loop, possibly inside another coroutine's mm_cancel.
+ * Errors: -EPERM (a plain thread), -EDEADLK (a loop's thread outside
+ * coroutines). */
+MM_EXTERN int mm_await(void (*on_cancel)(void *arg), void *arg);
+
+/* Completes coro's mm_await with status, or its next one if it is not in
+ * one now (the wake is kept; one still kept when the coroutine ends is
+ * dropped).  Any thread, raw libuv callbacks and other coroutines
+ * included; never waits.  Errors: -EBUSY (a wake is pending already),
+ * -EINVAL (NULL, or a stale handle: joined, or detached and ended),
+ * -ECHILD (a coroutine of a loop inherited across fork). */
+MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
+
 /* Waits until fd is ready for the events asked (MM_READABLE, MM_WRITABLE
  * or both) -- a pipe, a socket, a device, libpq's PQsocket -- or until
  * timeout_ms has passed (0: no timeout).  Colour-blind.

@@ -22,8 +22,9 @@
   X(EAGAIN, "a thread could not be created; try again later")                \
   X(EBUSY, "busy: the loop is running on this thread or another, the "     \
            "channel has waiters, the group is being waited for, or "        \
-           "another coroutine of the loop waits on the file descriptor; "   \
-           "not allowed now")                                               \
+           "another coroutine of the loop waits on the file descriptor, "   \
+           "or a wake is pending for the coroutine already; not allowed "   \
+           "now")                                                           \
   X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
   X(EPERM, "not allowed from this kind of thread")                          \
   X(ECHILD, "the loop was inherited across fork(): it belongs to the "       \
