@@ -427,6 +427,13 @@ MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
  * of mm_spawn otherwise. */
 MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);
 
+/* mm_group_spawn with spawn options (o may be NULL): the child's name,
+ * stack size, and timeout_ms -- a child past it ends with -ETIMEDOUT, a
+ * failure, which cancels the others and is what mm_group_wait returns
+ * (a deadline for one request of a batch).  -EINVAL for bad options. */
+MM_EXTERN int mm_group_spawn_ex(mm_group_t *g, mm_fn fn, void *arg,
+                                const mm_spawn_options_t *o);
+
 /* Cancels every child still running; later spawns are refused.  Any
  * thread.  The children's statuses after it are not failures. */
 MM_EXTERN int mm_group_cancel(mm_group_t *g);
@@ -465,6 +472,17 @@ MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
 /* Takes the oldest item, waiting while the channel is empty.  -EPIPE
  * once the channel is closed and drained. */
 MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
+
+/* mm_chan_send that never waits: queues item (or hands it to a waiting
+ * receiver) if there is room, else -EAGAIN; -EPIPE once closed.  Any
+ * thread, raw libuv callbacks included (where mm_chan_send is -EDEADLK):
+ * the way to hand a callback's result to a coroutine.  -EINVAL for NULL. */
+MM_EXTERN int mm_chan_try_send(mm_chan_t *ch, void *item);
+
+/* mm_chan_recv that never waits: takes the oldest item if there is one,
+ * else -EAGAIN; -EPIPE once closed and drained.  Any thread, raw libuv
+ * callbacks included.  -EINVAL for NULL ch or item. */
+MM_EXTERN int mm_chan_try_recv(mm_chan_t *ch, void **item);
 
 /* Closes ch and wakes every waiter (with -EPIPE); receivers still drain
  * what is queued.  Any thread, raw loop callbacks included.  -EPIPE if
