@@ -503,14 +503,16 @@ MM_EXTERN int mm_chan_free(mm_chan_t *ch);
  * queue.  Cancelling a coroutine parked in a read or an accept returns
  * -ECANCELED and leaves the handle usable; a write or a connect cannot be
  * taken back, so cancelling one closes the connection (the call returns
- * -ECANCELED; close the handle still).  A name that does not resolve:
- * -EHOSTUNREACH.  Other errors are libuv's (negative errno values:
- * -ECONNREFUSED, -EADDRINUSE...). */
+ * -ECANCELED; close the handle still).  Names are looked up by libuv's
+ * getaddrinfo off the loop while the coroutine waits; a name that does
+ * not resolve gets libuv's UV_EAI_* code (UV_EAI_NONAME: unknown host),
+ * which mm_strerror explains.  Other errors are libuv's (negative errno
+ * values: -ECONNREFUSED, -EADDRINUSE...). */
 typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free
- * one, see mm_tcp_port).  backlog <= 0: 128.  Names are resolved on a
- * worker thread. */
+ * one, see mm_tcp_port).  backlog <= 0: 128.  A name: the first of its
+ * addresses that can be bound. */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
@@ -520,7 +522,9 @@ MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 /* Waits for the next connection to srv. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
-/* Connects to host:port (host NULL or "": the loopback). */
+/* Connects to host:port (host NULL or "": the loopback).  A name: each
+ * of its addresses in the resolver's order until one connects; the last
+ * one's error if none does. */
 MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
 
 /* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
@@ -533,6 +537,15 @@ MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
 /* Closes c (a connection or a listener) and frees it; whoever waits in it
  * gets -ECANCELED. */
 MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
+
+/* TCP_NODELAY on or off (Nagle's algorithm off or on) for a connection.
+ * From its loop's coroutines; -EINVAL for NULL or a listener. */
+MM_EXTERN int mm_tcp_nodelay(mm_tcp_t *c, bool on);
+
+/* TCP keep-alive on (first probe after delay_s seconds idle, >= 1) or off
+ * (delay_s ignored).  From its loop's coroutines; -EINVAL for NULL, a
+ * listener, or on with delay_s 0. */
+MM_EXTERN int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s);
 
 
 /* ---- Diagnostics ------------------------------------------------------- */
