@@ -6,7 +6,8 @@
  * run-async.c) and the threads (pool.c).
  *
  * Lock order: b->mu (the lanes list, the sensitive pool's creation); under
- * it only a pool being made takes its own, still private, mu.
+ * it a pool being made takes its own, still private, mu, and the stats
+ * take each lane's pool mu (b->mu before pool->mu, never the reverse).
  */
 #include "bridge.h"
 
@@ -55,6 +56,22 @@ void mm__bridge_flush(mm_loop_t *loop, void *p) {
     /* Nobody else has seen a staged call: the claim is ours. */
     mm__wait_cancel(req->wait, r);
   }
+}
+
+uint64_t mm__bridge_lane_queued(mm__bridge_t *b) {
+  uint64_t sum = 0, queued, running;
+  unsigned threads, idle;
+  pthread_mutex_lock(&b->mu);
+  /* A lane in the list is not freed yet: its free takes it out under mu
+   * first (lane.c). */
+  mm__list_t *l;
+  for (l = b->lanes.next; l != &b->lanes; l = l->next) {
+    mm__pool_stats(container_of(l, mm_lane_t, link)->pool, &threads, &idle,
+                   &queued, &running);
+    sum += queued;
+  }
+  pthread_mutex_unlock(&b->mu);
+  return sum;
 }
 
 /* Releases every pool of b -- its lanes (warning about each, if warn),

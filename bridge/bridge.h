@@ -3,9 +3,10 @@
  * (run-sync.c).  Built on lib/'s primitives: mm__wait_t to park and wake,
  * the loop's bridge slot for per-loop state.
  *
- * Lock order: a pool's mu is taken alone; nothing else is locked while it
- * is held, except that lib/ may take a thread waiter's mu inside a wake
- * (never done here under pool->mu).
+ * Lock order: b->mu (bridge.c) before a lane's pool->mu; a pool's mu is
+ * otherwise taken alone; nothing else is locked while it is held, except
+ * that lib/ may take a thread waiter's mu inside a wake (never done here
+ * under pool->mu).
  */
 #ifndef MM_BRIDGE_H
 #define MM_BRIDGE_H
@@ -104,12 +105,15 @@ typedef struct mm__bridge {
   unsigned nstaged;           /* loop thread: how many */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
-  _Atomic uint64_t sync_calls;
+  _Atomic uint64_t sync_calls;  /* calls sent to pool */
   _Atomic uint64_t async_calls;
+  _Atomic uint64_t lane_calls;  /* calls sent to lanes and lane sets */
 } mm__bridge_t;
 
 /* NULL: out of memory, or the loop is stopping (mm__bridge_error). */
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop);
+/* Calls waiting in the queues of b's lanes (and lane sets) now. */
+uint64_t mm__bridge_lane_queued(mm__bridge_t *b);
 /* Hands the staged calls to the pool (the flush op; loop thread). */
 void mm__bridge_flush(mm_loop_t *loop, void *b);
 /* A long pass hands its staged calls over every MM__STAGE_MAX calls, so

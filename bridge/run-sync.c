@@ -134,6 +134,8 @@ static int check_options(const mm_sync_options_t *o) {
 static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
   if (mm__pool_is_self(lane->pool))
     return fn(arg);
+  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
+                                         memory_order_acquire);
   mm__wait_t w;
   int r = mm__wait_init(&w);
   if (r != 0)
@@ -145,6 +147,7 @@ static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
   r = mm__pool_submit(lane->pool, &req);
   if (r != 0)
     return r;
+  atomic_fetch_add_explicit(&b->lane_calls, 1, memory_order_relaxed);
   return mm__wait_block(&w);
 }
 
@@ -256,7 +259,10 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   }
   if (r != 0)
     goto err_timer;
-  atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
+  if (affinity == MM_AFFINITY_POOL)
+    atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
+  else if (affinity != MM_AFFINITY_CALLER)
+    atomic_fetch_add_explicit(&b->lane_calls, 1, memory_order_relaxed);
 
   int status = mm__wait_block(&sw.w);
   if (sw.armed)

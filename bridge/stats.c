@@ -20,8 +20,11 @@ int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st) {
                                           memory_order_relaxed);
     st->async_calls = atomic_load_explicit(&b->async_calls,
                                            memory_order_relaxed);
+    st->lane_calls = atomic_load_explicit(&b->lane_calls,
+                                          memory_order_relaxed);
     mm__pool_stats(b->pool, &st->pool_threads, &st->pool_idle,
                    &st->sync_queued, &st->sync_running);
+    st->lane_queued = mm__bridge_lane_queued(b);
   }
   return 0;
 }

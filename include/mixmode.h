@@ -487,10 +487,17 @@ MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
 
 typedef struct mm_stats {
   uint64_t coros_live, coros_spawned;
-  uint64_t sync_calls;          /* mm_run_sync calls sent to the pool */
+  uint64_t sync_calls;          /* mm_run_sync calls sent to the worker
+                                   pool (not to lanes, lane sets or caller
+                                   threads) */
   uint64_t sync_queued;         /* waiting in the pool's queue now */
   uint64_t sync_running;        /* running on a worker now */
   uint64_t async_calls;         /* mm_run_async calls made */
+  uint64_t lane_calls;          /* calls sent to the loop's lanes and lane
+                                   sets (MM_AFFINITY_LANE, _LANESET), from
+                                   coroutines and plain threads */
+  uint64_t lane_queued;         /* of those, waiting for a lane now (not
+                                   the running ones) */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps of slow_step_ms or more, each
                                    counted once: at the watchdog's first
