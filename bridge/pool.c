@@ -16,7 +16,11 @@
  * wait in the queue in order.  A thread idle for idle_ms exits while more
  * than min remain.  A lane is the same pool with exactly one thread that
  * never idles out: its calls run one at a time, in order, always on that
- * thread.
+ * thread.  A lane set is a pool of exactly count such threads (its idle
+ * threads take the queue's calls in order: the first idle lane gets the
+ * next call), each of which runs the set's open hook before it takes
+ * calls and its close hook when it ends; lanes and sets wake an idle
+ * thread for every queued call, whatever the CPUs.
  *
  * Lock order: pool->mu alone.  It protects every field below "protected";
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
@@ -74,6 +78,7 @@ typedef struct worker {
   unsigned id;
   uint64_t call_start;        /* uv_hrtime() when its call began, 0 when
                                  it runs none; protected by pool->mu */
+  void *state;                /* a lane set's: what open made; own thread */
 } worker_t;
 
 struct mm__pool {
@@ -84,11 +89,15 @@ struct mm__pool {
   char thread_name[16];       /* a lane's fixed thread name, or "" */
   mm_loop_t *loop;            /* the loop its threads serve */
   unsigned min, max, idle_ms;
-  bool lane;
+  bool lane;                  /* exactly max threads, started at once,
+                                 never idling out: a lane or a lane set */
+  bool set;                   /* a lane set: threads "mm-NAME-<id>" */
+  mm__pool_set_t hooks;       /* a lane set's open and close */
   /* protected by mu */
   mm__list_t queue;           /* mm__sync_req_t.link, FIFO */
   uint64_t queued;
   uint64_t running;
+  uint64_t calls;             /* accepted by submit, ever */
   unsigned nthreads;          /* started and not exited */
   unsigned nidle;             /* waiting on work_cv */
   unsigned nwaking;           /* of those, signalled and not yet awake */
@@ -98,6 +107,7 @@ struct mm__pool {
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
+  int open_err;               /* a lane set: the first failed open's value */
   bool warned;                /* the calls waiting now were reported */
   mm__list_t threads;         /* worker_t, alive */
   mm__list_t dead;            /* worker_t, exited, not yet joined */
@@ -118,6 +128,8 @@ struct mm__pool {
 
 
 static __thread const mm__pool_t *self_pool;
+/* A lane set's thread, between its open and its close: its state. */
+static __thread void *lane_state;
 
 /* Changes the queue length and its lock-free mirror together.  mu held. */
 static void count_queued(mm__pool_t *pool, int delta) {
@@ -199,7 +211,7 @@ static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   unsigned idle = pool->nidle - pool->nwaking;   /* not yet signalled */
   unsigned awake = pool->nthreads - idle;
   unsigned room;
-  if (pool->avg_call_ns >= LONG_CALL_NS) {
+  if (pool->lane || pool->avg_call_ns >= LONG_CALL_NS) {
     room = pool->max;                      /* calls block: one thread each */
   } else {
     unsigned ncpu = mm__cpu_count();
@@ -238,7 +250,14 @@ static void *worker_main(void *arg) {
 
 #ifdef HAVE_PTHREAD_SETNAME_NP
   char name[16];
-  if (pool->thread_name[0] != '\0')
+  if (pool->set) {
+    /* "mm-NAME-<id>" in 15 characters: NAME gives way, never the id (the
+     * same NAME for every thread, sized for the largest id). */
+    int digits = snprintf(NULL, 0, "%u", pool->max);
+    int keep = (int) sizeof name - 1 - (int) strlen("mm--") - digits;
+    snprintf(name, sizeof name, "mm-%.*s-%u", keep > 0 ? keep : 0,
+             pool->name, w->id);
+  } else if (pool->thread_name[0] != '\0')
     snprintf(name, sizeof name, "%s", pool->thread_name);
   else if (pool->lane)
     snprintf(name, sizeof name, "mm-lane-%.7s", pool->name);
@@ -248,9 +267,20 @@ static void *worker_main(void *arg) {
 #endif
   self_pool = pool;
   mm__tls.serves = pool->loop;  /* mm_loop_free refuses to run here */
+  int open_r = pool->hooks.open != NULL
+                   ? pool->hooks.open(&w->state, pool->hooks.arg) : 0;
+  if (open_r >= 0)
+    lane_state = w->state;
 
   pthread_mutex_lock(&pool->mu);
   pool->nstarting--;
+  if (pool->set)
+    pthread_cond_broadcast(&pool->exit_cv);   /* mm__pool_new_set waits */
+  if (open_r < 0) {
+    if (pool->open_err == 0)
+      pool->open_err = open_r;
+    goto out;                 /* nothing to close */
+  }
   int err = 0;
   unsigned wake = assign(pool, 1, &err);  /* the next thread, if needed */
   if (wake > 0) {
@@ -322,6 +352,15 @@ static void *worker_main(void *arg) {
         pool->nthreads > pool->min)
       break;
   }
+  if (pool->hooks.close != NULL) {
+    /* Still counted in nthreads: mm__pool_free returns after this. */
+    pthread_mutex_unlock(&pool->mu);
+    lane_state = NULL;
+    pool->hooks.close(w->state, pool->hooks.arg);
+    pthread_mutex_lock(&pool->mu);
+  }
+out:
+  lane_state = NULL;
   pool->nthreads--;
   mm__list_remove(&w->link);
   mm__list_push_back(&pool->dead, &w->link);
@@ -330,9 +369,10 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
-                         unsigned max, unsigned idle_ms, bool lane,
-                         const char *thread_name) {
+/* A pool with no thread yet. */
+static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
+                              unsigned min, unsigned max, unsigned idle_ms,
+                              bool lane, const char *thread_name) {
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
@@ -351,15 +391,23 @@ mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
   if (thread_name != NULL)
     snprintf(pool->thread_name, sizeof pool->thread_name, "%s", thread_name);
   pool->lane = lane;
-
-  pool->min = lane ? 1 : min;
-  pool->max = lane ? 1 : max;
+  pool->min = min;
+  pool->max = max;
   pool->idle_ms = idle_ms;
   mm__spin_init(&pool->spin);
   mm__list_init(&pool->queue);
   mm__list_init(&pool->threads);
   mm__list_init(&pool->dead);
+  return pool;
+}
 
+mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
+                         unsigned max, unsigned idle_ms, bool lane,
+                         const char *thread_name) {
+  mm__pool_t *pool = pool_alloc(loop, name, lane ? 1 : min, lane ? 1 : max,
+                                idle_ms, lane, thread_name);
+  if (pool == NULL)
+    return NULL;
   pthread_mutex_lock(&pool->mu);
   int r = 0;
   while (r == 0 && pool->nthreads < pool->min)
@@ -370,6 +418,36 @@ mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
     return NULL;
   }
   return pool;
+}
+
+int mm__pool_new_set(mm_loop_t *loop, const char *name,
+                     const mm__pool_set_t *set, mm__pool_t **out) {
+  mm__pool_t *pool = pool_alloc(loop, name, set->count, set->count, 0, true,
+                                NULL);
+  if (pool == NULL)
+    return -ENOMEM;
+  pool->set = true;
+  pool->hooks = *set;
+  pthread_mutex_lock(&pool->mu);
+  int r = 0;
+  while (r == 0 && pool->nthreads < pool->max)
+    r = start_worker(pool);
+  /* Each thread counts itself out of nstarting once its open has run. */
+  while (pool->nstarting > 0)
+    pthread_cond_wait(&pool->exit_cv, &pool->mu);
+  if (r == 0)
+    r = pool->open_err;
+  pthread_mutex_unlock(&pool->mu);
+  if (r != 0) {
+    mm__pool_free(pool);      /* the opened ones close, all are joined */
+    return r;
+  }
+  *out = pool;
+  return 0;
+}
+
+void *mm__pool_lane_state(void) {
+  return lane_state;
 }
 
 void mm__pool_free(mm__pool_t *pool) {
@@ -429,6 +507,7 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
     pthread_mutex_unlock(&pool->mu);
     return r;
   }
+  pool->calls += (uint64_t) n;
   pthread_mutex_unlock(&pool->mu);
   signal_n(pool, wake);
   return 0;
@@ -501,11 +580,12 @@ bool mm__pool_is_self(const mm__pool_t *pool) {
 }
 
 void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
-                    uint64_t *queued, uint64_t *running) {
+                    uint64_t *queued, uint64_t *running, uint64_t *calls) {
   pthread_mutex_lock(&pool->mu);
   *threads = pool->nthreads;
   *idle = pool->nidle;
   *queued = pool->queued;
   *running = pool->running;
+  *calls = pool->calls;
   pthread_mutex_unlock(&pool->mu);
 }

@@ -124,18 +124,19 @@ static int check_options(const mm_sync_options_t *o) {
     return 0;
   case MM_AFFINITY_LANE:
     return o->lane != NULL ? 0 : -EINVAL;
+  case MM_AFFINITY_LANESET:
+    return o->laneset != NULL ? 0 : -EINVAL;
   default:
     return -EINVAL;
   }
 }
 
-/* A lane call from a plain thread: the lane's thread is the point, so the
- * call goes there and this thread blocks (inline if it is that thread). */
-static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
-  if (mm__pool_is_self(lane->pool))
+/* A lane (or lane set) call from a plain thread: the lane's thread is the
+ * point, so the call goes to pool and this thread blocks (inline if it is
+ * one of pool's threads). */
+static int lane_from_thread(mm__pool_t *pool, mm_fn fn, void *arg) {
+  if (mm__pool_is_self(pool))
     return fn(arg);
-  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
-                                         memory_order_acquire);
   mm__wait_t w;
   int r = mm__wait_init(&w);
   if (r != 0)
@@ -144,10 +145,9 @@ static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg) {
   atomic_init(&req.cancel, 0);
   atomic_init(&req.end, MM__END_PENDING);
   w.end = &req.end;
-  r = mm__pool_submit(lane->pool, &req);
+  r = mm__pool_submit(pool, &req);
   if (r != 0)
     return r;
-  atomic_fetch_add_explicit(&b->lane_calls, 1, memory_order_relaxed);
   return mm__wait_block(&w);
 }
 
@@ -163,7 +163,9 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     if (mm__tls.loop != NULL)
       return -EDEADLK;            /* would block the loop's own thread */
     if (o != NULL && o->affinity == MM_AFFINITY_LANE)
-      return lane_from_thread(o->lane, fn, arg);
+      return lane_from_thread(o->lane->pool, fn, arg);
+    if (o != NULL && o->affinity == MM_AFFINITY_LANESET)
+      return lane_from_thread(o->laneset->pool, fn, arg);
     return fn(arg);               /* a plain thread may block: inline */
   }
 
@@ -181,7 +183,9 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   sw.w.cancel = on_cancel;
   sw.bridge = b;
   int affinity = o != NULL ? o->affinity : MM_AFFINITY_POOL;
-  sw.pool = affinity == MM_AFFINITY_LANE ? o->lane->pool : b->pool;
+  sw.pool = affinity == MM_AFFINITY_LANE      ? o->lane->pool
+            : affinity == MM_AFFINITY_LANESET ? o->laneset->pool
+                                              : b->pool;
   if (affinity == MM_AFFINITY_CALLER && c->caller == NULL &&
       (sw.pool = mm__bridge_sensitive(b)) == NULL)
     return -EAGAIN;
@@ -259,10 +263,6 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   }
   if (r != 0)
     goto err_timer;
-  if (affinity == MM_AFFINITY_POOL)
-    atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
-  else if (affinity != MM_AFFINITY_CALLER)
-    atomic_fetch_add_explicit(&b->lane_calls, 1, memory_order_relaxed);
 
   int status = mm__wait_block(&sw.w);
   if (sw.armed)
