@@ -306,6 +306,13 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * -ECANCELED / -ETIMEDOUT at once and calls cleanup(arg, status) when fn
  * ends.
  *
+ * Pool sizing: the pool starts workers on demand, up to pool_max_threads.
+ * Calls that return quickly (or compute without blocking) do not grow it
+ * past what keeps the CPUs busy -- about one awake worker per CPU, the
+ * loop's thread being the one more; calls that block (on a lock, a
+ * sleep, I/O: the kernel is asked, on Linux through /proc) get a thread
+ * each.  A queue that has not moved for 100 ms gets one more worker.
+ *
  * When every worker is busy at pool_max_threads, calls wait in the queue
  * in order; one that has waited a second is reported through the log
  * (once while calls keep waiting): the workers' calls may be waiting for
