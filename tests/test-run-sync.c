@@ -87,7 +87,8 @@ static int count_threads_named(const char *prefix) {
 }
 
 /* Polls until count_threads_named(prefix) == want or timeout_ms passed;
- * returns the last count. */
+ * returns the last count.  Also after a join: a joined thread's task
+ * leaves /proc/self/task only just after the join returns. */
 static int wait_for_thread_count(const char *prefix, int want,
                                  uint64_t timeout_ms) {
   uint64_t end = mm_test_now_ms() + timeout_ms;
@@ -372,7 +373,7 @@ static void test_idle_workers_exit_after_pool_idle_ms(void **state) {
   /* The pool starts workers again when calls come. */
   run_together(loop, &t, 2);
   assert_mm_ok(mm_loop_free(loop));
-  assert_int_equal(count_threads_named("mm-worker-"), base);
+  assert_int_equal(wait_for_thread_count("mm-worker-", base, 5000), base);
 }
 
 static void test_pool_min_threads_keeps_workers_alive_when_idle(
@@ -393,7 +394,7 @@ static void test_pool_min_threads_keeps_workers_alive_when_idle(
     nanosleep(&ts, NULL);
   }
   assert_mm_ok(mm_loop_free(loop));
-  assert_int_equal(count_threads_named("mm-worker-"), base);
+  assert_int_equal(wait_for_thread_count("mm-worker-", base, 5000), base);
 }
 
 
@@ -1760,7 +1761,7 @@ static void test_lane_free_waits_for_the_queued_calls(void **state) {
   assert_status(f.gate_result, 9);
   for (int i = 0; i < LANE_QUEUED; i++)
     assert_mm_ok(f.results[i]);
-  assert_int_equal(count_threads_named("mm-lane-free"), 0);
+  assert_int_equal(wait_for_thread_count("mm-lane-free", 0, 5000), 0);
   assert_mm_ok(mm_loop_free(loop));
   blocker_destroy(&f.first);
 }
@@ -1841,7 +1842,7 @@ static void test_lane_new_and_free_with_null_arguments_return_einval(
   assert_null(lane);
   assert_mm_err(mm_lane_new(loop, "x", NULL), -EINVAL);
   assert_mm_err(mm_lane_free(NULL), -EINVAL);
-  assert_int_equal(count_threads_named("mm-lane-"), base);
+  assert_int_equal(wait_for_thread_count("mm-lane-", base, 5000), base);
   assert_mm_ok(mm_loop_free(loop));
 }
 
