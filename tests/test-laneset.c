@@ -5,7 +5,8 @@
  * threads run on the set; queued calls are cancelled like the pool's;
  * mm_laneset_free waits for queued calls and closes every lane; a set
  * never freed is freed by mm_loop_free with a warning; the stats; bad
- * input and -EDEADLK.
+ * input and -EDEADLK (mm_laneset_free on its own lane or a raw loop
+ * callback, mm_loop_free on a lane).
  *
  * Nothing here orders events with sleeps: functions on lanes wait on
  * latches, and the test thread waits for counts.
@@ -839,6 +840,25 @@ static void test_laneset_free_from_its_own_lane_or_raw_callback_is_edeadlk(
   assert_int_equal(uv_loop_close(&uv), 0);
 }
 
+static int free_loop(void *arg) {
+  return mm_loop_free(arg);
+}
+
+/* A lane's thread is one the loop waits for when it is freed. */
+static void test_loop_free_from_a_laneset_call_returns_edeadlk(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  mm_laneset_options_t o;
+  mm_laneset_options_init(&o);
+  o.name = "loopfree";
+  mm_laneset_t *set;
+  assert_mm_ok(mm_laneset_new(loop, &o, &set));
+  mm_sync_options_t so = on_set(set);
+  assert_mm_err(mm_run_sync_ex(free_loop, loop, &so), -EDEADLK);
+  assert_mm_ok(mm_laneset_free(set));
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_laneset_options_init_sets_count_1_and_nothing_else),
@@ -859,6 +879,7 @@ int main(void) {
     mm_test(test_run_sync_with_laneset_affinity_and_no_set_returns_einval),
     mm_test(test_laneset_new_after_the_loop_stopped_returns_eshutdown),
     mm_test(test_laneset_free_from_its_own_lane_or_raw_callback_is_edeadlk),
+    mm_test(test_loop_free_from_a_laneset_call_returns_edeadlk),
   };
   return mm_run_tests(tests);
 }
