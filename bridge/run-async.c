@@ -134,6 +134,10 @@ static int async_wait(async_req_t *q) {
   }
 }
 
+static void set_true(void *arg) {
+  *(bool *) arg = true;
+}
+
 void mm_async_options_init(mm_async_options_t *o) {
   if (o != NULL)
     memset(o, 0, sizeof(*o));
@@ -170,8 +174,17 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
       return r;
     /* A coroutine the stop cancelled: the caller learns why.  The loop's
      * state is read inside the join, while the loop surely exists. */
-    bool stopping;
-    int status = mm__join(k, &stopping);
+    bool stopping, joined = false;
+    int status = mm__join_hook(k, &stopping, set_true, &joined);
+    if (status == -ETIMEDOUT && !joined) {
+      /* The caller's deadline (mm_deadline_push): like the call's own
+       * timeout, the coroutine is cancelled and waited for. */
+      mm__deadline_hold();
+      mm_cancel(k);
+      mm__join_hook(k, &stopping, NULL, NULL);
+      mm__deadline_release();
+      return -ETIMEDOUT;
+    }
     if (status == -ECANCELED && stopping && !mm_cancelled())
       status = -ESHUTDOWN;
     return status;
@@ -179,16 +192,29 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 
   /* Heap only with a timeout (see async_req_t): no malloc per call
    * otherwise. */
+  /* A plain thread's deadline (mm_deadline_push) acts as a timeout of
+   * the call: the earlier of the two. */
+  uint64_t timeout_ms = o != NULL ? o->timeout_ms : 0;
+  mm__deadlines_t *ds = &mm__tls.deadlines;
+  if (ds->n > 0 && ds->hold == 0) {
+    uint64_t now = uv_hrtime();
+    if (now >= ds->earliest)
+      return -ETIMEDOUT;
+    uint64_t left = (ds->earliest - now + 999999) / 1000000;
+    if (timeout_ms == 0 || left < timeout_ms)
+      timeout_ms = left;
+    so.timeout_ms = timeout_ms;
+  }
   async_req_t local;
   async_req_t *q = &local;
-  bool timed = o != NULL && o->timeout_ms != 0;
+  bool timed = timeout_ms != 0;
   if (timed && (q = malloc(sizeof(*q))) == NULL)
     return -ENOMEM;
   q->task.run = async_start;
   q->fn = fn;
   q->arg = arg;
   q->so = so;
-  q->deadline = timed ? uv_hrtime() + o->timeout_ms * 1000000 : 0;
+  q->deadline = timed ? uv_hrtime() + timeout_ms * 1000000 : 0;
   /* The caller's locals: a worker running a call for a coroutine sees
    * that coroutine's (DESIGN.md, "Locals"), so its coroutine does too. */
   q->locals = mm__locals_here();

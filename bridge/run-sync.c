@@ -188,8 +188,10 @@ static void sync_cancel(sync_wait_t *sw, int reason, bool deadline) {
   sync_ask(sw, reason, deadline ? MM__STOP_DEADLINE : MM__STOP_CANCEL);
 }
 
+/* A cancel of the coroutine, or a deadline of mm_deadline_push: the
+ * latter is treated as the call's own (API.md, "Waiting for anything"). */
 static void on_cancel(mm__wait_t *w, int reason) {
-  sync_cancel(container_of(w, sync_wait_t, w), reason, false);
+  sync_cancel(container_of(w, sync_wait_t, w), reason, w->by_deadline);
 }
 
 static void on_deadline(mm__timer_t *t) {
@@ -268,7 +270,7 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   }
 
   /* Accepted from here: every refusal goes through give_back. */
-  int reason = mm__coro_cancel_reason(c);
+  int reason = mm__coro_stop_reason(c);
   if (reason != 0)
     return give_back(o, arg, -reason);
   mm__bridge_t *b = mm__bridge_of(c->loop);

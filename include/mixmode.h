@@ -713,6 +713,29 @@ MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
  *   wait on an fd number in a loop that has to suspend). */
 MM_EXTERN int mm_wait_fd(int fd, int events, uint64_t timeout_ms);
 
+/* Deadlines that do not cancel (Trio's move_on_after, Go's
+ * context.WithTimeout): after mm_deadline_push(timeout_ms), every waiting
+ * call of this coroutine returns -ETIMEDOUT once timeout_ms has passed
+ * (0: passed already), until the matching mm_deadline_pop -- mm_sleep,
+ * mm_yield, channels, mm_wait_fd, TCP reads and accepts (the connection
+ * stays usable; a write or connect is closed, as a cancel does), and:
+ *   - mm_join returns -ETIMEDOUT and leaves the handle and the child
+ *     untouched (join again later), as with -EDEADLK;
+ *   - mm_run_sync treats it as the call's own timeout_ms (a queued call
+ *     never runs; a running one gets on_cancel, cleanup as API.md says);
+ *   - mm_run_async and mm_group_wait cancel what they wait for, wait for
+ *     it, and return -ETIMEDOUT;
+ *   - mm_await runs on_cancel and goes on until its wake.
+ * Deadlines nest; the earliest applies.  The coroutine itself is not
+ * cancelled: after the pop it carries on normally.  Not inherited by
+ * spawned children.  On a plain thread: mm_sleep, mm_wait_fd, channels
+ * and mm_run_async honour it.
+ * mm_deadline_push: 0, -ENOMEM, -EDEADLK (a loop's thread outside
+ * coroutines).  mm_deadline_pop: -ETIMEDOUT if the deadline it removes
+ * has passed, else 0; -EINVAL without a push; -EDEADLK as above. */
+MM_EXTERN int mm_deadline_push(uint64_t timeout_ms);
+MM_EXTERN int mm_deadline_pop(void);
+
 /* The loop of the calling coroutine, or, in a blocking call a coroutine
  * made (mm_run_sync: on a pool worker, a lane, its caller thread), the
  * loop of that coroutine.  NULL elsewhere: on a plain thread, and on a

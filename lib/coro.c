@@ -111,6 +111,7 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
     mm__waiter_ref(caller);
   atomic_init(&c->cancel_reason, 0);
   atomic_init(&c->await_slot, MM__SLOT_EMPTY);
+  memset(&c->deadlines, 0, sizeof(c->deadlines));   /* not inherited */
   c->awaiting = false;
   atomic_init(&c->remote_bits, 0);
   atomic_init(&c->joining, NULL);
@@ -180,6 +181,7 @@ typedef struct join_wait {
   mm__wait_t w;
   mm_coro_t *target;        /* the block: the joiner owns its handle */
   int reason;               /* the joiner's cancellation, once seen */
+  bool left;                /* given up at a deadline: handle kept */
 } join_wait_t;
 
 /* Records reason as c's cancellation and interrupts its wait.  c's block
@@ -191,8 +193,30 @@ static void cancel_block(mm_coro_t *c, int reason) {
     mm__loop_post(c, MM__REMOTE_CANCEL);
 }
 
+/* A deadline (mm_deadline_push) of the joiner: the join gives up and
+ * leaves the child and the handle as they are, as -EDEADLK does.  The
+ * wait is taken back from the child's join word first (CAS wait ->
+ * NONE): won, the child's end will never see it, and the ending is ours;
+ * lost, the child has ended and its delivery is on its way (the join
+ * then returns the child's status after all).  Loop thread of the joiner;
+ * the block stays valid: the joiner owns its handle. */
+static void join_leave(join_wait_t *jw) {
+  uintptr_t mine = (uintptr_t) &jw->w;
+  if (!atomic_compare_exchange_strong_explicit(&jw->target->join, &mine,
+                                               MM__JOIN_NONE,
+                                               memory_order_acq_rel,
+                                               memory_order_acquire))
+    return;
+  jw->left = true;
+  mm__wait_cancel(&jw->w, -ETIMEDOUT);
+}
+
 static void join_cancel(mm__wait_t *w, int reason) {
   join_wait_t *jw = container_of(w, join_wait_t, w);
+  if (w->by_deadline) {
+    join_leave(jw);
+    return;
+  }
   jw->reason = reason;
   cancel_block(jw->target, ECANCELED);
 }
@@ -308,6 +332,7 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
   if (r != 0)
     return r;
   jw.reason = 0;
+  jw.left = false;
   jw.w.cancel = join_cancel;
 
   bool pinned;
@@ -353,6 +378,8 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
     cancel_block(c, ECANCELED);
   }
   int status = mm__wait_block(&jw.w);
+  if (jw.left)
+    return -ETIMEDOUT;     /* the handle is the caller's still */
   if (before_release != NULL)
     before_release(arg);
   give_back(c, loop_stopping);

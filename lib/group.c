@@ -166,6 +166,7 @@ int mm_group_wait(mm_group_t *g) {
   if (own)
     return -EDEADLK;
   bool waiter_cancelled = false;
+  bool timed_out = false;   /* a deadline (mm_deadline_push) passed */
   child_t *c = NULL;      /* the child joined last */
   for (;;) {
     pthread_mutex_lock(&g->mu);
@@ -176,7 +177,17 @@ int mm_group_wait(mm_group_t *g) {
     c = next;
     if (c->joined)
       continue;             /* by an earlier wait that returned -EDEADLK */
-    if (mm__join_hook(c->coro, NULL, mark_joined, c) == -EDEADLK) {
+    int r = mm__join_hook(c->coro, NULL, mark_joined, c);
+    if (r == -ETIMEDOUT && !c->joined) {
+      /* The waiter's deadline: the group is cancelled, as a cancel of
+       * its waiter would, and its children are waited for regardless
+       * (the deadline held), then -ETIMEDOUT. */
+      timed_out = true;
+      mm__deadline_hold();
+      mm_group_cancel(g);
+      mm__join_hook(c->coro, NULL, mark_joined, c);
+    }
+    if (r == -EDEADLK) {
       /* The child waits, through a chain of joins, for this waiter (a
        * grandchild waiting for its own group): nothing is freed. */
       pthread_mutex_lock(&g->mu);
@@ -197,5 +208,7 @@ int mm_group_wait(mm_group_t *g) {
   int failure = g->failure;
   pthread_mutex_destroy(&g->mu);
   free(g);
-  return waiter_cancelled ? -ECANCELED : failure;
+  if (timed_out)
+    mm__deadline_release();
+  return waiter_cancelled ? -ECANCELED : timed_out ? -ETIMEDOUT : failure;
 }

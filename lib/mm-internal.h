@@ -272,6 +272,9 @@ struct mm__wait {
   void (*cancel)(mm__wait_t *w, int reason);
   bool cancellable;           /* false: cancellation never interrupts it */
   bool cancel_seen;           /* cancel already called for this wait */
+  bool by_deadline;           /* that call came from a deadline of
+                                 mm_deadline_push, not a cancel: join and
+                                 run_sync act differently (sched.c) */
   _Atomic int own_end;        /* enum mm__end, unless end points elsewhere */
   _Atomic int *end;           /* the ending word: &own_end, or one that
                                  outlives the waiter (an abandonable
@@ -331,6 +334,16 @@ enum mm__coro_state {
  *     | guard page | stack, growing down <-------- | struct mm_coro |
  *       PROT_NONE    stack_lo        stack_lo + stack_size
  */
+/* A stack of deadlines (mm_deadline_push/pop; sched.c), of a coroutine
+ * or a plain thread.  Touched only by its own thread of control. */
+typedef struct mm__deadlines {
+  uint64_t small[4];          /* uv_hrtime() values, innermost last ... */
+  uint64_t *more;             /* ... or here, malloc'ed, past 4 */
+  unsigned n, cap;            /* cap 0: small */
+  uint64_t earliest;          /* min of the n values; valid while n > 0 */
+  unsigned hold;              /* > 0: suspended (a wait that must finish) */
+} mm__deadlines_t;
+
 struct mm_coro {
   mm__ctx_t ctx;              /* saved context while not running */
   mm_loop_t *loop;
@@ -366,6 +379,8 @@ struct mm_coro {
   mm__timer_t sleep_timer;    /* loop thread */
   mm__timer_t deadline;       /* loop thread: spawn timeout_ms */
   uint64_t timeout_ms;
+  mm__deadlines_t deadlines;  /* its own thread of control: push/pop */
+  mm__timer_t dl_timer;       /* loop thread: the earliest, while parked */
 
   /* Handle state: MM__JOIN_* or a joiner's mm__wait_t.  The end of the
    * coroutine exchanges in MM__JOIN_ENDED (acq_rel) after writing status;
@@ -538,6 +553,7 @@ typedef struct mm__tls {
   mm_loop_t *serves;          /* the loop whose worker, lane or sensitive
                                  thread this is (bridge/), or NULL */
   mm__locals_t locals;        /* plain-thread locals */
+  mm__deadlines_t deadlines;  /* plain-thread deadlines */
 } mm__tls_t;
 
 /* initial-exec: a plain %fs-relative access, no __tls_get_addr call on
@@ -673,6 +689,21 @@ void mm__sched_run_ready(mm_loop_t *loop);
 void mm__coro_make_ready(mm_coro_t *c);            /* loop thread */
 void mm__coro_admit(mm_coro_t *c);                 /* loop thread */
 void mm__coro_interrupt(mm_coro_t *c);             /* loop thread */
+/* Why c's waits must stop now: its cancellation reason, else ETIMEDOUT
+ * once the earliest of its deadlines has passed, else 0.  Its own thread
+ * of control. */
+int  mm__coro_stop_reason(const mm_coro_t *c);
+/* The deadlines of the calling context (coroutine or plain thread), or
+ * NULL on a loop's thread outside coroutines. */
+mm__deadlines_t *mm__deadlines_here(void);
+/* Whether ds's earliest deadline has passed (and is not held). */
+bool mm__deadline_passed(const mm__deadlines_t *ds);
+/* Suspends the deadlines of the calling context around a wait that must
+ * finish whatever the time (a cancelled child waited for). */
+void mm__deadline_hold(void);
+void mm__deadline_release(void);
+/* Frees a deadline stack's memory. */
+void mm__deadlines_free(mm__deadlines_t *ds);
 /* await.c: mm_wake's slot.  EMPTY -> BUSY (one waker, CAS) -> FULL
  * (release) -> EMPTY (the await that takes it, loop thread). */
 enum { MM__SLOT_EMPTY, MM__SLOT_BUSY, MM__SLOT_FULL };

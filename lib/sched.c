@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef MM__ASAN
 # include <sanitizer/common_interface_defs.h>
@@ -150,12 +151,15 @@ static void on_sleep_timer(mm__timer_t *t) {
   mm__wait_complete(container_of(t, mm_coro_t, sleep_timer)->wait, 0);
 }
 
+static void on_dl_timer(mm__timer_t *t);
+
 void mm__coro_admit(mm_coro_t *c) {
   mm_loop_t *loop = c->loop;
 
   c->id = ++loop->next_id;
   mm__timer_init(&c->sleep_timer, on_sleep_timer);
   mm__timer_init(&c->deadline, on_deadline);
+  mm__timer_init(&c->dl_timer, on_dl_timer);
   mm__list_push_back(&loop->live, &c->all);
   mm__counter_add(&loop->nlive, 1);
   if (atomic_load_explicit(&loop->state, memory_order_relaxed) !=
@@ -177,6 +181,7 @@ static void finish(mm_loop_t *loop, mm_coro_t *c) {
   c->state = MM__CORO_DONE;
   mm__timer_stop(loop, &c->sleep_timer);
   mm__timer_stop(loop, &c->deadline);
+  mm__deadlines_free(&c->deadlines);
   if (mm__coro_cancel_reason(c) == ETIMEDOUT)
     c->status = -ETIMEDOUT;
   mm__locals_free(&c->locals);
@@ -397,29 +402,170 @@ void mm__sched_run_ready(mm_loop_t *loop) {
 
 /* ---- suspension -------------------------------------------------------- */
 
+/* ---- deadlines (mm_deadline_push/pop) ------------------------------------
+ *
+ * A deadline bounds a stretch of waiting calls without cancelling the
+ * coroutine.  Each coroutine (and plain thread) keeps a stack of them;
+ * the earliest applies.  It reaches waits at one place, mm__park: a wait
+ * that parks while the earliest deadline has passed, or that is still
+ * parked when the deadline timer (dl_timer, armed for the earliest while
+ * the coroutine is parked) fires, is ended as a cancel would end it, with
+ * ETIMEDOUT and by_deadline set -- once, like a cancel (cancel_seen).
+ * Its cancel callback tells the two apart where they differ: a join
+ * leaves its child alone, a run_sync call is treated as on its own
+ * deadline, an await runs on_cancel and goes on.  Calls that decide at
+ * entry (mm_yield, mm_sleep, run_sync...) ask mm__coro_stop_reason.
+ */
+
+static uint64_t *dl_at(mm__deadlines_t *ds) {
+  return ds->more != NULL ? ds->more : ds->small;
+}
+
+bool mm__deadline_passed(const mm__deadlines_t *ds) {
+  return ds->n > 0 && ds->hold == 0 && uv_hrtime() >= ds->earliest;
+}
+
+int mm__coro_stop_reason(const mm_coro_t *c) {
+  int reason = mm__coro_cancel_reason(c);
+  if (reason == 0 && mm__deadline_passed(&c->deadlines))
+    reason = ETIMEDOUT;
+  return reason;
+}
+
+mm__deadlines_t *mm__deadlines_here(void) {
+  if (mm__tls.coro != NULL)
+    return &mm__tls.coro->deadlines;
+  return mm__tls.loop != NULL ? NULL : &mm__tls.deadlines;
+}
+
+void mm__deadline_hold(void) {
+  mm__deadlines_t *ds = mm__deadlines_here();
+  if (ds != NULL)
+    ds->hold++;
+}
+
+void mm__deadline_release(void) {
+  mm__deadlines_t *ds = mm__deadlines_here();
+  if (ds != NULL)
+    ds->hold--;
+}
+
+void mm__deadlines_free(mm__deadlines_t *ds) {
+  free(ds->more);
+  memset(ds, 0, sizeof(*ds));
+}
+
+int mm_deadline_push(uint64_t timeout_ms) {
+  mm__deadlines_t *ds = mm__deadlines_here();
+  if (ds == NULL)
+    return -EDEADLK;
+  if (ds->n == (ds->cap != 0 ? ds->cap : 4)) {
+    unsigned cap = ds->n * 2;
+    uint64_t *more = malloc(cap * sizeof(*more));
+    if (more == NULL)
+      return -ENOMEM;
+    memcpy(more, dl_at(ds), ds->n * sizeof(*more));
+    free(ds->more);
+    ds->more = more;
+    ds->cap = cap;
+  }
+  uint64_t now = uv_hrtime();
+  uint64_t at = timeout_ms > (UINT64_MAX - now) / 1000000
+                    ? UINT64_MAX : now + timeout_ms * 1000000;
+  dl_at(ds)[ds->n++] = at;
+  if (ds->n == 1 || at < ds->earliest)
+    ds->earliest = at;
+  return 0;
+}
+
+int mm_deadline_pop(void) {
+  mm__deadlines_t *ds = mm__deadlines_here();
+  if (ds == NULL)
+    return -EDEADLK;
+  if (ds->n == 0)
+    return -EINVAL;
+  uint64_t *at = dl_at(ds);
+  uint64_t mine = at[--ds->n];
+  ds->earliest = UINT64_MAX;
+  for (unsigned i = 0; i < ds->n; i++)
+    if (at[i] < ds->earliest)
+      ds->earliest = at[i];
+  if (ds->n == 0 && ds->more != NULL) {
+    free(ds->more);
+    ds->more = NULL;
+    ds->cap = 0;
+  }
+  return uv_hrtime() >= mine ? -ETIMEDOUT : 0;
+}
+
+/* The earliest deadline has passed while c is parked in w (loop thread):
+ * ends w as a cancel would, with ETIMEDOUT, once. */
+static void deadline_reached(mm_coro_t *c, mm__wait_t *w) {
+  if (!w->cancellable || w->cancel_seen)
+    return;
+  w->cancel_seen = true;
+  w->by_deadline = true;
+  if (w->cancel != NULL)
+    w->cancel(w, ETIMEDOUT);
+  else
+    mm__wait_cancel(w, -ETIMEDOUT);
+}
+
+/* Arms c's deadline timer for what is left of its earliest deadline. */
+static bool dl_arm(mm_coro_t *c) {
+  uint64_t now = uv_hrtime();
+  uint64_t left = c->deadlines.earliest > now ? c->deadlines.earliest - now
+                                              : 0;
+  uint64_t ms = (left + 999999) / 1000000;
+  return mm__timer_start(c->loop, &c->dl_timer, ms != 0 ? ms : 1) == 0;
+}
+
+static void on_dl_timer(mm__timer_t *t) {
+  mm_coro_t *c = container_of(t, mm_coro_t, dl_timer);
+  if (c->state != MM__CORO_PARKED)
+    return;
+  /* libuv's timers run on its cached clock, which may lag: a timer can
+   * fire a little before the deadline, which every later check measures
+   * with uv_hrtime().  Then wait for the rest. */
+  if (!mm__deadline_passed(&c->deadlines)) {
+    if (dl_arm(c))
+      return;
+  }
+  deadline_reached(c, c->wait);
+}
+
 int mm__park(mm__wait_t *w) {
   mm_coro_t *c = w->coro;
 
   c->wait = w;
   c->state = MM__CORO_PARKED;
+  bool timed = false;
   if (w->cancellable) {
     int reason = mm__coro_cancel_reason(c);
-    if (reason != 0 && w->cancel == NULL) {
+    bool passed = reason == 0 && mm__deadline_passed(&c->deadlines);
+    if ((reason != 0 || passed) && w->cancel == NULL) {
       /* Nobody else can reach a wait without a cancel callback yet: the
        * claim is ours (wait.c, rule 4). */
       mm__end_claim(w->end, MM__END_CANCELLED);
       c->wait = NULL;
       c->state = MM__CORO_RUNNING;
-      return -reason;
+      return reason != 0 ? -reason : -ETIMEDOUT;
     }
     /* A wait with its own cancel callback may already have handed work
      * to another thread (a run_sync request in a pool): deliver the
      * cancellation as if it came right after parking, and let the
      * callback decide when the wait ends. */
-    if (reason != 0)
+    if (reason != 0) {
       mm__coro_interrupt(c);
+    } else if (passed) {
+      deadline_reached(c, w);
+    } else if (c->deadlines.n > 0 && c->deadlines.hold == 0) {
+      timed = dl_arm(c);
+    }
   }
   mm__coro_suspend(c);
+  if (timed)
+    mm__timer_stop(c->loop, &c->dl_timer);
   return c->wake_status;
 }
 
@@ -480,13 +626,13 @@ int mm_yield(void) {
     sched_yield();
     return 0;
   }
-  int reason = mm__coro_cancel_reason(c);
+  int reason = mm__coro_stop_reason(c);
   if (reason != 0)
     return -reason;
   flush_bridge(c->loop);
   mm__coro_make_ready(c);
   mm__coro_suspend(c);
-  reason = mm__coro_cancel_reason(c);
+  reason = mm__coro_stop_reason(c);
   return reason != 0 ? -reason : 0;
 }
 
@@ -504,10 +650,21 @@ int mm_sleep(uint64_t ms) {
   if (c == NULL) {
     if (mm__tls.loop != NULL)
       return -EDEADLK;
+    /* A plain thread: nanosleep, cut short by its deadline if any. */
+    mm__deadlines_t *ds = &mm__tls.deadlines;
+    int r = 0;
+    if (ds->n > 0 && ds->hold == 0) {
+      uint64_t now = uv_hrtime();
+      uint64_t left = ds->earliest > now ? ds->earliest - now : 0;
+      if (left / 1000000 < ms) {
+        ms = (left + 999999) / 1000000;
+        r = -ETIMEDOUT;
+      }
+    }
     struct timespec ts = { (time_t) (ms / 1000), (long) (ms % 1000) * 1000000 };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
       ;
-    return 0;
+    return r;
   }
 
   mm__wait_t w;
@@ -515,7 +672,7 @@ int mm_sleep(uint64_t ms) {
   if (r != 0)
     return r;
   w.cancel = sleep_cancel;
-  int reason = mm__coro_cancel_reason(c);
+  int reason = mm__coro_stop_reason(c);
   if (reason != 0)
     return -reason;
   r = mm__timer_start(c->loop, &c->sleep_timer, ms);

@@ -208,7 +208,7 @@ static int resolve(const char *host, int port, bool passive, addrs_t *out) {
   if (r != 0) {
     uv_freeaddrinfo(op.res);
     /* Cancelled meanwhile: say so, not what the lookup became. */
-    int reason = mm__coro_cancel_reason(mm__tls.coro);
+    int reason = mm__coro_stop_reason(mm__tls.coro);
     return reason != 0 ? -reason : r;
   }
   out->list = op.res;
@@ -355,6 +355,7 @@ typedef struct stream_op {
     uv_write_t write;
   } req;
   tcp_wait_t tw;
+  int reason;                 /* why it was cancelled, or 0 */
 } stream_op_t;
 
 /* The answer to a write or a connect; the last one lets a close finish. */
@@ -363,6 +364,9 @@ static void op_done(stream_op_t *op, int status) {
   t->inflight--;
   if (t->closed && t->inflight == 0)
     wake(&t->closer, 0);
+  /* Cancelled (or past a deadline): say why, not libuv's UV_ECANCELED. */
+  if (status == UV_ECANCELED && op->reason != 0)
+    status = -op->reason;
   mm__wait_complete(&op->tw.w, status);
 }
 
@@ -377,7 +381,9 @@ static void on_write(uv_write_t *req, int status) {
 /* A write or connect cannot be taken back: close the connection; its
  * callback then comes with UV_ECANCELED. */
 static void stream_op_cancel(mm__wait_t *w, int reason) {
-  (void) reason;
+  stream_op_t *op = container_of(container_of(w, tcp_wait_t, w),
+                                 stream_op_t, tw);
+  op->reason = reason;
   start_close(tcp_of(w));
 }
 
@@ -388,7 +394,7 @@ static int connect_one(mm_loop_t *loop, const struct sockaddr *sa,
   mm_tcp_t *t = tcp_new(loop, &r);
   if (t == NULL)
     return r;
-  stream_op_t op;
+  stream_op_t op = { .reason = 0 };
   tcp_wait_init(&op.tw, t, stream_op_cancel);
   r = uv_tcp_connect(&op.req.connect, &t->h, sa, on_connect);
   if (r == 0) {
@@ -491,7 +497,7 @@ int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len) {
     return 0;
   if (len > UINT_MAX)
     return -EINVAL;
-  stream_op_t op;
+  stream_op_t op = { .reason = 0 };
   tcp_wait_init(&op.tw, c, stream_op_cancel);
   uv_buf_t b = uv_buf_init((char *) buf, (unsigned) len);
   r = uv_write(&op.req.write, (uv_stream_t *) &c->h, &b, 1, on_write);

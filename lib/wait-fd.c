@@ -287,7 +287,7 @@ static void fd_cancel(mm__wait_t *w, int reason) {
 }
 
 static int wait_coro(mm_coro_t *c, int fd, int events, uint64_t timeout_ms) {
-  int reason = mm__coro_cancel_reason(c);
+  int reason = mm__coro_stop_reason(c);
   if (reason != 0)
     return -reason;
   mm_loop_t *loop = c->loop;
@@ -333,5 +333,16 @@ int mm_wait_fd(int fd, int events, uint64_t timeout_ms) {
     return wait_coro(c, fd, events, timeout_ms);
   if (mm__tls.loop != NULL)
     return -EDEADLK;
+  /* A plain thread's deadline (mm_deadline_push) shortens the timeout;
+   * either way the answer at the end is -ETIMEDOUT. */
+  mm__deadlines_t *ds = &mm__tls.deadlines;
+  if (ds->n > 0 && ds->hold == 0) {
+    uint64_t now = uv_hrtime();
+    if (now >= ds->earliest)
+      return -ETIMEDOUT;
+    uint64_t left = (ds->earliest - now + 999999) / 1000000;
+    if (timeout_ms == 0 || left < timeout_ms)
+      timeout_ms = left;
+  }
   return wait_thread(fd, events, timeout_ms);
 }

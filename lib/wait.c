@@ -59,6 +59,7 @@ int mm__wait_init(mm__wait_t *w) {
   w->cancel = NULL;
   w->cancellable = true;
   w->cancel_seen = false;
+  w->by_deadline = false;
   atomic_init(&w->own_end, MM__END_PENDING);
   w->end = &w->own_end;
   atomic_init(&w->done, false);

@@ -405,7 +405,10 @@ static void test_call_made_past_the_spawn_deadline_is_cleaned_up(
   call_init(&c);
   mm_spawn_options_t so;
   mm_spawn_options_init(&so);
-  so.timeout_ms = 1;
+  /* Long enough for the coroutine to take its first step before (a
+   * coroutine past its deadline before that never runs), far shorter
+   * than its sleep. */
+  so.timeout_ms = mm_test_under_valgrind() ? 1000 : 50;
   mm_coro_t *h;
   assert_mm_ok(mm_spawn_ex(loop, sleep_past_deadline_then_call, &c, &so, &h));
   assert_mm_ok(mm_loop_run(loop));
