@@ -160,7 +160,7 @@ int mm_group_wait(mm_group_t *g) {
   pthread_mutex_unlock(&g->mu);
   if (own)
     return -EDEADLK;
-  bool waiter_cancelled = false;
+  int waiter_reason = 0;  /* the waiter's cancellation, once seen */
   child_t *c = NULL;      /* the child joined last */
   for (;;) {
     pthread_mutex_lock(&g->mu);
@@ -179,10 +179,11 @@ int mm_group_wait(mm_group_t *g) {
       pthread_mutex_unlock(&g->mu);
       return -EDEADLK;
     }
-    if (!waiter_cancelled && mm_cancelled()) {
-      /* The waiter was cancelled: so is everything it waits for. */
-      waiter_cancelled = true;
-      mm_group_cancel(g);
+    if (waiter_reason == 0) {
+      /* Once the waiter is cancelled, so is everything it waits for. */
+      waiter_reason = mm__cancel_reason_here();
+      if (waiter_reason != 0)
+        mm_group_cancel(g);
     }
   }
   while ((c = g->first) != NULL) {
@@ -192,5 +193,7 @@ int mm_group_wait(mm_group_t *g) {
   int failure = g->failure;
   pthread_mutex_destroy(&g->mu);
   free(g);
-  return waiter_cancelled ? -ECANCELED : failure;
+  /* A cancelled waiter returns its reason, as every waiting call does:
+   * -ECANCELED, or -ETIMEDOUT past its deadline. */
+  return waiter_reason != 0 ? -waiter_reason : failure;
 }

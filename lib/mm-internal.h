@@ -656,6 +656,10 @@ void mm__coro_interrupt(mm_coro_t *c);             /* loop thread */
 void mm__coro_wake_local(mm_coro_t *c, int status);
 void mm__coro_release(mm_coro_t *c);               /* loop thread */
 int  mm__coro_cancel_reason(const mm_coro_t *c);
+/* The cancellation of the calling context, as mm_cancelled() sees it:
+ * the running coroutine's, or in a blocking call run for one the call's
+ * own or its coroutine's; ECANCELED, ETIMEDOUT, or 0. */
+int  mm__cancel_reason_here(void);
 int  mm__park(mm__wait_t *w);                      /* coroutine */
 void mm__coro_suspend(mm_coro_t *c);               /* coroutine */
 void mm__cancel_all(mm_loop_t *loop);

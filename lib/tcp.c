@@ -53,6 +53,9 @@ struct mm_tcp {
 typedef struct tcp_wait {
   mm__wait_t w;
   mm_tcp_t *t;
+  int reason;                 /* the cancellation that closed the handle
+                                 under a write or connect (ECANCELED,
+                                 ETIMEDOUT), or 0 */
 } tcp_wait_t;
 
 static void tcp_wait_init(tcp_wait_t *tw, mm_tcp_t *t,
@@ -60,6 +63,7 @@ static void tcp_wait_init(tcp_wait_t *tw, mm_tcp_t *t,
   mm__wait_init(&tw->w);      /* a coroutine's: cannot fail */
   tw->w.cancel = cancel;
   tw->t = t;
+  tw->reason = 0;
 }
 
 static mm_tcp_t *tcp_of(mm__wait_t *w) {
@@ -327,10 +331,21 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 /* A write or connect cannot be taken back: close the connection; its
- * callback then comes with UV_ECANCELED. */
+ * callback then comes with UV_ECANCELED, which stream_op_wait turns into
+ * the coroutine's reason. */
 static void stream_op_cancel(mm__wait_t *w, int reason) {
-  (void) reason;
+  container_of(w, tcp_wait_t, w)->reason = reason;
   start_close(tcp_of(w));
+}
+
+/* Waits for op's callback.  A write or connect that the coroutine's
+ * cancellation or deadline cut short returns -ECANCELED or -ETIMEDOUT, as
+ * every waiting call does; one that completed first keeps its status. */
+static int stream_op_wait(stream_op_t *op) {
+  int r = mm__wait_block(&op->tw.w);
+  if (r == UV_ECANCELED && op->tw.reason != 0)
+    r = -op->tw.reason;
+  return r;
 }
 
 int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
@@ -345,7 +360,7 @@ int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
                      on_connect);
   if (r == 0) {
     t->inflight++;
-    r = mm__wait_block(&op.tw.w);
+    r = stream_op_wait(&op);
   }
   if (r != 0) {
     close_and_free(t);
@@ -430,7 +445,7 @@ int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len) {
   if (r != 0)
     return r;
   c->inflight++;
-  return mm__wait_block(&op.tw.w);
+  return stream_op_wait(&op);
 }
 
 int mm_tcp_close(mm_tcp_t *c) {
