@@ -492,7 +492,9 @@ typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free
  * one, see mm_tcp_port).  backlog <= 0: 128.  Names are resolved on a
- * worker thread. */
+ * worker thread.  Connections wait in the kernel's queue (backlog) until
+ * an mm_tcp_accept takes them.  A listener holds two descriptors: its
+ * socket, and one kept for running out of them (mm_tcp_accept). */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
@@ -501,7 +503,21 @@ MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 
 /* Waits for the next connection to srv.  -ECANCELED / -ETIMEDOUT: the
  * coroutine was cancelled or is past its spawn deadline (srv stays
- * usable); -ECANCELED also when srv is closed meanwhile. */
+ * usable); -ECANCELED also when srv is closed meanwhile.
+ *
+ * Out of file descriptors (EMFILE, ENFILE), the connections waiting
+ * cannot be taken, and their clients would wait for nothing: srv gives up
+ * the descriptor it keeps for this, accepts and closes every waiting
+ * connection, so that their clients learn at once, takes the descriptor
+ * back, and the call goes on waiting (libuv's listeners do the same,
+ * silently).  Each such connection is counted in the loop's
+ * mm_stats_t.tcp_accept_dropped and reported by a warning in the log
+ * that names the listener (address:port), the error and RLIMIT_NOFILE's
+ * soft limit, with the count since its last line: at most one line a
+ * second per listener, at once for its first drop; what is left
+ * unreported when it closes gets a last line then.  If srv has no such
+ * descriptor (it was made with none to spare, and none is free now), the
+ * call returns -EMFILE (or -ENFILE) and the connections stay queued. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
 /* Connects to host:port (host NULL or "": the loopback).  -ECANCELED /
@@ -534,6 +550,11 @@ typedef struct mm_stats {
   uint64_t sync_queued;         /* waiting in the pool's queue now */
   uint64_t sync_running;        /* running on a worker now */
   uint64_t async_calls;         /* mm_run_async calls made */
+  /* API.md, "Diagnostics": lane_calls and lane_queued come here, before
+   * tcp_accept_dropped. */
+  uint64_t tcp_accept_dropped;  /* connections the loop's listeners took
+                                   and closed at once: the process was out
+                                   of file descriptors (mm_tcp_accept) */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps of slow_step_ms or more, each
                                    counted once: at the watchdog's first

@@ -489,6 +489,9 @@ struct mm_loop {
   _Atomic uint64_t coros_spawned;
   _Atomic uint64_t slow_steps;  /* added to by the loop thread and the
                                    watchdog (fetch_add), read anywhere */
+  _Atomic uint64_t tcp_accept_dropped;  /* connections its listeners took
+                                   and closed out of descriptors (tcp.c);
+                                   loop thread writes (mm__counter_add) */
 };
 
 /* What a blocking call run for a coroutine (bridge/) sees of it: the

@@ -10,8 +10,10 @@
  *            callback stops reading and wakes the reader: no copy, and
  *            nothing is read while no coroutine asks
  *   write:   a uv_write_t on the caller's stack; parked until written
- *   accept:  connections that come while nobody accepts are counted and
- *            accepted by the next mm_tcp_accept
+ *   accept:  accept(2) is done here, not by libuv (below, "Out of
+ *            descriptors"); the listener's socket is watched (a uv_poll)
+ *            only while a coroutine waits in accept, and connections that
+ *            come meanwhile wait in the kernel's queue
  *   connect: a uv_connect_t on the caller's stack
  *   names:   resolved with getaddrinfo on a worker (mm_run_sync)
  *
@@ -20,33 +22,65 @@
  * taken back: cancelling one closes the connection (the call returns
  * -ECANCELED; the handle must still be closed with mm_tcp_close).
  * Closing a handle wakes whoever waits in it with -ECANCELED and frees it
- * once libuv's close callback has run.
+ * once libuv's close callbacks have run.
+ *
+ * Out of descriptors.  When accept(2) fails with EMFILE or ENFILE, the
+ * waiting connections stay queued and the socket stays readable: a wait
+ * for it would spin, and the clients would wait for nothing.  libuv's own
+ * listener then gives up a descriptor it keeps for this, accepts and
+ * closes every waiting connection and takes the descriptor back -- and
+ * tells nobody, not even its connection callback (uv__emfile_trick,
+ * src/unix/stream.c).  A listener here does the same with a descriptor of
+ * its own (reserve), and in addition counts what it dropped
+ * (mm_stats_t.tcp_accept_dropped) and says so in the log: at most one
+ * line a second per listener, naming it and RLIMIT_NOFILE, with the count
+ * since its last line; drops still unreported when it closes get a last
+ * line then.
  */
 #include "mm-internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A listener's drop reports: at most one line per this many ms. */
+#define DROP_REPORT_MS 1000
 
 struct mm_tcp {
   uv_tcp_t h;                 /* h.data = this */
   mm_loop_t *loop;
   bool listening;
   bool closing;               /* uv_close called */
-  bool closed;                /* its close callback ran */
+  bool closed;                /* its close callbacks ran */
   bool eof;
   int error;                  /* a read or listen error, kept */
-  unsigned pending;           /* connections not yet accepted */
+  unsigned handles;           /* libuv handles not yet closed: h, and a
+                                 listener's poll */
   mm__wait_t *reader;         /* parked in read */
   char *rbuf;
   size_t rlen;
   mm__wait_t *acceptor;       /* parked in accept */
-  mm_tcp_t *accepted;
   mm__wait_t *closer;         /* parked in close */
   unsigned inflight;          /* writes and connects not yet answered */
+
+  /* Listeners only (see "Out of descriptors" above). */
+  uv_poll_t poll;             /* the socket, while an acceptor waits;
+                                 poll.data = this */
+  int reserve;                /* a descriptor kept for running out, or -1 */
+  char name[INET6_ADDRSTRLEN + 8];  /* "address:port", for the log */
+  uint64_t unreported;        /* connections dropped since the last line */
+  uint64_t reported_at;       /* uv_now() at the last line */
+  bool reported;              /* a line was written */
+  int drop_err;               /* EMFILE or ENFILE, at the last drop */
+  char drop_limit[24];        /* RLIMIT_NOFILE's soft value then */
 };
 
 /* A coroutine's wait on a handle: cancel callbacks find the handle. */
@@ -94,6 +128,8 @@ static mm_tcp_t *tcp_new(mm_loop_t *loop, int *err) {
   }
   t->h.data = t;
   t->loop = loop;
+  t->handles = 1;
+  t->reserve = -1;
   return t;
 }
 
@@ -118,20 +154,34 @@ static void cancel_slot(mm__wait_t **slot, mm__wait_t *w, int reason) {
   }
 }
 
+/* The close callback of h and of a listener's poll (data: t). */
 static void on_closed(uv_handle_t *h) {
   mm_tcp_t *t = h->data;
-  t->closed = true;
-  wake(&t->closer, 0);
+  if (--t->handles == 0) {
+    t->closed = true;
+    wake(&t->closer, 0);
+  }
 }
 
-/* Starts closing t (once); whoever waits in it gets -ECANCELED. */
+static void report_drops(mm_tcp_t *srv, bool closing);
+
+/* Starts closing t (once); whoever waits in it gets -ECANCELED.  A
+ * listener's poll goes first: it watches the socket h owns. */
 static void start_close(mm_tcp_t *t) {
   if (t->closing)
     return;
   t->closing = true;
   wake(&t->reader, -ECANCELED);
   wake(&t->acceptor, -ECANCELED);
+  if (t->handles == 2)
+    uv_close((uv_handle_t *) &t->poll, on_closed);
   uv_close((uv_handle_t *) &t->h, on_closed);
+  if (t->listening)
+    report_drops(t, true);
+  if (t->reserve >= 0) {
+    close(t->reserve);
+    t->reserve = -1;
+  }
 }
 
 /* Closes t and frees it once libuv is done with it: parks until its close
@@ -194,27 +244,107 @@ static int resolve(const char *host, int port, bool passive,
 
 /* ---- listening ---------------------------------------------------------- */
 
-static mm_tcp_t *accept_one(mm_tcp_t *srv, int *err) {
-  mm_tcp_t *c = tcp_new(srv->loop, err);
-  if (c == NULL)
-    return NULL;
-  *err = uv_accept((uv_stream_t *) &srv->h, (uv_stream_t *) &c->h);
-  if (*err != 0) {
-    close_and_free(c);
-    return NULL;
-  }
-  return c;
+static int reserve_open(void) {
+  return open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void on_connection(uv_stream_t *s, int status) {
-  mm_tcp_t *srv = s->data;
-  if (status < 0) {
-    srv->error = status;
-    wake(&srv->acceptor, status);
+/* A line for the drops since the last one: at once for a listener's first
+ * drop, then at most one line per DROP_REPORT_MS; a listener that closes
+ * writes what it has not reported yet. */
+static void report_drops(mm_tcp_t *srv, bool closing) {
+  uint64_t now = uv_now(srv->loop->uv);
+  if (srv->unreported == 0 ||
+      (!closing && srv->reported && now - srv->reported_at < DROP_REPORT_MS))
     return;
+  mm__log(MM_LOG_WARN, "tcp listener %s dropped %" PRIu64 " connection%s%s: "
+          "out of file descriptors (%s: %s; RLIMIT_NOFILE %s): each was "
+          "accepted and closed at once", srv->name, srv->unreported,
+          srv->unreported == 1 ? "" : "s",
+          srv->reported ? " since its last report" : "",
+          srv->drop_err == ENFILE ? "ENFILE" : "EMFILE",
+          mm_strerror(-srv->drop_err), srv->drop_limit);
+  srv->reported = true;
+  srv->reported_at = now;
+  srv->unreported = 0;
+}
+
+/* accept(2) on fd failed with err (EMFILE, ENFILE): frees the reserve,
+ * accepts and closes every waiting connection, and takes the reserve
+ * back.  True once the queue is empty; false if it could not be emptied
+ * (no reserve to be had, or another thread took the descriptor freed). */
+static bool drop_waiting(mm_tcp_t *srv, int fd, int err) {
+  if (srv->reserve < 0 && (srv->reserve = reserve_open()) < 0)
+    return false;
+  close(srv->reserve);
+  uint64_t n = 0;
+  int e;
+  for (;;) {
+    int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c >= 0) {
+      close(c);
+      n++;
+    } else if ((e = errno) != EINTR && e != ECONNABORTED) {
+      break;
+    }
   }
-  srv->pending++;
-  wake(&srv->acceptor, 0);    /* it accepts the connection itself */
+  srv->reserve = reserve_open();
+  bool emptied = e == EAGAIN || e == EWOULDBLOCK;
+  if (n == 0)
+    return emptied;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "unknown");
+  else if (rl.rlim_cur == RLIM_INFINITY)
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "unlimited");
+  else
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "%llu",
+             (unsigned long long) rl.rlim_cur);
+  srv->drop_err = err;
+  srv->unreported += n;
+  mm__counter_add(&srv->loop->tcp_accept_dropped, (int64_t) n);
+  report_drops(srv, false);
+  return emptied;
+}
+
+/* The next connection of srv's queue as a handle: 0 and *conn, -EAGAIN
+ * when the queue is empty, or an error. */
+static int accept_one(mm_tcp_t *srv, mm_tcp_t **conn) {
+  int lfd, r = uv_fileno((uv_handle_t *) &srv->h, &lfd);
+  if (r != 0)
+    return r;
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EINTR || e == ECONNABORTED)
+        continue;
+      /* Linux looks for a free descriptor before it looks at the queue:
+       * out of them, accept fails whether a connection waits or not. */
+      if ((e == EMFILE || e == ENFILE) && drop_waiting(srv, lfd, e))
+        return -EAGAIN;       /* emptied: wait for the next one */
+      return e == EWOULDBLOCK ? -EAGAIN : -e;
+    }
+    mm_tcp_t *c = tcp_new(srv->loop, &r);
+    if (c != NULL && (r = uv_tcp_open(&c->h, fd)) != 0)
+      close_and_free(c);
+    if (r != 0) {
+      close(fd);
+      return r;
+    }
+    *conn = c;
+    return 0;
+  }
+}
+
+/* The listener's socket is readable (or failed): wake the acceptor, which
+ * accepts itself.  Watched only while it waits. */
+static void on_listener_ready(uv_poll_t *p, int status, int events) {
+  mm_tcp_t *srv = p->data;
+  (void) events;
+  uv_poll_stop(p);
+  if (status < 0)
+    srv->error = status;
+  wake(&srv->acceptor, status < 0 ? status : 0);
 }
 
 /* What listen and connect share: checks, the address, a new handle of
@@ -234,21 +364,74 @@ static int open_handle(mm_tcp_t **out, const char *host, int port,
   return r;
 }
 
+/* "address:port" of the socket fd is bound to, for the log. */
+static void listener_name(mm_tcp_t *t, int fd) {
+  struct sockaddr_storage a;
+  socklen_t len = sizeof a;
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (getsockname(fd, (struct sockaddr *) &a, &len) == 0) {
+    if (a.ss_family == AF_INET6) {
+      const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *) &a;
+      uv_ip6_name(a6, host, sizeof host);
+      port = ntohs(a6->sin6_port);
+    } else {
+      const struct sockaddr_in *a4 = (const struct sockaddr_in *) &a;
+      uv_ip4_name(a4, host, sizeof host);
+      port = ntohs(a4->sin_port);
+    }
+  }
+  snprintf(t->name, sizeof t->name,
+           a.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
+}
+
+/* A listening socket: made, bound and listening here (accept is ours,
+ * see "Out of descriptors"), then handed to t->h, which owns it. */
+static int listen_socket(mm_tcp_t *t, const struct sockaddr_storage *addr,
+                         int backlog, int *fd_out) {
+  socklen_t len = addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+  int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0)
+    return -errno;
+  int on = 1;
+  int r = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+      bind(fd, (const struct sockaddr *) addr, len) != 0 ||
+      listen(fd, backlog > 0 ? backlog : 128) != 0)
+    r = -errno;
+  if (r == 0)
+    r = uv_tcp_open(&t->h, fd);
+  if (r != 0) {
+    close(fd);
+    return r;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
 int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
   struct sockaddr_storage addr;
   mm_tcp_t *t;
   int r = open_handle(out, host, port, true, &addr, &t);
   if (r != 0)
     return r;
-  r = uv_tcp_bind(&t->h, (const struct sockaddr *) &addr, 0);
+  int fd = -1;
+  r = listen_socket(t, &addr, backlog, &fd);
   if (r == 0)
-    r = uv_listen((uv_stream_t *) &t->h, backlog > 0 ? backlog : 128,
-                  on_connection);
+    r = uv_poll_init(t->loop->uv, &t->poll, fd);
   if (r != 0) {
     close_and_free(t);
     return r;
   }
+  t->poll.data = t;
+  t->handles = 2;
   t->listening = true;
+  /* Without a reserve (none to be had now) an accept out of descriptors
+   * tries again to make one, and returns -EMFILE if it cannot. */
+  t->reserve = reserve_open();
+  listener_name(t, fd);
   *out = t;
   return 0;
 }
@@ -267,7 +450,10 @@ int mm_tcp_port(mm_tcp_t *srv) {
 }
 
 static void accept_cancel(mm__wait_t *w, int reason) {
-  cancel_slot(&tcp_of(w)->acceptor, w, reason);
+  mm_tcp_t *srv = tcp_of(w);
+  if (!srv->closing)
+    uv_poll_stop(&srv->poll);
+  cancel_slot(&srv->acceptor, w, reason);
 }
 
 int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
@@ -282,11 +468,17 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
     return r;
   if (srv->acceptor != NULL)
     return -EBUSY;
-  while (srv->pending == 0) {
+  for (;;) {
     if (srv->closing)
       return -ECANCELED;
     if (srv->error != 0)
       return srv->error;
+    r = accept_one(srv, conn);
+    if (r != -EAGAIN)
+      return r;
+    r = uv_poll_start(&srv->poll, UV_READABLE, on_listener_ready);
+    if (r != 0)
+      return r;
     tcp_wait_t tw;
     tcp_wait_init(&tw, srv, accept_cancel);
     srv->acceptor = &tw.w;
@@ -294,12 +486,6 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
     if (r != 0)
       return r;
   }
-  srv->pending--;
-  mm_tcp_t *c = accept_one(srv, &r);
-  if (c == NULL)
-    return r;
-  *conn = c;
-  return 0;
 }
 
 /* ---- connecting --------------------------------------------------------- */
