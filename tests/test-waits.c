@@ -2,11 +2,12 @@
  * deadline (mm_spawn_ex's timeout_ms): mm_yield, mm_sleep, mm_join,
  * mm_run_sync, mm_run_async (same loop and another loop), mm_chan_send,
  * mm_chan_recv, mm_group_wait, mm_tcp_accept, mm_tcp_read, mm_tcp_write
- * and mm_tcp_connect.  A table of cases: each call is made twice by one
- * coroutine, the subject -- first while the cancellation or the deadline
- * comes (the call is waiting then), and again once it is pending.  Both
- * return -ECANCELED in a cancelled coroutine and -ETIMEDOUT in one past
- * its deadline.
+ * and mm_tcp_connect, and mm_lane_free.  A table of cases: each call is
+ * made twice by one coroutine, the subject -- first while the
+ * cancellation or the deadline comes (the call is waiting then), and
+ * again once it is pending.  Both return -ECANCELED in a cancelled
+ * coroutine and -ETIMEDOUT in one past its deadline.  (mm_lane_free only
+ * once pending: a running one is waited for, as a run_sync call.)
  *
  * Order without sleeps: a driver coroutine makes what the call waits on,
  * then spawns the subject (and, for a cancel, a canceller after it) and
@@ -46,6 +47,7 @@ typedef struct {
   /* made by setup, released by cleanup */
   mm_coro_t *children[2];
   mm_group_t *groups[2];
+  mm_lane_t *lane;
   mm_chan_t *chan;
   mm_tcp_t *srv, *conns[2];
   char *data;
@@ -208,6 +210,19 @@ static int call_connect(waits_t *t, int i) {
   return mm_tcp_connect(&c, "127.0.0.1", t->stuck_port);
 }
 
+static int setup_lane(waits_t *t) {
+  return mm_lane_new(t->loop, "waits", &t->lane);
+}
+
+/* The sleep waits for the cancellation; the lane's free comes after. */
+static int call_lane_free(waits_t *t, int i) {
+  return i == 0 ? mm_sleep(FOREVER_MS) : mm_lane_free(t->lane);
+}
+
+static int free_lane(waits_t *t) {
+  return mm_lane_free(t->lane);      /* left as it was */
+}
+
 static const wait_case_t cases[] = {
   { "mm_yield", NULL, call_yield, NULL },
   { "mm_sleep", NULL, call_sleep, NULL },
@@ -222,6 +237,7 @@ static const wait_case_t cases[] = {
   { "mm_tcp_read", setup_read, call_read, close_tcp },
   { "mm_tcp_write", setup_write, call_write, close_tcp },
   { "mm_tcp_connect", NULL, call_connect, NULL },
+  { "mm_lane_free (once pending)", setup_lane, call_lane_free, free_lane },
 };
 
 
