@@ -485,9 +485,11 @@ MM_EXTERN int mm_chan_free(mm_chan_t *ch);
  * -ECANCELED; close the handle still; a write that had gone out whole
  * returns 0).  A coroutine past its spawn deadline gets the same with
  * -ETIMEDOUT.  A call made once the cancellation is pending is cancelled
- * the same way as soon as it waits.  A name that does not resolve:
- * -EHOSTUNREACH.  Other errors are libuv's (negative errno values:
- * -ECONNREFUSED, -EADDRINUSE...). */
+ * the same way as soon as it waits.  A call on a handle that is being
+ * closed (mm_tcp_close, or a cancelled write's) returns -ECANCELED -- or,
+ * in a coroutine past its spawn deadline, -ETIMEDOUT.  A name that does
+ * not resolve: -EHOSTUNREACH.  Other errors are libuv's (negative errno
+ * values: -ECONNREFUSED, -EADDRINUSE...). */
 typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free

@@ -104,6 +104,14 @@ static mm_tcp_t *tcp_of(mm__wait_t *w) {
   return container_of(w, tcp_wait_t, w)->t;
 }
 
+/* A call on a handle that is closing: -ECANCELED, or the calling
+ * coroutine's own reason when it is cancelled or past its deadline (its
+ * cancelled write or connect may be what closed the handle). */
+static int closing_code(void) {
+  int reason = mm__coro_cancel_reason(mm__tls.coro);
+  return reason != 0 ? -reason : -ECANCELED;
+}
+
 /* The calling coroutine's loop, if it may use t (NULL: make one). */
 static int check_context(const mm_tcp_t *t, mm_loop_t **loop) {
   mm_coro_t *c = mm__tls.coro;
@@ -470,7 +478,7 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
     return -EBUSY;
   for (;;) {
     if (srv->closing)
-      return -ECANCELED;
+      return closing_code();
     if (srv->error != 0)
       return srv->error;
     r = accept_one(srv, conn);
@@ -595,7 +603,7 @@ ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len) {
   if (c->reader != NULL)
     return -EBUSY;
   if (c->closing)
-    return -ECANCELED;
+    return closing_code();
   if (c->eof)
     return 0;
   if (c->error != 0)
@@ -619,7 +627,7 @@ int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len) {
   if (r != 0)
     return r;
   if (c->closing)
-    return -ECANCELED;
+    return closing_code();
   if (len == 0)
     return 0;
   if (len > UINT_MAX)

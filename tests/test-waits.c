@@ -205,6 +205,14 @@ static int call_write(waits_t *t, int i) {
   return mm_tcp_write(t->conns[i], t->data, HUGE_WRITE);
 }
 
+/* The write waits for the cancellation, which closes the connection; a
+ * read on it then returns the same reason. */
+static int call_write_then_read(waits_t *t, int i) {
+  char buf[16];
+  return i == 0 ? mm_tcp_write(t->conns[0], t->data, HUGE_WRITE)
+                : (int) mm_tcp_read(t->conns[0], buf, sizeof buf);
+}
+
 static int call_connect(waits_t *t, int i) {
   mm_tcp_t *c;
   return mm_tcp_connect(&c, "127.0.0.1", t->stuck_port);
@@ -237,6 +245,8 @@ static const wait_case_t cases[] = {
   { "mm_tcp_read", setup_read, call_read, close_tcp },
   { "mm_tcp_write", setup_write, call_write, close_tcp },
   { "mm_tcp_connect", NULL, call_connect, NULL },
+  { "mm_tcp_read (after its write closed)", setup_write, call_write_then_read,
+    close_tcp },
   { "mm_lane_free (once pending)", setup_lane, call_lane_free, free_lane },
 };
 
