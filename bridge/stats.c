@@ -14,6 +14,7 @@ int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st) {
   st->coros_spawned = atomic_load_explicit(&loop->coros_spawned,
                                            memory_order_relaxed);
   st->slow_steps = mm__counter_get(&loop->slow_steps);
+  st->tcp_accept_dropped = mm__counter_get(&loop->tcp_accept_dropped);
   mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (b != NULL) {
     st->async_calls = atomic_load_explicit(&b->async_calls,

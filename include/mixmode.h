@@ -13,6 +13,16 @@
  *     called from a plain thread, and return -EDEADLK when called on a
  *     loop's own thread outside any coroutine (a raw libuv callback), where
  *     blocking would stall the loop they wait for.
+ *   - Cancellation and deadlines: every waiting call a coroutine makes
+ *     (mm_yield, mm_sleep, mm_join, mm_run_sync, mm_run_async,
+ *     mm_lane_free, mm_chan_send, mm_chan_recv, mm_group_wait and the TCP
+ *     calls) returns -ECANCELED once the coroutine is cancelled (mm_cancel,
+ *     its loop's stop or free), and -ETIMEDOUT once it is past its spawn
+ *     deadline (mm_spawn_options_t.timeout_ms) -- the same code whether the
+ *     cancellation comes while the call waits or was already pending when
+ *     it was made.  The first of the two to come is the coroutine's reason
+ *     for good.  What a call completed before that stands (a channel
+ *     transfer, a run_sync call that ran; see each call).
  */
 #ifndef MIXMODE_H
 #define MIXMODE_H
@@ -186,7 +196,9 @@ typedef struct mm_spawn_options {
   const char *name;           /* copied; shown in diagnostics */
   size_t      stack_size;     /* 0 = the loop's */
   uint64_t    timeout_ms;     /* 0 = none; at the deadline the coroutine is
-                                 cancelled and its status is -ETIMEDOUT */
+                                 cancelled with -ETIMEDOUT: its waiting
+                                 calls return -ETIMEDOUT, and so does its
+                                 join (see the conventions at the top) */
 } mm_spawn_options_t;
 
 /* Fills o with the defaults (all zero).  Any thread. */
@@ -211,8 +223,10 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
  * -ECANCELED / -ETIMEDOUT if it was cancelled before it ran or timed out.
  * Frees the handle (except when it returns -EINVAL or -EDEADLK).
  * Colour-blind: suspends a calling coroutine (of any loop), blocks a
- * plain thread; a coroutine that has already ended is never waited for.  If the joining coroutine is cancelled, the joined one
- * is cancelled too and waited for, then -ECANCELED is returned.
+ * plain thread; a coroutine that has already ended is never waited for.
+ * If the joining coroutine is cancelled, the joined one is cancelled too
+ * and waited for, then -ECANCELED is returned (-ETIMEDOUT if the joining
+ * coroutine is past its own spawn deadline).
  * Errors: -EINVAL (NULL, a detached or already joined handle: stale
  * handles are always recognised), -EDEADLK (a coroutine joining itself
  * or one that waits for it through a chain of joins, even across loops --
@@ -233,7 +247,8 @@ MM_EXTERN int mm_detach(mm_coro_t *coro);
 
 /* Requests cancellation.  Any thread.  The coroutine's current suspension
  * (mm_sleep, mm_join, mm_yield, ...) and every later one returns
- * -ECANCELED at once; mm_cancelled() turns true.  Cancelling a coroutine
+ * -ECANCELED at once (-ETIMEDOUT instead if its spawn deadline came
+ * first); mm_cancelled() turns true.  Cancelling a coroutine
  * that has ended, or twice, does nothing.  Errors: -EINVAL (NULL, or a
  * stale handle: joined, or detached and ended; it never acts on a later
  * coroutine). */
@@ -249,13 +264,15 @@ MM_EXTERN mm_coro_t *mm_current(void);
 MM_EXTERN const char *mm_coro_name(const mm_coro_t *coro);
 
 /* Lets the other ready coroutines of the loop run, then continues.
- * In a coroutine: 0, or -ECANCELED once cancelled.  On a plain thread:
- * sched_yield(), 0.  On a loop's thread outside coroutines: -EDEADLK. */
+ * In a coroutine: 0, or -ECANCELED once cancelled, -ETIMEDOUT once past
+ * its spawn deadline.  On a plain thread: sched_yield(), 0.  On a loop's
+ * thread outside coroutines: -EDEADLK. */
 MM_EXTERN int mm_yield(void);
 
 /* Waits ms milliseconds.  Colour-blind.  Returns 0, -ECANCELED or
- * -ETIMEDOUT (the coroutine was cancelled or hit its deadline meanwhile),
- * -EDEADLK (on a loop's thread outside a coroutine). */
+ * -ETIMEDOUT (the coroutine was cancelled or is past its spawn deadline,
+ * meanwhile or before the call), -EDEADLK (on a loop's thread outside a
+ * coroutine). */
 MM_EXTERN int mm_sleep(uint64_t ms);
 
 /* In a coroutine: whether its cancellation was requested.  Elsewhere:
@@ -389,8 +406,10 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  * coroutines, and on the thread a borrowed loop belongs to for a call to
  * that loop, whether or not it has coroutines), -ESHUTDOWN (the loop is
  * stopping, was stopped or freed while the call waited: every waiting
- * caller is answered), -ETIMEDOUT,
- * -ECANCELED (a calling coroutine was cancelled), -ENOMEM. */
+ * caller is answered), -ETIMEDOUT (timeout_ms passed, or a calling
+ * coroutine is past its spawn deadline), -ECANCELED (a calling coroutine
+ * was cancelled), -ENOMEM.  A calling coroutine's cancellation or
+ * deadline cancels fn's coroutine and waits for it, as mm_join does. */
 MM_EXTERN int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg);
 MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                               const mm_async_options_t *o);
@@ -402,9 +421,11 @@ MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
 
 /* Waits for the lane's queued calls to finish, then ends its thread.
- * Colour-blind (in a coroutine the wait goes to the pool).  Errors:
- * -EINVAL, -EDEADLK (from the lane's own thread, or a loop's thread
- * outside coroutines), -ECANCELED (the lane is left as it was). */
+ * Colour-blind (in a coroutine the wait goes to the pool, as a run_sync
+ * call).  Errors: -EINVAL, -EDEADLK (from the lane's own thread, or a
+ * loop's thread outside coroutines), -ECANCELED or -ETIMEDOUT (the
+ * calling coroutine was cancelled or is past its spawn deadline before a
+ * worker took the wait up; the lane is left as it was). */
 MM_EXTERN int mm_lane_free(mm_lane_t *lane);
 
 /* Lane sets: count lanes that share one FIFO queue; a call
@@ -508,7 +529,9 @@ MM_EXTERN int mm_group_cancel(mm_group_t *g);
  * first child to end with a non-zero status while the group was not
  * cancelled is its failure: it cancels the others, and the wait returns
  * its status; else 0.  A waiting coroutine that is cancelled cancels the
- * group, still waits for the children, and returns -ECANCELED.  On a
+ * group, still waits for the children, and returns -ECANCELED
+ * (-ETIMEDOUT if it is past its spawn deadline; so does a blocking call
+ * run for such a coroutine that waits for a group).  On a
  * loop's thread outside a coroutine, in a child of g, or in a coroutine a
  * child waits for (a grandchild joined by its parent): -EDEADLK, and
  * nothing is freed. */
@@ -522,8 +545,10 @@ MM_EXTERN int mm_group_wait(mm_group_t *g);
  * suspend only that coroutine, on a plain thread they block it; on a
  * loop's thread outside a coroutine they return -EDEADLK.  Waiting senders
  * and receivers are served in order.  A waiting coroutine that is
- * cancelled returns -ECANCELED and nothing was sent or received; if the
- * transfer won the race, it stands and the cancellation stays pending.
+ * cancelled returns -ECANCELED (-ETIMEDOUT past its spawn deadline) and
+ * nothing was sent or received; if the transfer won the race, it stands
+ * and the cancellation stays pending.  A call that can complete at once
+ * does, cancelled or not; one that would wait returns the code at once.
  * The channel holds pointers only: what they point to stays the user's. */
 typedef struct mm_chan mm_chan_t;
 
@@ -532,11 +557,15 @@ MM_EXTERN int mm_chan_new(mm_chan_t **ch, size_t capacity);
 
 /* Queues item, waiting while the channel is full; hands it straight to a
  * waiting receiver if there is one.  -EPIPE once the channel is closed
- * (also for a sender waiting when it closes: the item was not sent). */
+ * (also for a sender waiting when it closes: the item was not sent).
+ * -ECANCELED / -ETIMEDOUT: the waiting coroutine was cancelled or is past
+ * its spawn deadline (above).  -EDEADLK on a loop's thread outside
+ * coroutines, -EINVAL for a NULL ch. */
 MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
 
 /* Takes the oldest item, waiting while the channel is empty.  -EPIPE
- * once the channel is closed and drained. */
+ * once the channel is closed and drained.  -ECANCELED / -ETIMEDOUT, as
+ * mm_chan_send; -EDEADLK, -EINVAL (ch or item NULL). */
 MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
 
 /* mm_chan_send that never waits: queues item (or hands it to a waiting
@@ -569,35 +598,66 @@ MM_EXTERN int mm_chan_free(mm_chan_t *ch);
  * queue.  Cancelling a coroutine parked in a read or an accept returns
  * -ECANCELED and leaves the handle usable; a write or a connect cannot be
  * taken back, so cancelling one closes the connection (the call returns
- * -ECANCELED; close the handle still).  Names are looked up by libuv's
- * getaddrinfo off the loop while the coroutine waits; a name that does
- * not resolve gets libuv's UV_EAI_* code (UV_EAI_NONAME: unknown host),
- * which mm_strerror explains.  Other errors are libuv's (negative errno
- * values: -ECONNREFUSED, -EADDRINUSE...). */
+ * -ECANCELED; close the handle still; a write that had gone out whole
+ * returns 0).  A coroutine past its spawn deadline gets the same with
+ * -ETIMEDOUT.  A call made once the cancellation is pending is cancelled
+ * the same way as soon as it waits.  A call on a handle that is being
+ * closed (mm_tcp_close, or a cancelled write's) returns -ECANCELED -- or,
+ * in a coroutine past its spawn deadline, -ETIMEDOUT.  Names are looked
+ * up by libuv's getaddrinfo off the loop while the coroutine waits; a
+ * name that does not resolve gets libuv's UV_EAI_* code (UV_EAI_NONAME:
+ * unknown host), which mm_strerror explains.  Other errors are libuv's
+ * (negative errno values: -ECONNREFUSED, -EADDRINUSE...). */
 typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free
  * one, see mm_tcp_port).  backlog <= 0: 128.  A name: the first of its
- * addresses that can be bound. */
+ * addresses that can be bound.  Connections wait in the kernel's queue
+ * (backlog) until an mm_tcp_accept takes them.  A listener holds two
+ * descriptors: its socket, and one kept for running out of them
+ * (mm_tcp_accept). */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
 /* The port srv is bound to (> 0), or a negative error.  Any thread. */
 MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 
-/* Waits for the next connection to srv. */
+/* Waits for the next connection to srv.  -ECANCELED / -ETIMEDOUT: the
+ * coroutine was cancelled or is past its spawn deadline (srv stays
+ * usable); -ECANCELED also when srv is closed meanwhile.
+ *
+ * Out of file descriptors (EMFILE, ENFILE), the connections waiting
+ * cannot be taken, and their clients would wait for nothing: srv gives up
+ * the descriptor it keeps for this, accepts and closes every waiting
+ * connection, so that their clients learn at once, takes the descriptor
+ * back, and the call goes on waiting (libuv's listeners do the same,
+ * silently).  Each such connection is counted in the loop's
+ * mm_stats_t.tcp_accept_dropped and reported by a warning in the log
+ * that names the listener (address:port), the error and RLIMIT_NOFILE's
+ * soft limit, with the count since its last line: at most one line a
+ * second per listener, at once for its first drop; what is left
+ * unreported when it closes gets a last line then.  If srv has no such
+ * descriptor (it was made with none to spare, and none is free now), the
+ * call returns -EMFILE (or -ENFILE) and the connections stay queued. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
 /* Connects to host:port (host NULL or "": the loopback).  A name: each
  * of its addresses in the resolver's order until one connects; the last
- * one's error if none does. */
+ * one's error if none does.  -ECANCELED / -ETIMEDOUT: the coroutine was
+ * cancelled or is past a deadline (the new handle is closed and freed;
+ * *conn is NULL). */
 MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
 
 /* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
- * end of the stream, or a negative error. */
+ * end of the stream, or a negative error: -ECANCELED / -ETIMEDOUT when
+ * the coroutine was cancelled or is past its spawn deadline (c stays
+ * usable), -ECANCELED also when c is closed meanwhile. */
 MM_EXTERN ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len);
 
-/* Writes all of buf: 0 once it is written, or a negative error. */
+/* Writes all of buf: 0 once it is written, or a negative error:
+ * -ECANCELED / -ETIMEDOUT when the coroutine was cancelled or is past its
+ * spawn deadline before the write went out (the connection is closed;
+ * close c still), -ECANCELED also when c is closed meanwhile. */
 MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
 
 /* Closes c (a connection or a listener) and frees it; whoever waits in it
@@ -629,6 +689,9 @@ typedef struct mm_stats {
                                    coroutines and plain threads */
   uint64_t lane_queued;         /* of those, waiting for a lane now (not
                                    the running ones) */
+  uint64_t tcp_accept_dropped;  /* connections the loop's listeners took
+                                   and closed at once: the process was out
+                                   of file descriptors (mm_tcp_accept) */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps of slow_step_ms or more, each
                                    counted once: at the watchdog's first

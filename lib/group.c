@@ -165,7 +165,7 @@ int mm_group_wait(mm_group_t *g) {
   pthread_mutex_unlock(&g->mu);
   if (own)
     return -EDEADLK;
-  bool waiter_cancelled = false;
+  int waiter_reason = 0;  /* the waiter's cancellation, once seen */
   bool timed_out = false;   /* a deadline (mm_deadline_push) passed */
   child_t *c = NULL;      /* the child joined last */
   for (;;) {
@@ -195,10 +195,11 @@ int mm_group_wait(mm_group_t *g) {
       pthread_mutex_unlock(&g->mu);
       return -EDEADLK;
     }
-    if (!waiter_cancelled && mm_cancelled()) {
-      /* The waiter was cancelled: so is everything it waits for. */
-      waiter_cancelled = true;
-      mm_group_cancel(g);
+    if (waiter_reason == 0) {
+      /* Once the waiter is cancelled, so is everything it waits for. */
+      waiter_reason = mm__cancel_reason_here();
+      if (waiter_reason != 0)
+        mm_group_cancel(g);
     }
   }
   while ((c = g->first) != NULL) {
@@ -210,5 +211,9 @@ int mm_group_wait(mm_group_t *g) {
   free(g);
   if (timed_out)
     mm__deadline_release();
-  return waiter_cancelled ? -ECANCELED : timed_out ? -ETIMEDOUT : failure;
+  /* A cancelled waiter returns its reason, as every waiting call does:
+   * -ECANCELED, or -ETIMEDOUT past its spawn deadline; past a deadline of
+   * mm_deadline_push, -ETIMEDOUT. */
+  return waiter_reason != 0 ? -waiter_reason : timed_out ? -ETIMEDOUT
+                                                         : failure;
 }

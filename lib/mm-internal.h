@@ -524,6 +524,9 @@ struct mm_loop {
   _Atomic uint64_t coros_spawned;
   _Atomic uint64_t slow_steps;  /* added to by the loop thread and the
                                    watchdog (fetch_add), read anywhere */
+  _Atomic uint64_t tcp_accept_dropped;  /* connections its listeners took
+                                   and closed out of descriptors (tcp.c);
+                                   loop thread writes (mm__counter_add) */
 };
 
 /* What a blocking call run for a coroutine (bridge/) sees of it: the
@@ -713,6 +716,10 @@ void mm__await_check(mm_coro_t *c);
 void mm__coro_wake_local(mm_coro_t *c, int status);
 void mm__coro_release(mm_coro_t *c);               /* loop thread */
 int  mm__coro_cancel_reason(const mm_coro_t *c);
+/* The cancellation of the calling context, as mm_cancelled() sees it:
+ * the running coroutine's, or in a blocking call run for one the call's
+ * own or its coroutine's; ECANCELED, ETIMEDOUT, or 0. */
+int  mm__cancel_reason_here(void);
 int  mm__park(mm__wait_t *w);                      /* coroutine */
 void mm__coro_suspend(mm_coro_t *c);               /* coroutine */
 void mm__cancel_all(mm_loop_t *loop);

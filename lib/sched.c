@@ -602,19 +602,24 @@ mm_coro_t *mm_current(void) {
   return mm__tls.proxy != NULL ? mm__tls.proxy->handle : NULL;
 }
 
-bool mm_cancelled(void) {
+int mm__cancel_reason_here(void) {
   if (mm__tls.coro != NULL)
-    return mm__coro_cancel_reason(mm__tls.coro) != 0;
+    return mm__coro_cancel_reason(mm__tls.coro);
   const mm__proxy_t *p = mm__tls.proxy;
   if (p == NULL)
-    return false;
+    return 0;
   /* In a blocking call run for a coroutine, the call itself may have been
    * cancelled (its deadline) without the coroutine being cancelled; an
    * abandonable call's snapshot has only the call's own (a cancel of the
-   * coroutine reaches it there too). */
-  return atomic_load_explicit(p->cancel, memory_order_relaxed) != 0 ||
-         (p->coro_cancel != NULL &&
-          atomic_load_explicit(p->coro_cancel, memory_order_relaxed) != 0);
+   * coroutine reaches it there too).  Relaxed, as mm__coro_cancel_reason. */
+  int reason = atomic_load_explicit(p->cancel, memory_order_relaxed);
+  if (reason == 0 && p->coro_cancel != NULL)
+    reason = atomic_load_explicit(p->coro_cancel, memory_order_relaxed);
+  return reason;
+}
+
+bool mm_cancelled(void) {
+  return mm__cancel_reason_here() != 0;
 }
 
 int mm_yield(void) {

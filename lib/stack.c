@@ -31,11 +31,19 @@
 /* At most this many free blocks are kept per loop. */
 #define CACHE_MAX 64
 
+/* Spawns on any thread, loop threads and plain ones, may be the first to
+ * ask.  Whoever finds 0 reads sysconf and stores what it got: every
+ * writer stores the same value, so racing stores are harmless once they
+ * are atomic.  Relaxed: the value is all there is, nothing is published
+ * with it (as mm__cpu_count in spin.c). */
 size_t mm__page_size(void) {
-  static size_t page;
-  if (page == 0)
-    page = (size_t) sysconf(_SC_PAGESIZE);
-  return page;
+  static _Atomic size_t page;   /* 0 until read */
+  size_t v = atomic_load_explicit(&page, memory_order_relaxed);
+  if (v == 0) {
+    v = (size_t) sysconf(_SC_PAGESIZE);
+    atomic_store_explicit(&page, v, memory_order_relaxed);
+  }
+  return v;
 }
 
 static size_t round_up(size_t n, size_t to) {

@@ -10,8 +10,10 @@
  *            callback stops reading and wakes the reader: no copy, and
  *            nothing is read while no coroutine asks
  *   write:   a uv_write_t on the caller's stack; parked until written
- *   accept:  connections that come while nobody accepts are counted and
- *            accepted by the next mm_tcp_accept
+ *   accept:  accept(2) is done here, not by libuv (below, "Out of
+ *            descriptors"); the listener's socket is watched (a uv_poll)
+ *            only while a coroutine waits in accept, and connections that
+ *            come meanwhile wait in the kernel's queue
  *   connect: a uv_connect_t on the caller's stack
  *   names:   uv_getaddrinfo (libuv's thread pool) and mm_await: lib/
  *            needs nothing of bridge/ (DESIGN.md, Layout); connect tries
@@ -22,39 +24,74 @@
  * taken back: cancelling one closes the connection (the call returns
  * -ECANCELED; the handle must still be closed with mm_tcp_close).
  * Closing a handle wakes whoever waits in it with -ECANCELED and frees it
- * once libuv's close callback has run.
+ * once libuv's close callbacks have run.
+ *
+ * Out of descriptors.  When accept(2) fails with EMFILE or ENFILE, the
+ * waiting connections stay queued and the socket stays readable: a wait
+ * for it would spin, and the clients would wait for nothing.  libuv's own
+ * listener then gives up a descriptor it keeps for this, accepts and
+ * closes every waiting connection and takes the descriptor back -- and
+ * tells nobody, not even its connection callback (uv__emfile_trick,
+ * src/unix/stream.c).  A listener here does the same with a descriptor of
+ * its own (reserve), and in addition counts what it dropped
+ * (mm_stats_t.tcp_accept_dropped) and says so in the log: at most one
+ * line a second per listener, naming it and RLIMIT_NOFILE, with the count
+ * since its last line; drops still unreported when it closes get a last
+ * line then.
  */
 #include "mm-internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* A listener's drop reports: at most one line per this many ms. */
+#define DROP_REPORT_MS 1000
 
 struct mm_tcp {
   uv_tcp_t h;                 /* h.data = this */
   mm_loop_t *loop;
   bool listening;
   bool closing;               /* uv_close called */
-  bool closed;                /* its close callback ran */
+  bool closed;                /* its close callbacks ran */
   bool eof;
   int error;                  /* a read or listen error, kept */
-  unsigned pending;           /* connections not yet accepted */
+  unsigned handles;           /* libuv handles not yet closed: h, and a
+                                 listener's poll */
   mm__wait_t *reader;         /* parked in read */
   char *rbuf;
   size_t rlen;
   mm__wait_t *acceptor;       /* parked in accept */
-  mm_tcp_t *accepted;
   mm__wait_t *closer;         /* parked in close */
   unsigned inflight;          /* writes and connects not yet answered */
+
+  /* Listeners only (see "Out of descriptors" above). */
+  uv_poll_t poll;             /* the socket, while an acceptor waits;
+                                 poll.data = this */
+  int reserve;                /* a descriptor kept for running out, or -1 */
+  char name[INET6_ADDRSTRLEN + 8];  /* "address:port", for the log */
+  uint64_t unreported;        /* connections dropped since the last line */
+  uint64_t reported_at;       /* uv_now() at the last line */
+  bool reported;              /* a line was written */
+  int drop_err;               /* EMFILE or ENFILE, at the last drop */
+  char drop_limit[24];        /* RLIMIT_NOFILE's soft value then */
 };
 
 /* A coroutine's wait on a handle: cancel callbacks find the handle. */
 typedef struct tcp_wait {
   mm__wait_t w;
   mm_tcp_t *t;
+  int reason;                 /* the cancellation that closed the handle
+                                 under a write or connect (ECANCELED,
+                                 ETIMEDOUT), or 0 */
 } tcp_wait_t;
 
 static void tcp_wait_init(tcp_wait_t *tw, mm_tcp_t *t,
@@ -62,10 +99,19 @@ static void tcp_wait_init(tcp_wait_t *tw, mm_tcp_t *t,
   mm__wait_init(&tw->w);      /* a coroutine's: cannot fail */
   tw->w.cancel = cancel;
   tw->t = t;
+  tw->reason = 0;
 }
 
 static mm_tcp_t *tcp_of(mm__wait_t *w) {
   return container_of(w, tcp_wait_t, w)->t;
+}
+
+/* A call on a handle that is closing: -ECANCELED, or the calling
+ * coroutine's own reason when it is cancelled or past its deadline (its
+ * cancelled write or connect may be what closed the handle). */
+static int closing_code(void) {
+  int reason = mm__coro_cancel_reason(mm__tls.coro);
+  return reason != 0 ? -reason : -ECANCELED;
 }
 
 /* The calling coroutine's loop, if it may use t (NULL: make one). */
@@ -92,6 +138,8 @@ static mm_tcp_t *tcp_new(mm_loop_t *loop, int *err) {
   }
   t->h.data = t;
   t->loop = loop;
+  t->handles = 1;
+  t->reserve = -1;
   return t;
 }
 
@@ -116,20 +164,34 @@ static void cancel_slot(mm__wait_t **slot, mm__wait_t *w, int reason) {
   }
 }
 
+/* The close callback of h and of a listener's poll (data: t). */
 static void on_closed(uv_handle_t *h) {
   mm_tcp_t *t = h->data;
-  t->closed = true;
-  wake(&t->closer, 0);
+  if (--t->handles == 0) {
+    t->closed = true;
+    wake(&t->closer, 0);
+  }
 }
 
-/* Starts closing t (once); whoever waits in it gets -ECANCELED. */
+static void report_drops(mm_tcp_t *srv, bool closing);
+
+/* Starts closing t (once); whoever waits in it gets -ECANCELED.  A
+ * listener's poll goes first: it watches the socket h owns. */
 static void start_close(mm_tcp_t *t) {
   if (t->closing)
     return;
   t->closing = true;
   wake(&t->reader, -ECANCELED);
   wake(&t->acceptor, -ECANCELED);
+  if (t->handles == 2)
+    uv_close((uv_handle_t *) &t->poll, on_closed);
   uv_close((uv_handle_t *) &t->h, on_closed);
+  if (t->listening)
+    report_drops(t, true);
+  if (t->reserve >= 0) {
+    close(t->reserve);
+    t->reserve = -1;
+  }
 }
 
 /* Closes t and frees it once libuv is done with it: parks until its close
@@ -232,27 +294,107 @@ static void addrs_free(addrs_t *a) {
 
 /* ---- listening ---------------------------------------------------------- */
 
-static mm_tcp_t *accept_one(mm_tcp_t *srv, int *err) {
-  mm_tcp_t *c = tcp_new(srv->loop, err);
-  if (c == NULL)
-    return NULL;
-  *err = uv_accept((uv_stream_t *) &srv->h, (uv_stream_t *) &c->h);
-  if (*err != 0) {
-    close_and_free(c);
-    return NULL;
-  }
-  return c;
+static int reserve_open(void) {
+  return open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void on_connection(uv_stream_t *s, int status) {
-  mm_tcp_t *srv = s->data;
-  if (status < 0) {
-    srv->error = status;
-    wake(&srv->acceptor, status);
+/* A line for the drops since the last one: at once for a listener's first
+ * drop, then at most one line per DROP_REPORT_MS; a listener that closes
+ * writes what it has not reported yet. */
+static void report_drops(mm_tcp_t *srv, bool closing) {
+  uint64_t now = uv_now(srv->loop->uv);
+  if (srv->unreported == 0 ||
+      (!closing && srv->reported && now - srv->reported_at < DROP_REPORT_MS))
     return;
+  mm__log(MM_LOG_WARN, "tcp listener %s dropped %" PRIu64 " connection%s%s: "
+          "out of file descriptors (%s: %s; RLIMIT_NOFILE %s): each was "
+          "accepted and closed at once", srv->name, srv->unreported,
+          srv->unreported == 1 ? "" : "s",
+          srv->reported ? " since its last report" : "",
+          srv->drop_err == ENFILE ? "ENFILE" : "EMFILE",
+          mm_strerror(-srv->drop_err), srv->drop_limit);
+  srv->reported = true;
+  srv->reported_at = now;
+  srv->unreported = 0;
+}
+
+/* accept(2) on fd failed with err (EMFILE, ENFILE): frees the reserve,
+ * accepts and closes every waiting connection, and takes the reserve
+ * back.  True once the queue is empty; false if it could not be emptied
+ * (no reserve to be had, or another thread took the descriptor freed). */
+static bool drop_waiting(mm_tcp_t *srv, int fd, int err) {
+  if (srv->reserve < 0 && (srv->reserve = reserve_open()) < 0)
+    return false;
+  close(srv->reserve);
+  uint64_t n = 0;
+  int e;
+  for (;;) {
+    int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c >= 0) {
+      close(c);
+      n++;
+    } else if ((e = errno) != EINTR && e != ECONNABORTED) {
+      break;
+    }
   }
-  srv->pending++;
-  wake(&srv->acceptor, 0);    /* it accepts the connection itself */
+  srv->reserve = reserve_open();
+  bool emptied = e == EAGAIN || e == EWOULDBLOCK;
+  if (n == 0)
+    return emptied;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "unknown");
+  else if (rl.rlim_cur == RLIM_INFINITY)
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "unlimited");
+  else
+    snprintf(srv->drop_limit, sizeof srv->drop_limit, "%llu",
+             (unsigned long long) rl.rlim_cur);
+  srv->drop_err = err;
+  srv->unreported += n;
+  mm__counter_add(&srv->loop->tcp_accept_dropped, (int64_t) n);
+  report_drops(srv, false);
+  return emptied;
+}
+
+/* The next connection of srv's queue as a handle: 0 and *conn, -EAGAIN
+ * when the queue is empty, or an error. */
+static int accept_one(mm_tcp_t *srv, mm_tcp_t **conn) {
+  int lfd, r = uv_fileno((uv_handle_t *) &srv->h, &lfd);
+  if (r != 0)
+    return r;
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EINTR || e == ECONNABORTED)
+        continue;
+      /* Linux looks for a free descriptor before it looks at the queue:
+       * out of them, accept fails whether a connection waits or not. */
+      if ((e == EMFILE || e == ENFILE) && drop_waiting(srv, lfd, e))
+        return -EAGAIN;       /* emptied: wait for the next one */
+      return e == EWOULDBLOCK ? -EAGAIN : -e;
+    }
+    mm_tcp_t *c = tcp_new(srv->loop, &r);
+    if (c != NULL && (r = uv_tcp_open(&c->h, fd)) != 0)
+      close_and_free(c);
+    if (r != 0) {
+      close(fd);
+      return r;
+    }
+    *conn = c;
+    return 0;
+  }
+}
+
+/* The listener's socket is readable (or failed): wake the acceptor, which
+ * accepts itself.  Watched only while it waits. */
+static void on_listener_ready(uv_poll_t *p, int status, int events) {
+  mm_tcp_t *srv = p->data;
+  (void) events;
+  uv_poll_stop(p);
+  if (status < 0)
+    srv->error = status;
+  wake(&srv->acceptor, status < 0 ? status : 0);
 }
 
 /* What listen and connect share: checks, the addresses. */
@@ -267,6 +409,53 @@ static int open_addrs(mm_tcp_t **out, const char *host, int port,
   return r;
 }
 
+/* "address:port" of the socket fd is bound to, for the log. */
+static void listener_name(mm_tcp_t *t, int fd) {
+  struct sockaddr_storage a;
+  socklen_t len = sizeof a;
+  char host[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (getsockname(fd, (struct sockaddr *) &a, &len) == 0) {
+    if (a.ss_family == AF_INET6) {
+      const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *) &a;
+      uv_ip6_name(a6, host, sizeof host);
+      port = ntohs(a6->sin6_port);
+    } else {
+      const struct sockaddr_in *a4 = (const struct sockaddr_in *) &a;
+      uv_ip4_name(a4, host, sizeof host);
+      port = ntohs(a4->sin_port);
+    }
+  }
+  snprintf(t->name, sizeof t->name,
+           a.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
+}
+
+/* A listening socket: made, bound and listening here (accept is ours,
+ * see "Out of descriptors"), then handed to t->h, which owns it. */
+static int listen_socket(mm_tcp_t *t, const struct sockaddr *addr,
+                         int backlog, int *fd_out) {
+  socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0)
+    return -errno;
+  int on = 1;
+  int r = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) != 0 ||
+      bind(fd, (const struct sockaddr *) addr, len) != 0 ||
+      listen(fd, backlog > 0 ? backlog : 128) != 0)
+    r = -errno;
+  if (r == 0)
+    r = uv_tcp_open(&t->h, fd);
+  if (r != 0) {
+    close(fd);
+    return r;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
 int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
   addrs_t addrs;
   mm_loop_t *loop;
@@ -276,14 +465,14 @@ int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
   /* The first address that can be bound and listened on. */
   const struct sockaddr *sa;
   mm_tcp_t *t = NULL;
+  int fd = -1;
   r = UV_EAI_NONAME;
   for (int i = 0; (sa = addr_at(&addrs, i)) != NULL; i++) {
     if ((t = tcp_new(loop, &r)) == NULL)
       break;
-    r = uv_tcp_bind(&t->h, sa, 0);
+    r = listen_socket(t, sa, backlog, &fd);
     if (r == 0)
-      r = uv_listen((uv_stream_t *) &t->h, backlog > 0 ? backlog : 128,
-                    on_connection);
+      r = uv_poll_init(t->loop->uv, &t->poll, fd);
     if (r == 0)
       break;
     close_and_free(t);
@@ -292,7 +481,13 @@ int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
   addrs_free(&addrs);
   if (t == NULL)
     return r;
+  t->poll.data = t;
+  t->handles = 2;
   t->listening = true;
+  /* Without a reserve (none to be had now) an accept out of descriptors
+   * tries again to make one, and returns -EMFILE if it cannot. */
+  t->reserve = reserve_open();
+  listener_name(t, fd);
   *out = t;
   return 0;
 }
@@ -311,7 +506,10 @@ int mm_tcp_port(mm_tcp_t *srv) {
 }
 
 static void accept_cancel(mm__wait_t *w, int reason) {
-  cancel_slot(&tcp_of(w)->acceptor, w, reason);
+  mm_tcp_t *srv = tcp_of(w);
+  if (!srv->closing)
+    uv_poll_stop(&srv->poll);
+  cancel_slot(&srv->acceptor, w, reason);
 }
 
 int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
@@ -326,11 +524,17 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
     return r;
   if (srv->acceptor != NULL)
     return -EBUSY;
-  while (srv->pending == 0) {
+  for (;;) {
     if (srv->closing)
-      return -ECANCELED;
+      return closing_code();
     if (srv->error != 0)
       return srv->error;
+    r = accept_one(srv, conn);
+    if (r != -EAGAIN)
+      return r;
+    r = uv_poll_start(&srv->poll, UV_READABLE, on_listener_ready);
+    if (r != 0)
+      return r;
     tcp_wait_t tw;
     tcp_wait_init(&tw, srv, accept_cancel);
     srv->acceptor = &tw.w;
@@ -338,12 +542,6 @@ int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn) {
     if (r != 0)
       return r;
   }
-  srv->pending--;
-  mm_tcp_t *c = accept_one(srv, &r);
-  if (c == NULL)
-    return r;
-  *conn = c;
-  return 0;
 }
 
 /* ---- connecting --------------------------------------------------------- */
@@ -355,7 +553,6 @@ typedef struct stream_op {
     uv_write_t write;
   } req;
   tcp_wait_t tw;
-  int reason;                 /* why it was cancelled, or 0 */
 } stream_op_t;
 
 /* The answer to a write or a connect; the last one lets a close finish. */
@@ -364,9 +561,6 @@ static void op_done(stream_op_t *op, int status) {
   t->inflight--;
   if (t->closed && t->inflight == 0)
     wake(&t->closer, 0);
-  /* Cancelled (or past a deadline): say why, not libuv's UV_ECANCELED. */
-  if (status == UV_ECANCELED && op->reason != 0)
-    status = -op->reason;
   mm__wait_complete(&op->tw.w, status);
 }
 
@@ -379,12 +573,21 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 /* A write or connect cannot be taken back: close the connection; its
- * callback then comes with UV_ECANCELED. */
+ * callback then comes with UV_ECANCELED, which stream_op_wait turns into
+ * the coroutine's reason. */
 static void stream_op_cancel(mm__wait_t *w, int reason) {
-  stream_op_t *op = container_of(container_of(w, tcp_wait_t, w),
-                                 stream_op_t, tw);
-  op->reason = reason;
+  container_of(w, tcp_wait_t, w)->reason = reason;
   start_close(tcp_of(w));
+}
+
+/* Waits for op's callback.  A write or connect that the coroutine's
+ * cancellation or deadline cut short returns -ECANCELED or -ETIMEDOUT, as
+ * every waiting call does; one that completed first keeps its status. */
+static int stream_op_wait(stream_op_t *op) {
+  int r = mm__wait_block(&op->tw.w);
+  if (r == UV_ECANCELED && op->tw.reason != 0)
+    r = -op->tw.reason;
+  return r;
 }
 
 /* One connection attempt to sa: 0 and *out, or an error (t closed). */
@@ -394,12 +597,12 @@ static int connect_one(mm_loop_t *loop, const struct sockaddr *sa,
   mm_tcp_t *t = tcp_new(loop, &r);
   if (t == NULL)
     return r;
-  stream_op_t op = { .reason = 0 };
+  stream_op_t op;
   tcp_wait_init(&op.tw, t, stream_op_cancel);
   r = uv_tcp_connect(&op.req.connect, &t->h, sa, on_connect);
   if (r == 0) {
     t->inflight++;
-    r = mm__wait_block(&op.tw.w);
+    r = stream_op_wait(&op);
   }
   if (r != 0) {
     close_and_free(t);
@@ -468,7 +671,7 @@ ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len) {
   if (c->reader != NULL)
     return -EBUSY;
   if (c->closing)
-    return -ECANCELED;
+    return closing_code();
   if (c->eof)
     return 0;
   if (c->error != 0)
@@ -492,19 +695,19 @@ int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len) {
   if (r != 0)
     return r;
   if (c->closing)
-    return -ECANCELED;
+    return closing_code();
   if (len == 0)
     return 0;
   if (len > UINT_MAX)
     return -EINVAL;
-  stream_op_t op = { .reason = 0 };
+  stream_op_t op;
   tcp_wait_init(&op.tw, c, stream_op_cancel);
   uv_buf_t b = uv_buf_init((char *) buf, (unsigned) len);
   r = uv_write(&op.req.write, (uv_stream_t *) &c->h, &b, 1, on_write);
   if (r != 0)
     return r;
   c->inflight++;
-  return mm__wait_block(&op.tw.w);
+  return stream_op_wait(&op);
 }
 
 int mm_tcp_close(mm_tcp_t *c) {

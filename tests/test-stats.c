@@ -34,6 +34,7 @@ static void test_stats_of_a_new_loop_are_zero(void **state) {
   assert_int_equal(st.sync_calls, 0);
   assert_int_equal(st.lane_calls, 0);
   assert_int_equal(st.lane_queued, 0);
+  assert_int_equal(st.tcp_accept_dropped, 0);
   assert_int_equal(st.pool_threads, 0);
   assert_int_equal(st.slow_steps, 0);
   assert_mm_ok(mm_loop_free(loop));

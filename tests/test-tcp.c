@@ -1,8 +1,8 @@
 /* TCP from coroutines: echo between coroutines, many clients, end of
  * stream, refused connections, names (every address tried in order, an
  * unknown name, a cancel while resolving), options, cancel and close of
- * waiting calls, and calls from the wrong place.  Everything on
- * 127.0.0.x, port 0.
+ * waiting calls, a listener out of file descriptors, and calls from the
+ * wrong place.  Everything on 127.0.0.x, port 0.
  *
  * Names: this program defines getaddrinfo, which libuv's lookups reach
  * first (an executable's symbols come before libc's), so that names under
@@ -14,8 +14,11 @@
 #include <dlfcn.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <arpa/inet.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 /* ---- A resolver of our own for *.mm-test ---------------------------------- */
 
@@ -495,6 +498,303 @@ static void test_tcp_cancel_of_a_write_closes_the_connection(void **state) {
 }
 
 
+/* ---- Out of file descriptors ---------------------------------------------
+ *
+ * A listener that cannot accept for want of a descriptor (EMFILE) takes
+ * the waiting connections and closes them, so that its clients learn at
+ * once instead of waiting in the queue; it says so in the log, at most
+ * once a second, with the count since its last line, and counts them in
+ * mm_loop_stats.  In a forked child, whose descriptor limit the test
+ * lowers; the child prints what it saw and the parent checks it.
+ *
+ * Not under Valgrind: it keeps the kernel's limit and applies a lowered
+ * one itself, by closing a descriptor a call returns past it and failing
+ * the call with EMFILE -- an accept then loses its connection before the
+ * library sees it.
+ */
+enum { FIRST_BURST = 5, SECOND_BURST = 3 };
+
+typedef struct {
+  mm_loop_t *loop;
+  mm_tcp_t *srv;
+  int port;
+  int limit[2];               /* RLIMIT_NOFILE, lowered for each burst */
+  int accept_result;
+  uint64_t dropped[2];        /* the stat after each burst */
+  int clients_closed;         /* clients that saw their connection end */
+  int failed_line;            /* a step of the body that failed, or 0 */
+} emfile_t;
+
+/* Connects the non-blocking socket fd to port on the loopback: it waits
+ * in the listener's queue, not accepted.  Needs no new descriptor. */
+static int connect_fd(int fd, int port) {
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t) port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *) &a, sizeof a) != 0 &&
+      errno != EINPROGRESS)
+    return -1;
+  struct pollfd p = { .fd = fd, .events = POLLOUT };
+  return poll(&p, 1, -1) == 1 ? 0 : -1;   /* the kernel completes it */
+}
+
+/* n clients connected to port; made while descriptors are to be had. */
+static int connect_clients(int port, int *fds, int n) {
+  for (int i = 0; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fds[i] < 0 || connect_fd(fds[i], port) != 0)
+      return -1;
+  }
+  return 0;
+}
+
+/* Whether every client's connection has ended (EOF or reset), without
+ * waiting. */
+static bool all_ended(const int *fds, int n) {
+  for (int i = 0; i < n; i++) {
+    struct pollfd p = { .fd = fds[i], .events = POLLIN };
+    if (poll(&p, 1, 0) != 1)
+      return false;
+    char c;
+    ssize_t r = recv(fds[i], &c, 1, 0);
+    if (r != 0 && !(r < 0 && errno == ECONNRESET))
+      return false;
+  }
+  return true;
+}
+
+/* Lowers RLIMIT_NOFILE so that no descriptor is left: to the lowest free
+ * one.  Returns the old limit in *old. */
+static int no_more_fds(struct rlimit *old, int *limit) {
+  int lowest = dup(0);
+  if (lowest < 0 || getrlimit(RLIMIT_NOFILE, old) != 0)
+    return -1;
+  close(lowest);
+  struct rlimit r = *old;
+  r.rlim_cur = (rlim_t) lowest;
+  *limit = lowest;
+  return setrlimit(RLIMIT_NOFILE, &r);
+}
+
+static int accept_one_conn(void *arg) {
+  emfile_t *e = arg;
+  mm_tcp_t *c;
+  e->accept_result = mm_tcp_accept(e->srv, &c);
+  if (e->accept_result == 0)
+    mm_tcp_close(c);
+  return 0;
+}
+
+/* A step of a child's coroutine: on failure, record the line and go to
+ * out (cmocka's asserts are for the parent). */
+#define CHILD_STEP(failed_line, expr)                                         \
+  do {                                                                        \
+    if (!(expr)) {                                                            \
+      (failed_line) = __LINE__;                                               \
+      goto out;                                                               \
+    }                                                                         \
+  } while (0)
+#define EMFILE_STEP(expr) CHILD_STEP(e->failed_line, expr)
+
+static int emfile_body(void *arg) {
+  emfile_t *e = arg;
+  int first[FIRST_BURST], second[SECOND_BURST];
+  struct rlimit old;
+  mm_stats_t st;
+  mm_coro_t *acceptor = NULL;
+  EMFILE_STEP(mm_tcp_listen(&e->srv, "127.0.0.1", 0, 0) == 0);
+  e->port = mm_tcp_port(e->srv);
+  /* Clients wait in the queue; then the descriptors run out, and the
+   * acceptor (run by the yield) finds none for them. */
+  EMFILE_STEP(connect_clients(e->port, first, FIRST_BURST) == 0);
+  EMFILE_STEP(no_more_fds(&old, &e->limit[0]) == 0);
+  EMFILE_STEP(mm_spawn(e->loop, accept_one_conn, e, &acceptor) == 0);
+  while (!all_ended(first, FIRST_BURST))
+    EMFILE_STEP(mm_yield() == 0);
+  e->clients_closed += FIRST_BURST;
+  EMFILE_STEP(mm_loop_stats(e->loop, &st) == 0);
+  e->dropped[0] = st.tcp_accept_dropped;
+  /* Again, while the acceptor still waits: these come within the second,
+   * so their line waits, and closing the listener writes it. */
+  EMFILE_STEP(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  EMFILE_STEP(connect_clients(e->port, second, SECOND_BURST) == 0);
+  EMFILE_STEP(no_more_fds(&old, &e->limit[1]) == 0);
+  while (!all_ended(second, SECOND_BURST))
+    EMFILE_STEP(mm_yield() == 0);
+  e->clients_closed += SECOND_BURST;
+  EMFILE_STEP(mm_loop_stats(e->loop, &st) == 0);
+  e->dropped[1] = st.tcp_accept_dropped;
+  EMFILE_STEP(setrlimit(RLIMIT_NOFILE, &old) == 0);
+out:
+  if (e->srv != NULL)
+    mm_tcp_close(e->srv);    /* the acceptor gets -ECANCELED */
+  if (acceptor != NULL)
+    mm_join(acceptor);
+  return 0;
+}
+
+/* The child: runs the body, prints what it saw and the log. */
+static void emfile_child(void *arg) {
+  static mm_test_log_t log;
+  emfile_t e;
+  memset(&e, 0, sizeof e);
+  mm_test_log_init(&log);
+  mm_set_log(mm_test_log_fn, &log);
+  if (mm_loop_new(&e.loop, NULL) != 0)
+    _exit(3);
+  mm_coro_t *h;
+  if (mm_spawn(e.loop, emfile_body, &e, &h) != 0 ||
+      mm_loop_run(e.loop) != 0 || mm_join(h) != 0)
+    _exit(4);
+  mm_loop_free(e.loop);
+  mm_set_log(NULL, NULL);
+  printf("failed_line %d\nport %d\nlimits %d %d\naccept %d\n"
+         "dropped %llu %llu\nclosed %d\nlog\n%s", e.failed_line, e.port,
+         e.limit[0], e.limit[1], e.accept_result,
+         (unsigned long long) e.dropped[0],
+         (unsigned long long) e.dropped[1], e.clients_closed, log.text);
+}
+
+static void test_tcp_accept_out_of_fds_is_logged_and_counted(void **state) {
+  static mm_test_child_t child;
+  if (mm_test_under_valgrind())
+    skip();
+  assert_int_equal(mm_test_fork(emfile_child, NULL, &child), 0);
+  if (!child.exited || child.code != 0)
+    fail_msg("the child ended with %s %d:\n%s",
+             child.exited ? "code" : "signal", child.code, child.out);
+  int failed_line, port, limit[2], accept, closed;
+  unsigned long long dropped0, dropped1;
+  if (sscanf(child.out, "failed_line %d port %d limits %d %d accept %d "
+             "dropped %llu %llu closed %d", &failed_line, &port, &limit[0],
+             &limit[1], &accept, &dropped0, &dropped1, &closed) != 8)
+    fail_msg("unexpected output:\n%s", child.out);
+  if (failed_line != 0)
+    fail_msg("step at line %d failed:\n%s", failed_line, child.out);
+  /* The clients learnt at once; the acceptor still waited, until the
+   * listener was closed. */
+  assert_int_equal(closed, FIRST_BURST + SECOND_BURST);
+  assert_mm_err(accept, -ECANCELED);
+  assert_int_equal(dropped0, FIRST_BURST);
+  assert_int_equal(dropped1, FIRST_BURST + SECOND_BURST);
+  /* The lines: the first at once, naming the listener and the limit of
+   * the time, with the first burst's count; each drop in exactly one
+   * line; at most one line a second (the second burst is one more line,
+   * or two if it came in two wake-ups more than a second after the
+   * first: whatever a line holds back, the close writes). */
+  char name[64], lim[64];
+  snprintf(name, sizeof name, "127.0.0.1:%d", port);
+  const char *line = strstr(child.out, "\nlog\n");
+  assert_non_null(line);
+  unsigned long long total = 0;
+  int lines = 0;
+  for (line += 5; *line != '\0'; lines++) {
+    snprintf(lim, sizeof lim, "RLIMIT_NOFILE %d", limit[lines == 0 ? 0 : 1]);
+    const char *end = strchr(line, '\n');
+    const char *n = strstr(line, " dropped ");
+    unsigned long long count;
+    if (end == NULL || n == NULL || n > end ||
+        sscanf(n, " dropped %llu", &count) != 1 ||
+        strstr(line, name) == NULL || strstr(line, name) > end ||
+        strstr(line, lim) == NULL || strstr(line, lim) > end ||
+        line[0] != '0' + MM_LOG_WARN)
+      fail_msg("unexpected log line in:\n%s", child.out);
+    if (lines == 0 && count != FIRST_BURST)
+      fail_msg("the first line does not count the first burst:\n%s",
+               child.out);
+    total += count;
+    line = end + 1;
+  }
+  if (lines < 2 || lines > 3 || total != FIRST_BURST + SECOND_BURST)
+    fail_msg("%d lines, %llu connections reported:\n%s", lines, total,
+             child.out);
+}
+
+
+/* A listener made when no descriptor was left for its reserve cannot drop
+ * what waits: its accept returns -EMFILE and the connection stays queued,
+ * for an accept once descriptors are back. */
+typedef struct {
+  mm_loop_t *loop;
+  int first, second;          /* the two accepts */
+  uint64_t dropped;
+  int failed_line;
+} no_reserve_t;
+
+static int listen_and_close(void *arg) {
+  mm_tcp_t *srv;
+  int r = mm_tcp_listen(&srv, "127.0.0.1", 0, 0);
+  return r != 0 ? r : mm_tcp_close(srv);
+}
+
+static int no_reserve_body(void *arg) {
+  no_reserve_t *n = arg;
+  mm_tcp_t *srv = NULL, *c = NULL;
+  struct rlimit old;
+  int limit, fd = -1;
+  /* libuv's own reserve (its first TCP handle of the loop makes it) and
+   * the client's socket first; then room for one descriptor only, the
+   * listener's socket. */
+  CHILD_STEP(n->failed_line, listen_and_close(NULL) == 0);
+  fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  CHILD_STEP(n->failed_line, fd >= 0);
+  CHILD_STEP(n->failed_line, no_more_fds(&old, &limit) == 0);
+  struct rlimit one = old;
+  one.rlim_cur = (rlim_t) limit + 1;
+  CHILD_STEP(n->failed_line, setrlimit(RLIMIT_NOFILE, &one) == 0);
+  CHILD_STEP(n->failed_line, mm_tcp_listen(&srv, "127.0.0.1", 0, 0) == 0);
+  CHILD_STEP(n->failed_line, connect_fd(fd, mm_tcp_port(srv)) == 0);
+  n->first = mm_tcp_accept(srv, &c);
+  CHILD_STEP(n->failed_line, setrlimit(RLIMIT_NOFILE, &old) == 0);
+  n->second = mm_tcp_accept(srv, &c);
+  mm_stats_t st;
+  CHILD_STEP(n->failed_line, mm_loop_stats(n->loop, &st) == 0);
+  n->dropped = st.tcp_accept_dropped;
+out:
+  if (c != NULL)
+    mm_tcp_close(c);
+  if (srv != NULL)
+    mm_tcp_close(srv);
+  if (fd >= 0)
+    close(fd);
+  return 0;
+}
+
+static void no_reserve_child(void *arg) {
+  no_reserve_t n;
+  memset(&n, 0, sizeof n);
+  if (mm_loop_new(&n.loop, NULL) != 0)
+    _exit(3);
+  mm_coro_t *h;
+  if (mm_spawn(n.loop, no_reserve_body, &n, &h) != 0 ||
+      mm_loop_run(n.loop) != 0 || mm_join(h) != 0)
+    _exit(4);
+  mm_loop_free(n.loop);
+  printf("failed_line %d first %d second %d dropped %llu\n", n.failed_line,
+         n.first, n.second, (unsigned long long) n.dropped);
+}
+
+static void test_tcp_accept_out_of_fds_without_a_reserve_returns_emfile(
+    void **state) {
+  static mm_test_child_t child;
+  if (mm_test_under_valgrind())
+    skip();
+  assert_int_equal(mm_test_fork(no_reserve_child, NULL, &child), 0);
+  int failed_line, first, second;
+  unsigned long long dropped;
+  if (!child.exited || child.code != 0 ||
+      sscanf(child.out, "failed_line %d first %d second %d dropped %llu",
+             &failed_line, &first, &second, &dropped) != 4 ||
+      failed_line != 0)
+    fail_msg("the child ended with %s %d:\n%s",
+             child.exited ? "code" : "signal", child.code, child.out);
+  assert_mm_err(first, -EMFILE);
+  assert_mm_ok(second);           /* it waited in the queue */
+  assert_int_equal(dropped, 0);
+}
+
 /* ---- Where they may be called ------------------------------------------- */
 
 typedef struct {
@@ -634,6 +934,8 @@ int main(void) {
     mm_test(test_tcp_cancel_while_resolving_returns_ecanceled),
     mm_test(test_tcp_cancel_and_close_end_waiting_calls),
     mm_test(test_tcp_cancel_of_a_write_closes_the_connection),
+    mm_test(test_tcp_accept_out_of_fds_is_logged_and_counted),
+    mm_test(test_tcp_accept_out_of_fds_without_a_reserve_returns_emfile),
     mm_test(test_tcp_from_a_thread_eperm_from_a_raw_callback_edeadlk),
     mm_test(test_tcp_calls_with_bad_arguments_return_einval),
   };
