@@ -42,11 +42,16 @@ extern "C" {
 
 enum { MM_LOG_DEBUG, MM_LOG_INFO, MM_LOG_WARN, MM_LOG_ERROR };
 
-enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2 };
+enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2,
+       MM_AFFINITY_LANESET = 3 };
+
+/* What mm_wait_fd waits for and reports (a bit set). */
+enum { MM_READABLE = 1, MM_WRITABLE = 2 };
 
 typedef struct mm_loop mm_loop_t;
 typedef struct mm_coro mm_coro_t;
 typedef struct mm_lane mm_lane_t;
+typedef struct mm_laneset mm_laneset_t;
 
 /* The one function type for coroutine bodies and blocking functions.
  * Returns 0 or a negative errno value. */
@@ -274,6 +279,7 @@ typedef struct mm_sync_options {
   void     (*on_cancel)(void *arg);  /* asks a running fn to stop
                                    (sqlite3_interrupt, PQcancel); may be
                                    NULL */
+  mm_laneset_t *laneset;        /* with MM_AFFINITY_LANESET */
 } mm_sync_options_t;
 
 /* Fills o with the defaults (all zero).  Any thread. */
@@ -297,8 +303,8 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * abandoned after all, the copy, with fn's changes, becomes the
  * coroutine's when the call returns.
  * On a plain thread (and in a worker): fn runs inline -- the thread may
- * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
- * and this thread waits.
+ * block anyway -- except with MM_AFFINITY_LANE and MM_AFFINITY_LANESET,
+ * where it runs on the lane (the set) and this thread waits.
  *
  * Cancellation of the coroutine, and the call's own deadline (timeout_ms):
  * - a call still queued is removed and never runs: -ECANCELED /
@@ -325,6 +331,13 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * or -ESHUTDOWN (they are the bridge's: map a driver's "interrupted" to
  * another code, such as -EINTR).
  *
+ * Pool sizing: the pool starts workers on demand, up to pool_max_threads.
+ * Calls that return quickly (or compute without blocking) do not grow it
+ * past what keeps the CPUs busy -- about one awake worker per CPU, the
+ * loop's thread being the one more; calls that block (on a lock, a
+ * sleep, I/O: the kernel is asked, on Linux through /proc) get a thread
+ * each.  A queue that has not moved for 100 ms gets one more worker.
+ *
  * When every worker is busy at pool_max_threads, calls wait in the queue
  * in order; one that has waited a second is reported through the log
  * (once while calls keep waiting): the workers' calls may be waiting for
@@ -338,10 +351,11 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * seen.  A coroutine with no such thread runs these calls on the loop's
  * one sensitive thread ("mm-sensitive"), in order, one at a time.
  *
- * Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK (on a
- * loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT, -ESHUTDOWN
- * (the loop or the lane is shutting down), -ENOMEM, -EAGAIN (no worker
- * thread could be started). */
+ * Errors of the bridge: -EINVAL (fn NULL, bad options: an unknown
+ * affinity, MM_AFFINITY_LANE without lane, MM_AFFINITY_LANESET without
+ * laneset), -EDEADLK (on a loop's thread outside a coroutine),
+ * -ECANCELED, -ETIMEDOUT, -ESHUTDOWN (the loop, the lane or the set is
+ * shutting down), -ENOMEM, -EAGAIN (no worker thread could be started). */
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
@@ -393,6 +407,61 @@ MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
  * outside coroutines), -ECANCELED (the lane is left as it was). */
 MM_EXTERN int mm_lane_free(mm_lane_t *lane);
 
+/* Lane sets: count lanes that share one FIFO queue; a call
+ * (MM_AFFINITY_LANESET with .laneset) goes to the first idle lane.  Each
+ * lane opens a resource of its own on its own thread and keeps it (a
+ * connection of a driver that must stay on the thread that opened it).
+ * A set's calls are counted in mm_stats_t's lane_calls and lane_queued;
+ * from a plain thread a call runs on the set and the thread waits, as
+ * with MM_AFFINITY_LANE. */
+typedef struct mm_laneset_options {
+  const char *name;           /* threads "mm-NAME-1".."mm-NAME-count",
+                                 NAME shortened to fit 15 characters
+                                 (the index is kept); NULL: "laneset" */
+  unsigned    count;          /* lanes, >= 1; _init() sets 1 */
+  int       (*open)(void **state, void *arg);  /* may be NULL; runs on
+                                 each lane's own thread before it takes
+                                 calls; *state (NULL before) is what
+                                 mm_lane_state() returns in its calls; a
+                                 negative value fails mm_laneset_new */
+  void      (*close)(void *state, void *arg);  /* may be NULL; runs on
+                                 each lane's thread when the set is freed,
+                                 after the calls */
+  void       *arg;            /* given to open and close */
+} mm_laneset_options_t;
+
+/* Fills o with the defaults: count 1, the rest zero.  Any thread. */
+MM_EXTERN void mm_laneset_options_init(mm_laneset_options_t *o);
+
+/* Starts count lane threads for loop, runs open on each (at once, each on
+ * its own thread), and returns once all have opened.  If an open fails,
+ * the lanes already opened run close, every thread is joined, and its
+ * value is returned (nothing is left).  Colour-blind: in a coroutine the
+ * wait for the opens goes to the pool (a cancelled coroutine gets
+ * -ECANCELED if it had not started); elsewhere, the calling thread waits
+ * (a loop's thread outside coroutines included: keep open short there).
+ * Errors: -EINVAL (loop, o or set NULL,
+ * count 0), -ESHUTDOWN (the loop is stopping or stopped), -ENOMEM,
+ * -EAGAIN (a thread could not be started), -ECHILD (a loop inherited
+ * across fork()), or the failing open's value.  *set is NULL on error. */
+MM_EXTERN int mm_laneset_new(mm_loop_t *loop, const mm_laneset_options_t *o,
+                             mm_laneset_t **set);
+
+/* Waits for the set's queued calls to finish, runs close on each lane's
+ * thread, and ends the threads; every close has run when it returns.
+ * Colour-blind (in a coroutine the wait goes to the pool).  A set not
+ * freed is freed by mm_loop_free, with a warning.  Errors: -EINVAL (NULL),
+ * -EDEADLK (from one of the set's own threads, or a loop's thread
+ * outside coroutines), -ECANCELED (a cancelled coroutine: the set is
+ * left as it was), -ESHUTDOWN (from a coroutine of a loop that stops: the
+ * set is left to mm_loop_free). */
+MM_EXTERN int mm_laneset_free(mm_laneset_t *set);
+
+/* Inside a call running on a lane of a set: the state that lane's open
+ * made (NULL if it has no open).  Anywhere else (a worker, a lane, a
+ * coroutine, a plain thread): NULL.  Any thread. */
+MM_EXTERN void *mm_lane_state(void);
+
 
 /* ---- Locals ------------------------------------------------------------ */
 
@@ -423,6 +492,13 @@ MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
  * mm_group_cancel, a failure, or its waiter's cancellation); the errors
  * of mm_spawn otherwise. */
 MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);
+
+/* mm_group_spawn with spawn options (o may be NULL): the child's name,
+ * stack size, and timeout_ms -- a child past it ends with -ETIMEDOUT, a
+ * failure, which cancels the others and is what mm_group_wait returns
+ * (a deadline for one request of a batch).  -EINVAL for bad options. */
+MM_EXTERN int mm_group_spawn_ex(mm_group_t *g, mm_fn fn, void *arg,
+                                const mm_spawn_options_t *o);
 
 /* Cancels every child still running; later spawns are refused.  Any
  * thread.  The children's statuses after it are not failures. */
@@ -463,6 +539,17 @@ MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
  * once the channel is closed and drained. */
 MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
 
+/* mm_chan_send that never waits: queues item (or hands it to a waiting
+ * receiver) if there is room, else -EAGAIN; -EPIPE once closed.  Any
+ * thread, raw libuv callbacks included (where mm_chan_send is -EDEADLK):
+ * the way to hand a callback's result to a coroutine.  -EINVAL for NULL. */
+MM_EXTERN int mm_chan_try_send(mm_chan_t *ch, void *item);
+
+/* mm_chan_recv that never waits: takes the oldest item if there is one,
+ * else -EAGAIN; -EPIPE once closed and drained.  Any thread, raw libuv
+ * callbacks included.  -EINVAL for NULL ch or item. */
+MM_EXTERN int mm_chan_try_recv(mm_chan_t *ch, void **item);
+
 /* Closes ch and wakes every waiter (with -EPIPE); receivers still drain
  * what is queued.  Any thread, raw loop callbacks included.  -EPIPE if
  * already closed. */
@@ -482,14 +569,16 @@ MM_EXTERN int mm_chan_free(mm_chan_t *ch);
  * queue.  Cancelling a coroutine parked in a read or an accept returns
  * -ECANCELED and leaves the handle usable; a write or a connect cannot be
  * taken back, so cancelling one closes the connection (the call returns
- * -ECANCELED; close the handle still).  A name that does not resolve:
- * -EHOSTUNREACH.  Other errors are libuv's (negative errno values:
- * -ECONNREFUSED, -EADDRINUSE...). */
+ * -ECANCELED; close the handle still).  Names are looked up by libuv's
+ * getaddrinfo off the loop while the coroutine waits; a name that does
+ * not resolve gets libuv's UV_EAI_* code (UV_EAI_NONAME: unknown host),
+ * which mm_strerror explains.  Other errors are libuv's (negative errno
+ * values: -ECONNREFUSED, -EADDRINUSE...). */
 typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free
- * one, see mm_tcp_port).  backlog <= 0: 128.  Names are resolved on a
- * worker thread. */
+ * one, see mm_tcp_port).  backlog <= 0: 128.  A name: the first of its
+ * addresses that can be bound. */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
@@ -499,7 +588,9 @@ MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 /* Waits for the next connection to srv. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
-/* Connects to host:port (host NULL or "": the loopback). */
+/* Connects to host:port (host NULL or "": the loopback).  A name: each
+ * of its addresses in the resolver's order until one connects; the last
+ * one's error if none does. */
 MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
 
 /* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
@@ -513,15 +604,31 @@ MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
  * gets -ECANCELED. */
 MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
 
+/* TCP_NODELAY on or off (Nagle's algorithm off or on) for a connection.
+ * From its loop's coroutines; -EINVAL for NULL or a listener. */
+MM_EXTERN int mm_tcp_nodelay(mm_tcp_t *c, bool on);
+
+/* TCP keep-alive on (first probe after delay_s seconds idle, >= 1) or off
+ * (delay_s ignored).  From its loop's coroutines; -EINVAL for NULL, a
+ * listener, or on with delay_s 0. */
+MM_EXTERN int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s);
+
 
 /* ---- Diagnostics ------------------------------------------------------- */
 
 typedef struct mm_stats {
   uint64_t coros_live, coros_spawned;
-  uint64_t sync_calls;          /* mm_run_sync calls sent to the pool */
+  uint64_t sync_calls;          /* mm_run_sync calls sent to the worker
+                                   pool (not to lanes, lane sets or caller
+                                   threads) */
   uint64_t sync_queued;         /* waiting in the pool's queue now */
   uint64_t sync_running;        /* running on a worker now */
   uint64_t async_calls;         /* mm_run_async calls made */
+  uint64_t lane_calls;          /* calls sent to the loop's lanes and lane
+                                   sets (MM_AFFINITY_LANE, _LANESET), from
+                                   coroutines and plain threads */
+  uint64_t lane_queued;         /* of those, waiting for a lane now (not
+                                   the running ones) */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps of slow_step_ms or more, each
                                    counted once: at the watchdog's first
@@ -544,6 +651,73 @@ MM_EXTERN int mm_loop_dump(mm_loop_t *loop, FILE *out);
 /* Sends the library's messages to fn (NULL restores the default: stderr,
  * WARN and above).  Any thread; applies to all loops. */
 MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
+
+
+/* ---- Waiting for anything ---------------------------------------------- */
+
+/* In a coroutine: suspends until mm_wake(this coroutine, status) and
+ * returns status -- always: nothing the waker produced is lost.  The way
+ * to wrap a callback API: start the operation with a callback that calls
+ * mm_wake(coro, result), then mm_await.  A wake that came before the
+ * await is kept, and this await returns it at once.
+ * If the coroutine is cancelled (mm_cancel, its spawn deadline, a stop or
+ * mm_loop_free) while it waits, on_cancel(arg) runs once, on the loop's
+ * thread, and the wait goes on until the wake: on_cancel asks the
+ * operation to stop (uv_cancel, uv_close, curl_multi_remove_handle), and
+ * its callback must still call mm_wake -- an await never woken keeps its
+ * coroutine, and mm_loop_free, waiting.  The cancellation stays pending
+ * for the coroutine's next wait.  on_cancel may be NULL; a cancellation
+ * already pending at entry runs it at once.  on_cancel must not wait: it
+ * runs inside the loop, possibly inside another coroutine's mm_cancel.
+ * Errors: -EPERM (a plain thread), -EDEADLK (a loop's thread outside
+ * coroutines). */
+MM_EXTERN int mm_await(void (*on_cancel)(void *arg), void *arg);
+
+/* Completes coro's mm_await with status, or its next one if it is not in
+ * one now (the wake is kept; one still kept when the coroutine ends is
+ * dropped).  Any thread, raw libuv callbacks and other coroutines
+ * included; never waits.  Errors: -EBUSY (a wake is pending already),
+ * -EINVAL (NULL, or a stale handle: joined, or detached and ended),
+ * -ECHILD (a coroutine of a loop inherited across fork). */
+MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
+
+/* Waits until fd is ready for the events asked (MM_READABLE, MM_WRITABLE
+ * or both) -- a pipe, a socket, a device, libpq's PQsocket -- or until
+ * timeout_ms has passed (0: no timeout).  Colour-blind.
+ *
+ * In a coroutine: the coroutine suspends while its loop polls fd, and the
+ * other coroutines run meanwhile; an fd ready already answers at once,
+ * without suspending.  fd may be closed, and its number reused, between
+ * two waits, but not while a coroutine waits on it (libuv may abort, or
+ * the wait may never see it).  fd's flags (O_NONBLOCK) are left as they
+ * are.  The loop keeps a small handle per fd number it has waited on, so
+ * that waiting on the same fd again allocates nothing; they go with
+ * mm_loop_free.
+ * On a plain thread (a pool worker or a lane included): poll(2), resumed
+ * after a signal with the time left.
+ *
+ * Returns the events ready among those asked (> 0).  An error or a
+ * hang-up on fd reports every event asked: the next read or write tells
+ * what happened.  Errors:
+ *   -ETIMEDOUT  timeout_ms passed; or, in a coroutine, its spawn deadline
+ *               did (before or during the wait)
+ *   -ECANCELED  the coroutine was cancelled (before or during the wait;
+ *               mm_loop_stop and mm_loop_free cancel)
+ *   -EDEADLK    on a loop's thread outside a coroutine (a raw libuv
+ *               callback)
+ *   -EBADF      fd is negative or not open
+ *   -EINVAL     events is 0 or has bits other than the two
+ *   -EBUSY      another coroutine of the loop waits on fd, or a libuv
+ *               handle of the loop watches it (an mm_tcp_t reading it)
+ *   -ENOMEM, or what libuv says when it cannot watch fd (at the first
+ *   wait on an fd number in a loop that has to suspend). */
+MM_EXTERN int mm_wait_fd(int fd, int events, uint64_t timeout_ms);
+
+/* The loop of the calling coroutine, or, in a blocking call a coroutine
+ * made (mm_run_sync: on a pool worker, a lane, its caller thread), the
+ * loop of that coroutine.  NULL elsewhere: on a plain thread, and on a
+ * loop's thread outside coroutines (a raw libuv callback).  Any thread. */
+MM_EXTERN mm_loop_t *mm_loop_current(void);
 
 #ifdef __cplusplus
 }

@@ -113,6 +113,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   mm__list_init(&loop->live);
   mm__list_init(&loop->zombies);
   mm__list_init(&loop->cache);
+  mm__list_init(&loop->fd_polls_all);
   atomic_init(&loop->remote_head, NULL);
   atomic_init(&loop->tasks, NULL);
   atomic_init(&loop->pending, 0);
@@ -335,6 +336,7 @@ static void close_handles(mm_loop_t *loop) {
                      close_ours((uv_handle_t *) &loop->check);
   loop->uvtimer.data = loop;
   closing += mm__timers_close(loop, on_closed);
+  closing += mm__fd_polls_close(loop, on_closed);
   /* At least one pass: it also ends the closes the user started and did
    * not run uv for, before the handles' memory goes with the loop. */
   do
@@ -403,6 +405,7 @@ static int free_inherited(mm_loop_t *loop) {
     loop->bridge_ops->forget(bridge);
   mm__cache_free(loop);
   mm__timers_free(loop);
+  mm__fd_polls_free(loop);
   close_uv(loop);
   mm__watchdog_stop(loop);    /* its thread is the parent's: not joined */
   /* mu and cv are not destroyed: a thread left behind may hold mu. */
@@ -486,6 +489,7 @@ int mm_loop_free(mm_loop_t *loop) {
   mm__watchdog_stop(loop);
   mm__cache_free(loop);
   mm__timers_free(loop);
+  mm__fd_polls_free(loop);
   close_uv(loop);
   pthread_mutex_destroy(&loop->mu);
   pthread_cond_destroy(&loop->cv);

@@ -157,6 +157,14 @@ int  mm__timers_init(mm_loop_t *loop);
 unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
 void mm__timers_free(mm_loop_t *loop);
 
+/* ---- wait-fd.c: mm_wait_fd's poll handles, one per fd number ------------ */
+/* Closes the loop's poll handles that are not closing already (the user
+ * may have closed them with uv_walk); returns how many calls of cb to
+ * wait for.  Their data is set to loop for cb.  No wait may be under way. */
+unsigned mm__fd_polls_close(mm_loop_t *loop, uv_close_cb cb);
+/* Frees them, once every close has completed. */
+void mm__fd_polls_free(mm_loop_t *loop);
+
 /* ---- local.c ------------------------------------------------------------- */
 typedef struct mm__local {
   const void *key;
@@ -315,6 +323,7 @@ enum mm__coro_state {
 #define MM__REMOTE_CANCEL  4u   /* interrupt its current wait */
 #define MM__REMOTE_WAKE    8u   /* complete its wait with remote_status */
 #define MM__REMOTE_RELEASE 16u  /* its handle was given back: free it */
+#define MM__REMOTE_AWAKE   32u  /* mm_wake filled its slot (await.c) */
 
 /* A coroutine and its stack are one mmap'ed block (stack.c):
  *
@@ -366,6 +375,12 @@ struct mm_coro {
   /* The handle of the coroutine this one waits for in mm_join, or NULL;
    * seq_cst, read by other joiners through pins (coro.c, join cycles). */
   _Atomic(mm_coro_t *) joining;
+
+  /* mm_wake's slot (await.c): MM__SLOT_*; the value is written between
+   * BUSY and FULL and read after an acquire load of FULL. */
+  _Atomic int await_slot;
+  int await_value;
+  bool awaiting;              /* loop thread: parked in mm_await */
 
   /* Remote queue link and events (remote.c). */
   _Atomic unsigned remote_bits;
@@ -458,6 +473,11 @@ struct mm_loop {
   size_t heap_n;
   size_t heap_cap;
   uint64_t timer_seq;
+
+  /* mm_wait_fd's poll handles (wait-fd.c), loop thread */
+  struct mm__fd_poll **fd_polls;  /* by fd number, NULL where none; grows */
+  size_t fd_polls_cap;
+  mm__list_t fd_polls_all;    /* every one made: mm__fd_poll.link */
 
   /* stack cache, loop thread (or the thread holding mu while undriven) */
   mm__list_t cache;           /* mm_coro_t.link */
@@ -653,6 +673,12 @@ void mm__sched_run_ready(mm_loop_t *loop);
 void mm__coro_make_ready(mm_coro_t *c);            /* loop thread */
 void mm__coro_admit(mm_coro_t *c);                 /* loop thread */
 void mm__coro_interrupt(mm_coro_t *c);             /* loop thread */
+/* await.c: mm_wake's slot.  EMPTY -> BUSY (one waker, CAS) -> FULL
+ * (release) -> EMPTY (the await that takes it, loop thread). */
+enum { MM__SLOT_EMPTY, MM__SLOT_BUSY, MM__SLOT_FULL };
+/* Loop thread: completes c's mm_await if it is parked in one and its
+ * slot is full; else leaves the slot for the next await. */
+void mm__await_check(mm_coro_t *c);
 void mm__coro_wake_local(mm_coro_t *c, int status);
 void mm__coro_release(mm_coro_t *c);               /* loop thread */
 int  mm__coro_cancel_reason(const mm_coro_t *c);
