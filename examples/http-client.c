@@ -11,7 +11,10 @@
 int http_connect(http_conn_t *c, const char *host, int port) {
   c->len = 0;
   c->tcp = NULL;
-  return mm_tcp_connect(&c->tcp, host, port);
+  int r = mm_tcp_connect(&c->tcp, host, port);
+  if (r == 0)
+    mm_tcp_nodelay(c->tcp, true);       /* requests go out at once */
+  return r;
 }
 
 void http_close(http_conn_t *c) {
