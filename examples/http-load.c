@@ -6,12 +6,13 @@
  *       one request; prints "status CODE", "ms T" and the body; exits 0 if
  *       the status is CODE (default 200)
  *   http-load --port N [--conns C] [--requests N | --duration MS]
- *             [--path PATH] [--slow K [--slow-timeout MS]] [--max-ms M]
+ *             [--path PATH] [--slow K [--slow-timeout MS] [--slow-args A]]
+ *             [--max-ms M]
  *       C connections send requests back to back (keep-alive): GET PATH,
  *       or by default /item?id= a random id; prints one line
  *         load: requests= errors= seconds= rps= p50_ms= p99_ms= max_ms= ...
- *       With --slow K it first starts K requests /slow?timeout=MS, each on
- *       a connection of its own, waits until the server reports them
+ *       With --slow K it first starts K requests /slow?timeout=MS&A, each
+ *       on a connection of its own, waits until the server reports them
  *       running (/stats), runs the load meanwhile, then waits for their
  *       answers.  Exits non-zero if a request failed or took over M ms.
  *
@@ -39,8 +40,9 @@ static struct {
   const char *path;             /* NULL: random items */
   unsigned    slow;
   unsigned    slow_timeout_ms;
+  const char *slow_args;        /* appended to /slow?timeout=MS& */
   double      max_ms;           /* 0: no bound */
-} opt = { "127.0.0.1", 0, NULL, 200, 8, 2000, 0, NULL, 0, 3000, 0 };
+} opt = { "127.0.0.1", 0, NULL, 200, 8, 2000, 0, NULL, 0, 3000, "", 0 };
 
 static mm_loop_t *loop;
 
@@ -129,8 +131,9 @@ static int slow_worker(void *arg) {
     s->status = -ENOMEM;
     return 0;
   }
-  char path[64];
-  snprintf(path, sizeof path, "/slow?timeout=%u", opt.slow_timeout_ms);
+  char path[512];
+  snprintf(path, sizeof path, "/slow?timeout=%u&%s", opt.slow_timeout_ms,
+           opt.slow_args);
   double t0 = now_ms();
   int r = http_connect(c, opt.host, opt.port);
   if (r == 0)
@@ -272,7 +275,7 @@ static int usage(void) {
   fprintf(stderr, "usage: http-load --port N [--host ADDR] "
           "(--get PATH [--expect CODE] | [--conns C] [--requests N | "
           "--duration MS] [--path PATH] [--slow K] [--slow-timeout MS] "
-          "[--max-ms M])\n");
+          "[--slow-args ARGS] [--max-ms M])\n");
   return 2;
 }
 
@@ -302,6 +305,8 @@ int main(int argc, char **argv) {
       opt.slow = (unsigned)atoi(v);
     else if (strcmp(a, "--slow-timeout") == 0)
       opt.slow_timeout_ms = (unsigned)atoi(v);
+    else if (strcmp(a, "--slow-args") == 0)
+      opt.slow_args = v;
     else if (strcmp(a, "--max-ms") == 0)
       opt.max_ms = atof(v);
     else
