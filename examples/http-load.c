@@ -9,7 +9,8 @@
  *             [--path PATH] [--slow K [--slow-timeout MS] [--slow-args A]]
  *             [--max-ms M]
  *       C connections send requests back to back (keep-alive): GET PATH,
- *       or by default /item?id= a random id; prints one line
+ *       or by default /item?id= a random id, each expected to answer
+ *       --expect CODE (200); prints one line
  *         load: requests= errors= seconds= rps= p50_ms= p99_ms= max_ms= ...
  *       With --slow K it first starts K requests /slow?timeout=MS&A, each
  *       on a connection of its own, waits until the server reports them
@@ -103,7 +104,7 @@ static int worker(void *arg) {
     int status;
     double t0 = now_ms();
     int r = http_get(c, path, &status, body, sizeof body);
-    if (r < 0 || status != 200) {
+    if (r < 0 || status != opt.expect) {
       if (load.errors++ < 5)
         fprintf(stderr, "http-load: GET %s: %s\n", path,
                 r < 0 ? mm_strerror(r) : body);
@@ -273,7 +274,7 @@ static int run_get(void *arg) {
 
 static int usage(void) {
   fprintf(stderr, "usage: http-load --port N [--host ADDR] "
-          "(--get PATH [--expect CODE] | [--conns C] [--requests N | "
+          "[--expect CODE] (--get PATH | [--conns C] [--requests N | "
           "--duration MS] [--path PATH] [--slow K] [--slow-timeout MS] "
           "[--slow-args ARGS] [--max-ms M])\n");
   return 2;

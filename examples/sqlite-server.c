@@ -268,7 +268,9 @@ static int search_query(void *arg) {
  * sqlite3_interrupt stops the running statement at once, but it is lost
  * if it comes while no statement of the connection runs yet (SQLite
  * clears it when the first one starts); so the progress handler, which
- * SQLite calls every PROGRESS_STEPS steps, checks asked as well. */
+ * SQLite calls every PROGRESS_STEPS steps, also asks mm_cancelled(),
+ * which inside a blocking call tells that the call's deadline passed or
+ * its coroutine was cancelled. */
 #define PROGRESS_STEPS 10000
 
 typedef struct slow {
@@ -302,10 +304,7 @@ static int slow_progress(void *arg) {
   slow_t *s = arg;
   if (s->yield)
     sched_yield();
-  pthread_mutex_lock(&s->mu);
-  bool stop = s->asked;
-  pthread_mutex_unlock(&s->mu);
-  return stop;
+  return mm_cancelled();
 }
 
 static int slow_query(void *arg) {              /* on a lane, or a worker */

@@ -5,6 +5,7 @@
 #     answering, each within a generous bound;
 #   - /slow?timeout=300 answers 504 within 400 ms, and the server's CPU
 #     time then stops growing (the interrupted query really stopped);
+#   - slow queries with a 1 ms deadline all answer 504 at once;
 #   - /stats has the counters;
 #   - SIGTERM, with a slow query running and no timeout on it, ends the
 #     server promptly with status 0 and its temporary database removed.
@@ -99,6 +100,15 @@ after=$(cpu_ms)
 echo "server CPU over the 500 ms after the 504: $((after - before)) ms"
 [ $((after - before)) -lt 100 ] ||
   fail "the server used $((after - before)) ms of CPU in 500 ms after the 504"
+
+# Deadlines that pass around the query's start (queued, starting, just
+# started): every one answers 504 at once -- an interrupt that came before
+# the statement ran is not lost.
+out=$("$load" --port "$port" --conns 2 --requests 200 \
+      --path '/slow?timeout=1' --expect 504 --max-ms 400) ||
+  fail "200 slow queries with a 1 ms timeout: $out"
+echo "$out"
+[ "$(stat_of slow_running)" = 0 ] || fail "a slow query still runs"
 
 # The counters.
 out=$("$load" --port "$port" --get /stats) || fail "GET /stats: $out"
