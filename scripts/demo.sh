@@ -20,11 +20,20 @@ load=$b/examples/http-load
 fanout=$b/examples/threaded-fanout
 tmp=$(mktemp -d)
 pid=
+watchdog=
 cleanup() {
   [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+
+# A server that hangs is killed after 60 s, so that its clients see their
+# connections close and the demo fails instead of hanging.
+( trap 'kill $s 2>/dev/null; exit 0' TERM
+  sleep 60 & s=$!
+  wait $s && kill -KILL "$(cat "$tmp/pid")" 2>/dev/null ) &
+watchdog=$!
 
 steps=12
 step=0
@@ -62,6 +71,7 @@ start_server() {
   mkfifo "$tmp/out"
   TMPDIR=$tmp "$server" --port 0 "$@" >"$tmp/out" 2>"$tmp/err" &
   pid=$!
+  echo "$pid" >"$tmp/pid"
   exec 3<"$tmp/out"
   local word
   read -r word port <&3 && [ "$word" = port ] ||

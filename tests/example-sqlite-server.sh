@@ -57,8 +57,11 @@ stat_of() {
 mkfifo "$tmp/out"
 TMPDIR=$tmp "$server" --port 0 --lanes 8 >"$tmp/out" 2>"$tmp/err" &
 pid=$!
-# A hung server fails the test instead of hanging it.
-( sleep 120; kill -KILL "$pid" 2>/dev/null ) &
+# A hung server fails the test instead of hanging it (its clients then
+# see the connection close).  The trap ends the sleep with the watchdog.
+( trap 'kill $s 2>/dev/null; exit 0' TERM
+  sleep 120 & s=$!
+  wait $s && kill -KILL "$pid" 2>/dev/null ) &
 watchdog=$!
 exec 3<"$tmp/out"
 read -r word port <&3 || fail "the server ended before printing its port"
@@ -129,7 +132,12 @@ esac
 # and the server exits 0.
 "$load" --port "$port" --get '/slow' --expect 503 >"$tmp/slow-out" 2>&1 &
 client=$!
-until [ "$(stat_of slow_running)" = 1 ]; do :; done
+tries=0
+until [ "$(stat_of slow_running)" = 1 ]; do
+  tries=$((tries + 1))
+  [ $tries -lt 5000 ] && kill -0 "$client" 2>/dev/null ||
+    fail "the untimed slow query does not run"
+done
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
