@@ -171,6 +171,7 @@ static double pct(double p) {
 }
 
 static int run_load(void *arg) {
+  (void)arg;
   http_conn_t *stats = malloc(sizeof *stats);
   slow_req_t *slow = calloc(opt.slow + 1, sizeof *slow);
   mm_coro_t **slow_coros = calloc(opt.slow + 1, sizeof *slow_coros);
@@ -252,6 +253,7 @@ out:
 }
 
 static int run_get(void *arg) {
+  (void)arg;
   static char body[65536];
   http_conn_t *c = malloc(sizeof *c);
   if (c == NULL)

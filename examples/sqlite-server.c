@@ -183,6 +183,7 @@ typedef struct lane_db {
 } lane_db_t;
 
 static void lane_close(void *state, void *arg) {
+  (void)arg;
   lane_db_t *l = state;
   if (l == NULL)
     return;
@@ -589,6 +590,7 @@ static int serve(void *arg) {
 /* The listener's coroutine: a coroutine per connection, until the loop is
  * stopped (then the accept returns -ECANCELED). */
 static int listener(void *arg) {
+  (void)arg;
   mm_tcp_t *srv;
   int r = mm_tcp_listen(&srv, opt.host, opt.port, 0);
   if (r < 0) {

@@ -99,6 +99,7 @@ static int njobs;
 static atomic_int next_job;
 
 static void *work(void *arg) {
+  (void)arg;
   int i;
   while ((i = atomic_fetch_add(&next_job, 1)) < njobs)
     jobs[i].status = mm_run_async(loop, job_main, &jobs[i]);   /* blocks */
