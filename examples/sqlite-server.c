@@ -362,6 +362,7 @@ typedef struct conn {
 typedef struct request {
   char path[1024];              /* without the query string */
   char query[1024];             /* after '?', or "" */
+  int  minor;                   /* HTTP/1.minor */
   bool keep_alive;
   bool bad;                     /* not a GET we can answer */
 } request_t;
@@ -380,16 +381,20 @@ static int read_request(conn_t *c, request_t *rq) {
   }
   *end = '\0';
   char method[8], target[1024];
-  int minor = 1;
-  rq->bad = sscanf(c->in, "%7s %1023s HTTP/1.%d", method, target, &minor) != 3
-            || strcmp(method, "GET") != 0;
-  /* HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes. */
+  rq->minor = 1;
+  rq->bad = sscanf(c->in, "%7s %1023s HTTP/1.%d", method, target,
+                   &rq->minor) != 3 || strcmp(method, "GET") != 0;
+  /* HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes
+   * unless told to keep it (ab -k). */
   const char *conn_hdr = strcasestr(c->in, "\r\nConnection:");
-  rq->keep_alive = minor >= 1;
+  rq->keep_alive = rq->minor >= 1;
   if (conn_hdr != NULL) {
     conn_hdr += strlen("\r\nConnection:");
-    rq->keep_alive = strncasecmp(conn_hdr + strspn(conn_hdr, " "),
-                                 "close", 5) != 0;
+    conn_hdr += strspn(conn_hdr, " ");
+    if (strncasecmp(conn_hdr, "close", 5) == 0)
+      rq->keep_alive = false;
+    else if (strncasecmp(conn_hdr, "keep-alive", 10) == 0)
+      rq->keep_alive = true;
   }
   if (strcasestr(c->in, "\r\nContent-Length:") != NULL ||
       strcasestr(c->in, "\r\nTransfer-Encoding:") != NULL)
@@ -407,6 +412,12 @@ static int read_request(conn_t *c, request_t *rq) {
   return 1;
 }
 
+static int hex(char ch) {
+  return ch >= '0' && ch <= '9' ? ch - '0'
+       : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+       : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
 /* The URL-decoded value of name in the query string q, or NULL. */
 static const char *param(const char *q, const char *name, char *out,
                          size_t cap) {
@@ -416,9 +427,8 @@ static const char *param(const char *q, const char *name, char *out,
       continue;
     size_t n = 0;
     for (p += nlen + 1; *p != '\0' && *p != '&' && n + 1 < cap; p++) {
-      unsigned hex;
-      if (*p == '%' && sscanf(p + 1, "%2x", &hex) == 1) {
-        out[n++] = (char)hex;
+      if (*p == '%' && hex(p[1]) >= 0 && hex(p[2]) >= 0) {
+        out[n++] = (char)(hex(p[1]) * 16 + hex(p[2]));
         p += 2;
       } else {
         out[n++] = *p == '+' ? ' ' : *p;
@@ -434,7 +444,7 @@ static const char *param(const char *q, const char *name, char *out,
  * in one write (two small writes would meet Nagle and delayed ACKs). */
 #define HEAD_ROOM 160
 
-static int respond(conn_t *c, int code, bool keep_alive, buf_t *body) {
+static int respond(conn_t *c, const request_t *rq, int code, buf_t *body) {
   const char *reason = code == 200 ? "OK" : code == 400 ? "Bad Request"
                      : code == 404 ? "Not Found" : code == 503
                      ? "Service Unavailable" : code == 504
@@ -443,7 +453,8 @@ static int respond(conn_t *c, int code, bool keep_alive, buf_t *body) {
   int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\n"
                    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                    "%s\r\n", code, reason, body->len,
-                   keep_alive ? "" : "Connection: close\r\n");
+                   !rq->keep_alive ? "Connection: close\r\n"
+                   : rq->minor == 0 ? "Connection: keep-alive\r\n" : "");
   char *start = body->p - n;            /* body->p is HEAD_ROOM into a buffer */
   memcpy(start, head, (size_t)n);
   return mm_tcp_write(c->tcp, start, (size_t)n + body->len);
@@ -578,7 +589,7 @@ static int serve(void *arg) {
     char out[HEAD_ROOM + 16384];        /* on this coroutine's stack */
     buf_t body = { out + HEAD_ROOM, sizeof out - HEAD_ROOM, 0 };
     int code = route(&rq, &body);
-    if (respond(c, code, rq.keep_alive, &body) < 0 || !rq.keep_alive)
+    if (respond(c, &rq, code, &body) < 0 || !rq.keep_alive)
       break;
   }
   count.connections--;
