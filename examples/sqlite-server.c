@@ -272,7 +272,7 @@ static int search_query(void *arg) {
  * SQLite calls every PROGRESS_STEPS steps, also asks mm_cancelled(),
  * which inside a blocking call tells that the call's deadline passed or
  * its coroutine was cancelled. */
-#define PROGRESS_STEPS 10000
+#define PROGRESS_STEPS 1000
 
 typedef struct slow {
   int64_t         rows;         /* in: how many rows to count */
