@@ -172,7 +172,7 @@ static double pct(double p) {
 
 static int run_load(void *arg) {
   (void)arg;
-  http_conn_t *stats = malloc(sizeof *stats);
+  http_conn_t *stats = calloc(1, sizeof *stats);     /* tcp NULL */
   slow_req_t *slow = calloc(opt.slow + 1, sizeof *slow);
   mm_coro_t **slow_coros = calloc(opt.slow + 1, sizeof *slow_coros);
   mm_coro_t **coros = calloc(opt.conns, sizeof *coros);

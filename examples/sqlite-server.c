@@ -544,8 +544,7 @@ static int slow(const request_t *rq, buf_t *body) {
 /* Answers one request.  Returns the status code; body gets the JSON. */
 static int route(const request_t *rq, buf_t *body) {
   char v[256];
-  buf_t *out = body;
-  query_t q = { .out = out };
+  query_t q = { .out = body };
   mm_sync_options_t o;
   mm_sync_options_init(&o);
   o.affinity = MM_AFFINITY_LANESET;

@@ -108,6 +108,7 @@ static void *work(void *arg) {
 
 int main(int argc, char **argv) {
   int nthreads = 8;
+  bool bad = argc % 2 == 0;             /* options come in pairs */
   njobs = 64;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--port") == 0)
@@ -119,9 +120,9 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--jobs") == 0)
       njobs = atoi(argv[i + 1]);
     else
-      port = 0;
+      bad = true;
   }
-  if (port <= 0 || nthreads <= 0 || njobs <= 0 || argc % 2 == 0) {
+  if (bad || port <= 0 || nthreads <= 0 || njobs <= 0) {
     fprintf(stderr, "usage: threaded-fanout --port N [--host ADDR] "
             "[--threads 8] [--jobs 64]\n");
     return 2;
