@@ -6,6 +6,8 @@
 #   - /slow?timeout=300 answers 504 within 400 ms, and the server's CPU
 #     time then stops growing (the interrupted query really stopped);
 #   - slow queries with a 1 ms deadline all answer 504 at once;
+#   - examples/threaded-fanout's jobs, from 4 pthreads through
+#     mm_run_async, all get their 10 + 10 answers;
 #   - /stats has the counters;
 #   - SIGTERM, with a slow query running and no timeout on it, ends the
 #     server promptly with status 0 and its temporary database removed.
@@ -23,6 +25,7 @@ fi
 b=${top_builddir:-.}
 server=$b/examples/sqlite-server
 load=$b/examples/http-load
+fanout=$b/examples/threaded-fanout
 tmp=$(mktemp -d)
 pid=
 watchdog=
@@ -112,6 +115,13 @@ out=$("$load" --port "$port" --conns 2 --requests 200 \
   fail "200 slow queries with a 1 ms timeout: $out"
 echo "$out"
 [ "$(stat_of slow_running)" = 0 ] || fail "a slow query still runs"
+
+# threaded-fanout: pthreads calling into a loop, each job a group of 10.
+out=$("$fanout" --port "$port" --threads 4 --jobs 16) ||
+  fail "threaded-fanout: $out"
+echo "$out"
+echo "$out" | grep -q 'jobs=16 requests=320 failed=0 ' ||
+  fail "threaded-fanout did not make its 320 requests: $out"
 
 # The counters.
 out=$("$load" --port "$port" --get /stats) || fail "GET /stats: $out"
