@@ -203,13 +203,16 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   }
   /* While it waits, this thread serves the thread-sensitive calls of the
    * coroutine (and of the coroutines it spawns): MM_AFFINITY_CALLER. */
-  mm__waiter_serve_begin(q->w.thread);
+  mm__waiter_t *self = q->w.thread;
+  mm__waiter_serve_begin(self);
   r = mm__loop_submit(loop, &q->task);
-  if (r == 0)
+  if (r == 0) {
     r = async_wait(q);   /* -ESHUTDOWN for a stop: decided by the loop */
-  else if (timed)
-    async_unref(q);      /* the inbox never had it */
-  mm__waiter_serve_end(q->w.thread);
+  } else if (timed) {
+    /* The inbox never had it: both references are ours. */
+    atomic_store_explicit(&q->refs, 1, memory_order_relaxed);
+  }
+  mm__waiter_serve_end(self);
   if (timed)
     async_unref(q);      /* ours: last access */
   return r;

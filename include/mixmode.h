@@ -427,6 +427,13 @@ MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
  * of mm_spawn otherwise. */
 MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);
 
+/* mm_group_spawn with spawn options (o may be NULL): the child's name,
+ * stack size, and timeout_ms -- a child past it ends with -ETIMEDOUT, a
+ * failure, which cancels the others and is what mm_group_wait returns
+ * (a deadline for one request of a batch).  -EINVAL for bad options. */
+MM_EXTERN int mm_group_spawn_ex(mm_group_t *g, mm_fn fn, void *arg,
+                                const mm_spawn_options_t *o);
+
 /* Cancels every child still running; later spawns are refused.  Any
  * thread.  The children's statuses after it are not failures. */
 MM_EXTERN int mm_group_cancel(mm_group_t *g);
@@ -466,6 +473,17 @@ MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
  * once the channel is closed and drained. */
 MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
 
+/* mm_chan_send that never waits: queues item (or hands it to a waiting
+ * receiver) if there is room, else -EAGAIN; -EPIPE once closed.  Any
+ * thread, raw libuv callbacks included (where mm_chan_send is -EDEADLK):
+ * the way to hand a callback's result to a coroutine.  -EINVAL for NULL. */
+MM_EXTERN int mm_chan_try_send(mm_chan_t *ch, void *item);
+
+/* mm_chan_recv that never waits: takes the oldest item if there is one,
+ * else -EAGAIN; -EPIPE once closed and drained.  Any thread, raw libuv
+ * callbacks included.  -EINVAL for NULL ch or item. */
+MM_EXTERN int mm_chan_try_recv(mm_chan_t *ch, void **item);
+
 /* Closes ch and wakes every waiter (with -EPIPE); receivers still drain
  * what is queued.  Any thread, raw loop callbacks included.  -EPIPE if
  * already closed. */
@@ -485,14 +503,16 @@ MM_EXTERN int mm_chan_free(mm_chan_t *ch);
  * queue.  Cancelling a coroutine parked in a read or an accept returns
  * -ECANCELED and leaves the handle usable; a write or a connect cannot be
  * taken back, so cancelling one closes the connection (the call returns
- * -ECANCELED; close the handle still).  A name that does not resolve:
- * -EHOSTUNREACH.  Other errors are libuv's (negative errno values:
- * -ECONNREFUSED, -EADDRINUSE...). */
+ * -ECANCELED; close the handle still).  Names are looked up by libuv's
+ * getaddrinfo off the loop while the coroutine waits; a name that does
+ * not resolve gets libuv's UV_EAI_* code (UV_EAI_NONAME: unknown host),
+ * which mm_strerror explains.  Other errors are libuv's (negative errno
+ * values: -ECONNREFUSED, -EADDRINUSE...). */
 typedef struct mm_tcp mm_tcp_t;
 
 /* Listens on host:port (host NULL or "": every address; port 0: any free
- * one, see mm_tcp_port).  backlog <= 0: 128.  Names are resolved on a
- * worker thread. */
+ * one, see mm_tcp_port).  backlog <= 0: 128.  A name: the first of its
+ * addresses that can be bound. */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
@@ -502,7 +522,9 @@ MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 /* Waits for the next connection to srv. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
-/* Connects to host:port (host NULL or "": the loopback). */
+/* Connects to host:port (host NULL or "": the loopback).  A name: each
+ * of its addresses in the resolver's order until one connects; the last
+ * one's error if none does. */
 MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
 
 /* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
@@ -515,6 +537,15 @@ MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
 /* Closes c (a connection or a listener) and frees it; whoever waits in it
  * gets -ECANCELED. */
 MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
+
+/* TCP_NODELAY on or off (Nagle's algorithm off or on) for a connection.
+ * From its loop's coroutines; -EINVAL for NULL or a listener. */
+MM_EXTERN int mm_tcp_nodelay(mm_tcp_t *c, bool on);
+
+/* TCP keep-alive on (first probe after delay_s seconds idle, >= 1) or off
+ * (delay_s ignored).  From its loop's coroutines; -EINVAL for NULL, a
+ * listener, or on with delay_s 0. */
+MM_EXTERN int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s);
 
 
 /* ---- Diagnostics ------------------------------------------------------- */
@@ -550,6 +581,32 @@ MM_EXTERN void mm_set_log(mm_log_fn fn, void *data);
 
 
 /* ---- Waiting for anything ---------------------------------------------- */
+
+/* In a coroutine: suspends until mm_wake(this coroutine, status) and
+ * returns status -- always: nothing the waker produced is lost.  The way
+ * to wrap a callback API: start the operation with a callback that calls
+ * mm_wake(coro, result), then mm_await.  A wake that came before the
+ * await is kept, and this await returns it at once.
+ * If the coroutine is cancelled (mm_cancel, its spawn deadline, a stop or
+ * mm_loop_free) while it waits, on_cancel(arg) runs once, on the loop's
+ * thread, and the wait goes on until the wake: on_cancel asks the
+ * operation to stop (uv_cancel, uv_close, curl_multi_remove_handle), and
+ * its callback must still call mm_wake -- an await never woken keeps its
+ * coroutine, and mm_loop_free, waiting.  The cancellation stays pending
+ * for the coroutine's next wait.  on_cancel may be NULL; a cancellation
+ * already pending at entry runs it at once.  on_cancel must not wait: it
+ * runs inside the loop, possibly inside another coroutine's mm_cancel.
+ * Errors: -EPERM (a plain thread), -EDEADLK (a loop's thread outside
+ * coroutines). */
+MM_EXTERN int mm_await(void (*on_cancel)(void *arg), void *arg);
+
+/* Completes coro's mm_await with status, or its next one if it is not in
+ * one now (the wake is kept; one still kept when the coroutine ends is
+ * dropped).  Any thread, raw libuv callbacks and other coroutines
+ * included; never waits.  Errors: -EBUSY (a wake is pending already),
+ * -EINVAL (NULL, or a stale handle: joined, or detached and ended),
+ * -ECHILD (a coroutine of a loop inherited across fork). */
+MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
 
 /* Waits until fd is ready for the events asked (MM_READABLE, MM_WRITABLE
  * or both) -- a pipe, a socket, a device, libpq's PQsocket -- or until

@@ -122,6 +122,56 @@ static int wait_init(chan_wait_t *cw, mm_chan_t *ch) {
   return 0;
 }
 
+/* The part of a send that never waits, under ch->mu: hands item to the
+ * first receiver (*woken: deliver to it after unlocking) or puts it in
+ * the buffer; -EPIPE closed, -EAGAIN full. */
+static int send_locked(mm_chan_t *ch, void *item, chan_wait_t **woken) {
+  *woken = NULL;
+  if (ch->closed)
+    return -EPIPE;
+  chan_wait_t *rx = take_first(&ch->receivers);
+  if (rx != NULL) {               /* then the buffer is empty */
+    rx->item = item;
+    *woken = rx;
+    return 0;
+  }
+  if (ch->count < ch->cap) {
+    ch->buf[(ch->head + ch->count) % ch->cap] = item;
+    ch->count++;
+    return 0;
+  }
+  return -EAGAIN;
+}
+
+/* The part of a receive that never waits, under ch->mu: takes the oldest
+ * item, whose place the first waiting sender's item takes (*woken:
+ * deliver to that sender after unlocking); -EPIPE closed and drained,
+ * -EAGAIN empty. */
+static int recv_locked(mm_chan_t *ch, void **item, chan_wait_t **woken) {
+  *woken = NULL;
+  if (ch->count > 0) {
+    *item = ch->buf[ch->head];
+    ch->head = (ch->head + 1) % ch->cap;
+    ch->count--;
+    chan_wait_t *tx = take_first(&ch->senders);
+    if (tx != NULL) {
+      ch->buf[(ch->head + ch->count) % ch->cap] = tx->item;
+      ch->count++;
+      *woken = tx;
+    }
+    return 0;
+  }
+  return ch->closed ? -EPIPE : -EAGAIN;
+}
+
+/* Unlocks ch and completes the wait send_locked or recv_locked took. */
+static int unlock_and_deliver(mm_chan_t *ch, chan_wait_t *woken, int r) {
+  pthread_mutex_unlock(&ch->mu);
+  if (woken != NULL)
+    mm__wait_deliver(&woken->w, 0);
+  return r;
+}
+
 int mm_chan_send(mm_chan_t *ch, void *item) {
   if (ch == NULL)
     return -EINVAL;
@@ -130,28 +180,24 @@ int mm_chan_send(mm_chan_t *ch, void *item) {
   if (r != 0)
     return r;
 
+  chan_wait_t *woken;
   pthread_mutex_lock(&ch->mu);
-  if (ch->closed) {
-    pthread_mutex_unlock(&ch->mu);
-    return -EPIPE;
-  }
-  chan_wait_t *rx = take_first(&ch->receivers);
-  if (rx != NULL) {               /* then the buffer is empty */
-    rx->item = item;
-    pthread_mutex_unlock(&ch->mu);
-    mm__wait_deliver(&rx->w, 0);
-    return 0;
-  }
-  if (ch->count < ch->cap) {
-    ch->buf[(ch->head + ch->count) % ch->cap] = item;
-    ch->count++;
-    pthread_mutex_unlock(&ch->mu);
-    return 0;
-  }
+  r = send_locked(ch, item, &woken);
+  if (r != -EAGAIN)
+    return unlock_and_deliver(ch, woken, r);
   cw.item = item;
   mm__list_push_back(&ch->senders, &cw.link);
   pthread_mutex_unlock(&ch->mu);
   return mm__wait_block(&cw.w);   /* 0, -EPIPE, -ECANCELED */
+}
+
+int mm_chan_try_send(mm_chan_t *ch, void *item) {
+  if (ch == NULL)
+    return -EINVAL;
+  chan_wait_t *woken;
+  pthread_mutex_lock(&ch->mu);
+  int r = send_locked(ch, item, &woken);
+  return unlock_and_deliver(ch, woken, r);
 }
 
 int mm_chan_recv(mm_chan_t *ch, void **item) {
@@ -162,32 +208,26 @@ int mm_chan_recv(mm_chan_t *ch, void **item) {
   if (r != 0)
     return r;
 
+  chan_wait_t *woken;
   pthread_mutex_lock(&ch->mu);
-  if (ch->count > 0) {
-    *item = ch->buf[ch->head];
-    ch->head = (ch->head + 1) % ch->cap;
-    ch->count--;
-    /* The first waiting sender's item takes the freed place. */
-    chan_wait_t *tx = take_first(&ch->senders);
-    if (tx != NULL) {
-      ch->buf[(ch->head + ch->count) % ch->cap] = tx->item;
-      ch->count++;
-    }
-    pthread_mutex_unlock(&ch->mu);
-    if (tx != NULL)
-      mm__wait_deliver(&tx->w, 0);
-    return 0;
-  }
-  if (ch->closed) {
-    pthread_mutex_unlock(&ch->mu);
-    return -EPIPE;
-  }
+  r = recv_locked(ch, item, &woken);
+  if (r != -EAGAIN)
+    return unlock_and_deliver(ch, woken, r);
   mm__list_push_back(&ch->receivers, &cw.link);
   pthread_mutex_unlock(&ch->mu);
   r = mm__wait_block(&cw.w);      /* 0, -EPIPE, -ECANCELED */
   if (r == 0)
     *item = cw.item;
   return r;
+}
+
+int mm_chan_try_recv(mm_chan_t *ch, void **item) {
+  if (ch == NULL || item == NULL)
+    return -EINVAL;
+  chan_wait_t *woken;
+  pthread_mutex_lock(&ch->mu);
+  int r = recv_locked(ch, item, &woken);
+  return unlock_and_deliver(ch, woken, r);
 }
 
 int mm_chan_close(mm_chan_t *ch) {

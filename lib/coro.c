@@ -110,6 +110,8 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
   if (caller != NULL)
     mm__waiter_ref(caller);
   atomic_init(&c->cancel_reason, 0);
+  atomic_init(&c->await_slot, MM__SLOT_EMPTY);
+  c->awaiting = false;
   atomic_init(&c->remote_bits, 0);
   atomic_init(&c->joining, NULL);
   if (w != NULL) {

@@ -22,8 +22,9 @@
   X(EAGAIN, "a thread could not be created; try again later")                \
   X(EBUSY, "busy: the loop is running on this thread or another, the "     \
            "channel has waiters, the group is being waited for, or "        \
-           "another coroutine of the loop waits on the file descriptor; "   \
-           "not allowed now")                                               \
+           "another coroutine of the loop waits on the file descriptor, "   \
+           "or a wake is pending for the coroutine already; not allowed "   \
+           "now")                                                           \
   X(EPIPE, "the channel is closed (and, for a receive, drained)")          \
   X(EPERM, "not allowed from this kind of thread")                          \
   X(ECHILD, "the loop was inherited across fork(): it belongs to the "       \
@@ -38,6 +39,18 @@ const char *mm_strerror(int err) {
 #undef X
   case 0:
     return "success";
+  /* libuv's getaddrinfo codes that a name lookup (mm_tcp_connect,
+   * mm_tcp_listen) gives most, said plainly. */
+  case UV_EAI_NONAME:
+    return "EAI_NONAME: the host name (or service) is not known to the "
+           "resolver";
+  case UV_EAI_AGAIN:
+    return "EAI_AGAIN: the name could not be resolved now (the name "
+           "server did not answer); try again later";
+  case UV_EAI_FAIL:
+    return "EAI_FAIL: the name server failed for good";
+  case UV_EAI_NODATA:
+    return "EAI_NODATA: the host name has no address of the kind asked";
   }
   if (err < 0) {
 #ifdef HAVE_STRERRORDESC_NP

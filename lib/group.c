@@ -100,6 +100,11 @@ static int child_main(void *arg) {
 }
 
 int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg) {
+  return mm_group_spawn_ex(g, fn, arg, NULL);
+}
+
+int mm_group_spawn_ex(mm_group_t *g, mm_fn fn, void *arg,
+                      const mm_spawn_options_t *o) {
   if (g == NULL || fn == NULL)
     return -EINVAL;
   child_t *c = malloc(sizeof(*c));
@@ -117,7 +122,7 @@ int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg) {
   else if (g->cancelled)
     r = -ECANCELED;
   else
-    r = mm_spawn_ex(g->loop, child_main, c, NULL, &c->coro);
+    r = mm_spawn_ex(g->loop, child_main, c, o, &c->coro);
   if (r == 0) {
     *g->tail = c;
     g->tail = &c->next;

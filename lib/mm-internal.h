@@ -323,6 +323,7 @@ enum mm__coro_state {
 #define MM__REMOTE_CANCEL  4u   /* interrupt its current wait */
 #define MM__REMOTE_WAKE    8u   /* complete its wait with remote_status */
 #define MM__REMOTE_RELEASE 16u  /* its handle was given back: free it */
+#define MM__REMOTE_AWAKE   32u  /* mm_wake filled its slot (await.c) */
 
 /* A coroutine and its stack are one mmap'ed block (stack.c):
  *
@@ -374,6 +375,12 @@ struct mm_coro {
   /* The handle of the coroutine this one waits for in mm_join, or NULL;
    * seq_cst, read by other joiners through pins (coro.c, join cycles). */
   _Atomic(mm_coro_t *) joining;
+
+  /* mm_wake's slot (await.c): MM__SLOT_*; the value is written between
+   * BUSY and FULL and read after an acquire load of FULL. */
+  _Atomic int await_slot;
+  int await_value;
+  bool awaiting;              /* loop thread: parked in mm_await */
 
   /* Remote queue link and events (remote.c). */
   _Atomic unsigned remote_bits;
@@ -666,6 +673,12 @@ void mm__sched_run_ready(mm_loop_t *loop);
 void mm__coro_make_ready(mm_coro_t *c);            /* loop thread */
 void mm__coro_admit(mm_coro_t *c);                 /* loop thread */
 void mm__coro_interrupt(mm_coro_t *c);             /* loop thread */
+/* await.c: mm_wake's slot.  EMPTY -> BUSY (one waker, CAS) -> FULL
+ * (release) -> EMPTY (the await that takes it, loop thread). */
+enum { MM__SLOT_EMPTY, MM__SLOT_BUSY, MM__SLOT_FULL };
+/* Loop thread: completes c's mm_await if it is parked in one and its
+ * slot is full; else leaves the slot for the next await. */
+void mm__await_check(mm_coro_t *c);
 void mm__coro_wake_local(mm_coro_t *c, int status);
 void mm__coro_release(mm_coro_t *c);               /* loop thread */
 int  mm__coro_cancel_reason(const mm_coro_t *c);

@@ -53,6 +53,8 @@ static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {
   if (bits & MM__REMOTE_WAKE)
     mm__coro_wake_local(c, atomic_load_explicit(&c->remote_status,
                                                 memory_order_relaxed));
+  if (bits & MM__REMOTE_AWAKE)
+    mm__await_check(c);
   if (bits & MM__REMOTE_RELEASE)
     mm__coro_release(c);
 }

@@ -13,7 +13,9 @@
  *   accept:  connections that come while nobody accepts are counted and
  *            accepted by the next mm_tcp_accept
  *   connect: a uv_connect_t on the caller's stack
- *   names:   resolved with getaddrinfo on a worker (mm_run_sync)
+ *   names:   uv_getaddrinfo (libuv's thread pool) and mm_await: lib/
+ *            needs nothing of bridge/ (DESIGN.md, Layout); connect tries
+ *            every address in order, listen binds the first that works
  *
  * Cancelling a coroutine parked in read or accept ends the call with
  * -ECANCELED and leaves the handle usable.  A write or a connect cannot be
@@ -146,46 +148,86 @@ static void close_and_free(mm_tcp_t *t) {
 
 /* ---- names -------------------------------------------------------------- */
 
-typedef struct resolve {
-  const char *host;
-  char port[8];
-  struct sockaddr_storage addr;
-  bool passive;
-} resolve_t;
+/* A name's addresses: one parsed numeric address (no list), or what
+ * getaddrinfo gave, in its order. */
+typedef struct addrs {
+  struct sockaddr_storage numeric;
+  struct addrinfo *list;      /* uv_freeaddrinfo; NULL for numeric */
+} addrs_t;
 
-static int resolve_blocking(void *arg) {
-  resolve_t *r = arg;
-  struct addrinfo hints, *res;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = r->passive ? AI_PASSIVE : 0;
-  int e = getaddrinfo(r->host, r->port, &hints, &res);
-  if (e != 0)
-    return e == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-  memcpy(&r->addr, res->ai_addr, res->ai_addrlen);
-  freeaddrinfo(res);
-  return 0;
+typedef struct resolve_op {
+  uv_getaddrinfo_t req;
+  mm_coro_t *coro;
+  struct addrinfo *res;
+} resolve_op_t;
+
+static void on_resolved(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res) {
+  resolve_op_t *op = req->data;
+  op->res = res;
+  mm_wake(op->coro, status);
+}
+
+/* A cancel of the resolving coroutine: a request still queued in libuv's
+ * pool is dropped (its callback comes with UV_EAI_CANCELED); one running
+ * finishes, and its callback wakes the await either way. */
+static void resolve_cancel(void *arg) {
+  resolve_op_t *op = arg;
+  uv_cancel((uv_req_t *) &op->req);
 }
 
 /* host NULL or "": any address (listen) or the loopback (connect).
- * Numeric addresses are parsed here; names go to a worker. */
-static int resolve(const char *host, int port, bool passive,
-                   struct sockaddr_storage *out) {
+ * Numeric addresses are parsed here; a name is looked up off the loop by
+ * libuv's own pool while the coroutine waits.  A name that does not
+ * resolve: libuv's UV_EAI_* code, which mm_strerror explains. */
+static int resolve(const char *host, int port, bool passive, addrs_t *out) {
   if (port < 0 || port > 65535)
     return -EINVAL;
   if (host == NULL || host[0] == '\0')
     host = passive ? "0.0.0.0" : "127.0.0.1";
   memset(out, 0, sizeof *out);
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *) out) == 0 ||
-      uv_ip6_addr(host, port, (struct sockaddr_in6 *) out) == 0)
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *) &out->numeric) == 0 ||
+      uv_ip6_addr(host, port, (struct sockaddr_in6 *) &out->numeric) == 0)
     return 0;
-  resolve_t r = { .host = host, .passive = passive };
-  snprintf(r.port, sizeof r.port, "%d", port);
-  int e = mm_run_sync(resolve_blocking, &r);
-  if (e == 0)
-    memcpy(out, &r.addr, sizeof *out);
-  return e;
+  char service[8];
+  snprintf(service, sizeof service, "%d", port);
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : AI_ADDRCONFIG;
+  resolve_op_t op = { .coro = mm_current() };
+  op.req.data = &op;
+  int r = uv_getaddrinfo(mm__tls.coro->loop->uv, &op.req, on_resolved, host,
+                         service, &hints);
+  if (r != 0)
+    return r;
+  r = mm_await(resolve_cancel, &op);
+  if (r == 0 && op.res == NULL)
+    r = UV_EAI_NONAME;
+  if (r != 0) {
+    uv_freeaddrinfo(op.res);
+    /* Cancelled meanwhile: say so, not what the lookup became. */
+    int reason = mm__coro_cancel_reason(mm__tls.coro);
+    return reason != 0 ? -reason : r;
+  }
+  out->list = op.res;
+  return 0;
+}
+
+/* The i-th address of a (NULL past the last). */
+static const struct sockaddr *addr_at(const addrs_t *a, int i) {
+  if (a->list == NULL)
+    return i == 0 ? (const struct sockaddr *) &a->numeric : NULL;
+  const struct addrinfo *ai = a->list;
+  while (ai != NULL && i-- > 0)
+    ai = ai->ai_next;
+  return ai != NULL ? ai->ai_addr : NULL;
+}
+
+static void addrs_free(addrs_t *a) {
+  uv_freeaddrinfo(a->list);
+  a->list = NULL;
 }
 
 /* ---- listening ---------------------------------------------------------- */
@@ -213,37 +255,43 @@ static void on_connection(uv_stream_t *s, int status) {
   wake(&srv->acceptor, 0);    /* it accepts the connection itself */
 }
 
-/* What listen and connect share: checks, the address, a new handle of
- * the calling coroutine's loop.  0 and *t, or an error. */
-static int open_handle(mm_tcp_t **out, const char *host, int port,
-                       bool passive, struct sockaddr_storage *addr,
-                       mm_tcp_t **t) {
+/* What listen and connect share: checks, the addresses. */
+static int open_addrs(mm_tcp_t **out, const char *host, int port,
+                      bool passive, addrs_t *addrs, mm_loop_t **loop) {
   if (out == NULL)
     return -EINVAL;
   *out = NULL;
-  mm_loop_t *loop;
-  int r = check_context(NULL, &loop);
+  int r = check_context(NULL, loop);
   if (r == 0)
-    r = resolve(host, port, passive, addr);
-  if (r == 0)
-    *t = tcp_new(loop, &r);
+    r = resolve(host, port, passive, addrs);
   return r;
 }
 
 int mm_tcp_listen(mm_tcp_t **out, const char *host, int port, int backlog) {
-  struct sockaddr_storage addr;
-  mm_tcp_t *t;
-  int r = open_handle(out, host, port, true, &addr, &t);
+  addrs_t addrs;
+  mm_loop_t *loop;
+  int r = open_addrs(out, host, port, true, &addrs, &loop);
   if (r != 0)
     return r;
-  r = uv_tcp_bind(&t->h, (const struct sockaddr *) &addr, 0);
-  if (r == 0)
-    r = uv_listen((uv_stream_t *) &t->h, backlog > 0 ? backlog : 128,
-                  on_connection);
-  if (r != 0) {
+  /* The first address that can be bound and listened on. */
+  const struct sockaddr *sa;
+  mm_tcp_t *t = NULL;
+  r = UV_EAI_NONAME;
+  for (int i = 0; (sa = addr_at(&addrs, i)) != NULL; i++) {
+    if ((t = tcp_new(loop, &r)) == NULL)
+      break;
+    r = uv_tcp_bind(&t->h, sa, 0);
+    if (r == 0)
+      r = uv_listen((uv_stream_t *) &t->h, backlog > 0 ? backlog : 128,
+                    on_connection);
+    if (r == 0)
+      break;
     close_and_free(t);
-    return r;
+    t = NULL;
   }
+  addrs_free(&addrs);
+  if (t == NULL)
+    return r;
   t->listening = true;
   *out = t;
   return 0;
@@ -333,16 +381,16 @@ static void stream_op_cancel(mm__wait_t *w, int reason) {
   start_close(tcp_of(w));
 }
 
-int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
-  struct sockaddr_storage addr;
-  mm_tcp_t *t;
-  int r = open_handle(out, host, port, false, &addr, &t);
-  if (r != 0)
+/* One connection attempt to sa: 0 and *out, or an error (t closed). */
+static int connect_one(mm_loop_t *loop, const struct sockaddr *sa,
+                       mm_tcp_t **out) {
+  int r;
+  mm_tcp_t *t = tcp_new(loop, &r);
+  if (t == NULL)
     return r;
   stream_op_t op;
   tcp_wait_init(&op.tw, t, stream_op_cancel);
-  r = uv_tcp_connect(&op.req.connect, &t->h, (const struct sockaddr *) &addr,
-                     on_connect);
+  r = uv_tcp_connect(&op.req.connect, &t->h, sa, on_connect);
   if (r == 0) {
     t->inflight++;
     r = mm__wait_block(&op.tw.w);
@@ -353,6 +401,26 @@ int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
   }
   *out = t;
   return 0;
+}
+
+int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
+  addrs_t addrs;
+  mm_loop_t *loop;
+  int r = open_addrs(out, host, port, false, &addrs, &loop);
+  if (r != 0)
+    return r;
+  /* Every address in order (a name with an IPv6 and an IPv4 address
+   * whose server listens on one only); the last one's error if none
+   * answers.  A cancel ends the attempts. */
+  const struct sockaddr *sa;
+  r = UV_EAI_NONAME;
+  for (int i = 0; (sa = addr_at(&addrs, i)) != NULL; i++) {
+    r = connect_one(loop, sa, out);
+    if (r == 0 || r == -ECANCELED || r == -ETIMEDOUT)
+      break;
+  }
+  addrs_free(&addrs);
+  return r;
 }
 
 /* ---- reading and writing ------------------------------------------------ */
@@ -442,4 +510,31 @@ int mm_tcp_close(mm_tcp_t *c) {
     return r;
   close_and_free(c);
   return 0;
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+/* A connection the calling coroutine may use: 0, or the error. */
+static int check_conn(mm_tcp_t *c) {
+  if (c == NULL)
+    return -EINVAL;
+  mm_loop_t *loop;
+  int r = check_context(c, &loop);
+  if (r != 0)
+    return r;
+  return c->listening || c->closing ? -EINVAL : 0;
+}
+
+int mm_tcp_nodelay(mm_tcp_t *c, bool on) {
+  int r = check_conn(c);
+  return r != 0 ? r : uv_tcp_nodelay(&c->h, on);
+}
+
+int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s) {
+  int r = check_conn(c);
+  if (r != 0)
+    return r;
+  if (on && delay_s == 0)
+    return -EINVAL;
+  return uv_tcp_keepalive(&c->h, on, delay_s);
 }

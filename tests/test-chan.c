@@ -592,6 +592,127 @@ static void test_chan_send_and_recv_from_a_raw_callback_return_edeadlk(
 }
 
 
+/* The try calls never wait: from a raw callback they work where the
+ * waiting calls are -EDEADLK. */
+typedef struct {
+  mm_chan_t *ch;
+  int send1, send2, recv1, recv2, send_closed, recv_closed;
+  void *got;
+} try_raw_t;
+
+static void try_from_raw_callback(void *arg) {
+  try_raw_t *r = arg;
+  void *item = NULL;
+  r->send1 = mm_chan_try_send(r->ch, ITEM(1));
+  r->send2 = mm_chan_try_send(r->ch, ITEM(2));    /* full */
+  r->recv1 = mm_chan_try_recv(r->ch, &r->got);
+  r->recv2 = mm_chan_try_recv(r->ch, &item);      /* empty */
+  assert_mm_ok(mm_chan_close(r->ch));
+  r->send_closed = mm_chan_try_send(r->ch, ITEM(3));
+  r->recv_closed = mm_chan_try_recv(r->ch, &item);
+}
+
+static void test_chan_try_calls_never_wait_even_in_a_raw_callback(
+    void **state) {
+  uv_loop_t uv;
+  mm_loop_t *loop;
+  try_raw_t r;
+  memset(&r, 0, sizeof r);
+  assert_mm_ok(mm_chan_new(&r.ch, 1));
+  assert_int_equal(uv_loop_init(&uv), 0);
+  assert_mm_ok(mm_loop_from_uv(&loop, &uv, NULL));
+  assert_mm_ok(mm_test_in_raw_callback(&uv, loop, try_from_raw_callback,
+                                       &r));
+  assert_mm_ok(r.send1);
+  assert_mm_err(r.send2, -EAGAIN);
+  assert_mm_ok(r.recv1);
+  assert_ptr_equal(r.got, ITEM(1));
+  assert_mm_err(r.recv2, -EAGAIN);
+  assert_mm_err(r.send_closed, -EPIPE);
+  assert_mm_err(r.recv_closed, -EPIPE);
+  assert_mm_ok(mm_chan_free(r.ch));
+  assert_mm_ok(mm_loop_free(loop));
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
+/* A libuv callback hands its result to a coroutine parked in
+ * mm_chan_recv. */
+typedef struct {
+  mm_chan_t *ch;
+  void      *got;
+  int        sent;
+} handoff_t;
+
+static int recv_one(void *arg) {
+  handoff_t *h = arg;
+  return mm_chan_recv(h->ch, &h->got);
+}
+
+static void send_from_callback(void *arg) {
+  handoff_t *h = arg;
+  h->sent = mm_chan_try_send(h->ch, ITEM(5));
+}
+
+static void test_chan_try_send_from_a_callback_wakes_a_receiver(
+    void **state) {
+  uv_loop_t uv;
+  mm_loop_t *loop;
+  handoff_t h = { 0 };
+  assert_mm_ok(mm_chan_new(&h.ch, 1));
+  assert_int_equal(uv_loop_init(&uv), 0);
+  assert_mm_ok(mm_loop_from_uv(&loop, &uv, NULL));
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, recv_one, &h, &c));
+  assert_mm_ok(mm_test_in_raw_callback(&uv, loop, send_from_callback, &h));
+  assert_int_equal(uv_run(&uv, UV_RUN_DEFAULT), 0);
+  assert_mm_ok(mm_join(c));
+  assert_mm_ok(h.sent);
+  assert_ptr_equal(h.got, ITEM(5));
+  assert_mm_ok(mm_chan_free(h.ch));
+  assert_mm_ok(mm_loop_free(loop));
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
+/* try_recv makes room for a sender blocked on a full channel. */
+typedef struct {
+  mm_chan_t *ch;
+  int first, second;
+} blocked_sender_t;
+
+static void *send_two(void *arg) {
+  blocked_sender_t *b = arg;
+  b->first = mm_chan_send(b->ch, ITEM(1));
+  b->second = mm_chan_send(b->ch, ITEM(2));     /* waits for room */
+  return NULL;
+}
+
+static void test_chan_try_recv_lets_a_blocked_sender_in(void **state) {
+  blocked_sender_t b = { 0 };
+  assert_mm_ok(mm_chan_new(&b.ch, 1));
+  for (int round = 0; round < 200; round++) {
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, send_two, &b), 0);
+    void *item = NULL;
+    int r;
+    while ((r = mm_chan_try_recv(b.ch, &item)) == -EAGAIN)
+      sched_yield();                 /* until the first item is in */
+    assert_mm_ok(r);
+    assert_ptr_equal(item, ITEM(1));
+    assert_mm_ok(mm_chan_recv(b.ch, &item));
+    assert_ptr_equal(item, ITEM(2));
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_mm_ok(b.first);
+    assert_mm_ok(b.second);
+  }
+  void *item;
+  assert_mm_err(mm_chan_try_recv(b.ch, &item), -EAGAIN);
+  assert_mm_err(mm_chan_try_send(NULL, ITEM(1)), -EINVAL);
+  assert_mm_err(mm_chan_try_recv(NULL, &item), -EINVAL);
+  assert_mm_err(mm_chan_try_recv(b.ch, NULL), -EINVAL);
+  assert_mm_ok(mm_chan_free(b.ch));
+}
+
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_chan_calls_with_bad_arguments_return_einval),
@@ -606,6 +727,9 @@ int main(void) {
     mm_test(test_chan_cancel_after_close_and_free_leaves_the_channel_alone),
     mm_test(test_loop_free_cancels_a_coroutine_waiting_in_a_channel),
     mm_test(test_chan_send_and_recv_from_a_raw_callback_return_edeadlk),
+    mm_test(test_chan_try_calls_never_wait_even_in_a_raw_callback),
+    mm_test(test_chan_try_send_from_a_callback_wakes_a_receiver),
+    mm_test(test_chan_try_recv_lets_a_blocked_sender_in),
   };
   return mm_run_tests(tests);
 }

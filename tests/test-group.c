@@ -431,6 +431,59 @@ static void test_group_wait_from_a_raw_callback_returns_edeadlk(
 }
 
 
+/* mm_group_spawn_ex: a child's name and its own deadline; past it the
+ * child fails with -ETIMEDOUT, which cancels its sibling and is the
+ * group's status. */
+typedef struct {
+  char name[32];
+  int  sibling_sleep;
+} ex_t;
+
+static int record_name_then_sleep(void *arg) {
+  ex_t *e = arg;
+  snprintf(e->name, sizeof e->name, "%s", mm_coro_name(mm_current()));
+  return mm_sleep(600000);
+}
+
+static int sibling_sleeps(void *arg) {
+  ex_t *e = arg;
+  e->sibling_sleep = mm_sleep(600000);
+  return 0;
+}
+
+static int spawn_with_options_and_wait(void *arg) {
+  ex_t *e = arg;
+  mm_group_t *g;
+  int r = mm_group_new(mm_loop_current(), &g);
+  if (r != 0)
+    return r;
+  mm_spawn_options_t so;
+  mm_spawn_options_init(&so);
+  so.name = "request-7";
+  so.timeout_ms = 5;
+  assert_mm_ok(mm_group_spawn_ex(g, record_name_then_sleep, e, &so));
+  assert_mm_ok(mm_group_spawn_ex(g, sibling_sleeps, e, NULL));
+  return mm_group_wait(g);
+}
+
+static void test_group_spawn_ex_names_a_child_and_bounds_it(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  ex_t e = { "", 0 };
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, spawn_with_options_and_wait, &e, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_status(mm_join(c), -ETIMEDOUT);
+  assert_string_equal(e.name, "request-7");
+  assert_status(e.sibling_sleep, -ECANCELED);
+  mm_group_t *g;
+  assert_mm_ok(mm_group_new(loop, &g));
+  assert_mm_err(mm_group_spawn_ex(NULL, sibling_sleeps, &e, NULL), -EINVAL);
+  assert_mm_err(mm_group_spawn_ex(g, NULL, &e, NULL), -EINVAL);
+  assert_mm_ok(mm_group_wait(g));
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_group_calls_with_bad_arguments_return_einval),
@@ -445,6 +498,7 @@ int main(void) {
     mm_test(test_group_wait_in_its_own_child_returns_edeadlk),
     mm_test(test_group_spawn_from_outside_once_the_wait_began_returns_ebusy),
     mm_test(test_group_wait_in_a_grandchild_returns_edeadlk),
+    mm_test(test_group_spawn_ex_names_a_child_and_bounds_it),
   };
   return mm_run_tests(tests);
 }

@@ -1,10 +1,74 @@
 /* TCP from coroutines: echo between coroutines, many clients, end of
- * stream, refused connections, names, cancel and close of waiting calls,
- * and calls from the wrong place.  Everything on 127.0.0.1, port 0.
+ * stream, refused connections, names (every address tried in order, an
+ * unknown name, a cancel while resolving), options, cancel and close of
+ * waiting calls, and calls from the wrong place.  Everything on
+ * 127.0.0.x, port 0.
+ *
+ * Names: this program defines getaddrinfo, which libuv's lookups reach
+ * first (an executable's symbols come before libc's), so that names under
+ * .mm-test resolve the same on every machine; others go to libc's.
  */
+#define _GNU_SOURCE 1       /* RTLD_NEXT */
 #include "helpers.h"
 
+#include <dlfcn.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <arpa/inet.h>
+
+/* ---- A resolver of our own for *.mm-test ---------------------------------- */
+
+static mm_test_latch_t slow_started, slow_gate;
+static atomic_int lookups;
+
+/* One node of a list that glibc's freeaddrinfo frees: the address is in
+ * the same block. */
+static struct addrinfo *fake_node(const char *ip, const char *service) {
+  struct node {
+    struct addrinfo ai;
+    struct sockaddr_in sin;
+  } *n = calloc(1, sizeof *n);
+  if (n == NULL)
+    return NULL;
+  n->sin.sin_family = AF_INET;
+  n->sin.sin_port = htons((uint16_t) atoi(service != NULL ? service : "0"));
+  inet_pton(AF_INET, ip, &n->sin.sin_addr);
+  n->ai.ai_family = AF_INET;
+  n->ai.ai_socktype = SOCK_STREAM;
+  n->ai.ai_protocol = IPPROTO_TCP;
+  n->ai.ai_addrlen = sizeof n->sin;
+  n->ai.ai_addr = (struct sockaddr *) &n->sin;
+  return &n->ai;
+}
+
+int getaddrinfo(const char *node, const char *service,
+                const struct addrinfo *hints, struct addrinfo **res) {
+  if (node != NULL && strstr(node, ".mm-test") != NULL) {
+    atomic_fetch_add(&lookups, 1);
+    if (strcmp(node, "two.mm-test") == 0) {
+      /* Nobody listens on the first (127.0.0.2): refused, then the
+       * second (127.0.0.1) answers. */
+      struct addrinfo *a = fake_node("127.0.0.2", service);
+      struct addrinfo *b = fake_node("127.0.0.1", service);
+      if (a == NULL || b == NULL)
+        return EAI_MEMORY;
+      a->ai_next = b;
+      *res = a;
+      return 0;
+    }
+    if (strcmp(node, "slow.mm-test") == 0) {
+      mm_test_latch_add(&slow_started, 1);
+      mm_test_latch_wait(&slow_gate, 1);
+    }
+    return EAI_NONAME;
+  }
+  int (*real)(const char *, const char *, const struct addrinfo *,
+              struct addrinfo **) =
+      (int (*)(const char *, const char *, const struct addrinfo *,
+               struct addrinfo **)) dlsym(RTLD_NEXT, "getaddrinfo");
+  return real(node, service, hints, res);
+}
 
 /* ---- An echo server ----------------------------------------------------- */
 
@@ -139,7 +203,7 @@ static int end_of_stream(void *arg) {
   if (r != 0)
     return r;
   int port = mm_tcp_port(srv);
-  /* A name, resolved on a worker. */
+  /* A name, resolved by libc's resolver. */
   if ((r = mm_tcp_connect(&t, "localhost", port)) != 0)
     return r;
   if ((r = mm_tcp_accept(srv, &c)) != 0)
@@ -170,6 +234,105 @@ static void test_tcp_end_of_stream_refusal_and_names(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+
+/* ---- Names ----------------------------------------------------------------- */
+
+typedef struct {
+  int two, nowhere;
+  int nodelay, nodelay_srv, keepalive, keepalive_0, keepalive_off;
+} names_t;
+
+static int resolve_names(void *arg) {
+  names_t *n = arg;
+  mm_tcp_t *srv, *t, *c;
+  int r = mm_tcp_listen(&srv, "127.0.0.1", 0, 0);
+  if (r != 0)
+    return r;
+  int port = mm_tcp_port(srv);
+  n->two = mm_tcp_connect(&t, "two.mm-test", port);
+  if (n->two == 0) {
+    if ((r = mm_tcp_accept(srv, &c)) != 0)
+      return r;
+    n->nodelay = mm_tcp_nodelay(t, true);
+    n->keepalive = mm_tcp_keepalive(t, true, 30);
+    n->keepalive_0 = mm_tcp_keepalive(t, true, 0);
+    n->keepalive_off = mm_tcp_keepalive(t, false, 0);
+    mm_tcp_close(c);
+    mm_tcp_close(t);
+  }
+  n->nodelay_srv = mm_tcp_nodelay(srv, true);
+  mm_tcp_t *none = (mm_tcp_t *) &none;
+  n->nowhere = mm_tcp_connect(&none, "nowhere.mm-test", port);
+  mm_tcp_close(srv);
+  return none == NULL ? 0 : -1;
+}
+
+static void test_tcp_names_try_every_address_and_unknown_ones_say_so(
+    void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  names_t n;
+  memset(&n, 0, sizeof n);
+  atomic_store(&lookups, 0);
+  mm_test_run_one(loop, resolve_names, &n);
+  assert_int_equal(atomic_load(&lookups), 2);   /* ours were asked */
+  assert_mm_ok(n.two);                 /* the second address answered */
+  assert_int_equal(n.nowhere, UV_EAI_NONAME);
+  assert_non_null(strstr(mm_strerror(n.nowhere), "not known"));
+  assert_mm_ok(n.nodelay);
+  assert_mm_ok(n.keepalive);
+  assert_mm_err(n.keepalive_0, -EINVAL);
+  assert_mm_ok(n.keepalive_off);
+  assert_mm_err(n.nodelay_srv, -EINVAL);
+  assert_mm_err(mm_tcp_nodelay(NULL, true), -EINVAL);
+  assert_mm_err(mm_tcp_keepalive(NULL, true, 1), -EINVAL);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* A cancel while the lookup runs: the call waits for libuv's answer (it
+ * cannot be taken back once running) and returns -ECANCELED. */
+typedef struct {
+  mm_coro_t *connector;
+  int result;
+} slow_t;
+
+static int connect_slow(void *arg) {
+  slow_t *s = arg;
+  mm_tcp_t *t = (mm_tcp_t *) &t;
+  s->result = mm_tcp_connect(&t, "slow.mm-test", 1);
+  return t == NULL ? 0 : -1;
+}
+
+static int wait_slow_started(void *arg) {
+  mm_test_latch_wait(&slow_started, 1);
+  return 0;
+}
+
+static int cancel_then_release(void *arg) {
+  slow_t *s = arg;
+  assert_mm_ok(mm_run_sync(wait_slow_started, NULL));   /* a worker waits */
+  assert_mm_ok(mm_cancel(s->connector));
+  mm_test_latch_add(&slow_gate, 1);
+  return 0;
+}
+
+static void test_tcp_cancel_while_resolving_returns_ecanceled(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  mm_test_latch_init(&slow_started);
+  mm_test_latch_init(&slow_gate);
+  slow_t s = { 0 };
+  mm_coro_t *k;
+  assert_mm_ok(mm_spawn(loop, connect_slow, &s, &s.connector));
+  assert_mm_ok(mm_spawn(loop, cancel_then_release, &s, &k));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(s.connector));
+  assert_mm_ok(mm_join(k));
+  assert_mm_err(s.result, -ECANCELED);
+  assert_mm_ok(mm_loop_free(loop));
+  mm_test_latch_destroy(&slow_started);
+  mm_test_latch_destroy(&slow_gate);
+}
 
 /* ---- Cancel and close of waiting calls --------------------------------- */
 
@@ -467,6 +630,8 @@ int main(void) {
     mm_test(test_tcp_echo_between_two_coroutines),
     mm_test(test_tcp_echo_with_many_clients_at_once),
     mm_test(test_tcp_end_of_stream_refusal_and_names),
+    mm_test(test_tcp_names_try_every_address_and_unknown_ones_say_so),
+    mm_test(test_tcp_cancel_while_resolving_returns_ecanceled),
     mm_test(test_tcp_cancel_and_close_end_waiting_calls),
     mm_test(test_tcp_cancel_of_a_write_closes_the_connection),
     mm_test(test_tcp_from_a_thread_eperm_from_a_raw_callback_edeadlk),

@@ -1,5 +1,5 @@
-/* mm_await / mm_wake (planned; API.md "Waiting for anything") under the
- * completion protocol, next to an ordinary wait of the same coroutine.
+/* mm_await / mm_wake (lib/await.c; API.md "Waiting for anything") under
+ * the completion protocol, next to an ordinary wait of the same coroutine.
  *
  * Processes:
  *   Coro       first an ordinary cancellable wait G (mm_sleep, a channel
