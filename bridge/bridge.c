@@ -1,12 +1,14 @@
 /* The bridge layer's per-loop state (mm__bridge_t, bridge.h): made on the
  * loop's first bridge call, it holds the loop's worker pool, its sensitive
- * thread, its lanes and the run_sync calls staged during a pass over the
- * ready coroutines; lib/ calls flush after each pass and free from
- * mm_loop_free.  Not done here: the calls themselves (run-sync.c,
- * run-async.c) and the threads (pool.c).
+ * thread, its lanes and lane sets, and the run_sync calls staged during a
+ * pass over the ready coroutines; lib/ calls flush after each pass and
+ * free from mm_loop_free.  Not done here: the calls themselves
+ * (run-sync.c, run-async.c) and the threads (pool.c).
  *
- * Lock order: b->mu (the lanes list, the sensitive pool's creation); under
- * it only a pool being made takes its own, still private, mu.
+ * Lock order: b->mu (the lists of lanes and sets, the sensitive pool's
+ * creation); under it a pool being made takes its own, still private, mu,
+ * and the stats take each lane's pool mu (b->mu before pool->mu, never
+ * the reverse).
  */
 #include "bridge.h"
 
@@ -57,7 +59,41 @@ void mm__bridge_flush(mm_loop_t *loop, void *p) {
   }
 }
 
-/* Releases every pool of b -- its lanes (warning about each, if warn),
+/* Adds pool's calls and queued calls to *calls and *queued. */
+static void add_stats(mm__pool_t *pool, uint64_t *calls, uint64_t *queued) {
+  uint64_t q, running, c;
+  unsigned threads, idle;
+  mm__pool_stats(pool, &threads, &idle, &q, &running, &c);
+  *calls += c;
+  *queued += q;
+}
+
+void mm__bridge_lane_stats(mm__bridge_t *b, uint64_t *calls,
+                           uint64_t *queued) {
+  pthread_mutex_lock(&b->mu);
+  *calls = b->lanes_gone_calls;
+  *queued = 0;
+  /* A lane (or set) in a list is not freed yet: its free takes it out
+   * under mu first (mm__bridge_lane_gone). */
+  mm__list_t *l;
+  for (l = b->lanes.next; l != &b->lanes; l = l->next)
+    add_stats(container_of(l, mm_lane_t, link)->pool, calls, queued);
+  for (l = b->lanesets.next; l != &b->lanesets; l = l->next)
+    add_stats(container_of(l, mm_laneset_t, link)->pool, calls, queued);
+  pthread_mutex_unlock(&b->mu);
+}
+
+void mm__bridge_lane_gone(mm__bridge_t *b, mm__list_t *link,
+                          mm__pool_t *pool) {
+  uint64_t queued = 0;
+  pthread_mutex_lock(&b->mu);
+  mm__list_remove(link);
+  add_stats(pool, &b->lanes_gone_calls, &queued);
+  pthread_mutex_unlock(&b->mu);
+}
+
+/* Releases every pool of b -- its lanes and lane sets (warning about
+ * each, if warn),
  * its pool and its sensitive thread -- with release, then b itself. */
 static void release_all(mm__bridge_t *b, void (*release)(mm__pool_t *pool),
                         bool warn) {
@@ -69,6 +105,14 @@ static void release_all(mm__bridge_t *b, void (*release)(mm__pool_t *pool),
               "freeing it");
     release(lane->pool);
     free(lane);
+  }
+  while ((n = mm__list_pop_front(&b->lanesets)) != NULL) {
+    mm_laneset_t *set = container_of(n, mm_laneset_t, link);
+    if (warn)
+      mm__log(MM_LOG_WARN, "mm_loop_free: a lane set was never freed; "
+              "freeing it (its lanes close)");
+    release(set->pool);
+    free(set);
   }
   release(b->pool);
   mm__pool_t *sensitive = atomic_load_explicit(&b->sensitive,
@@ -107,6 +151,7 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   }
   pthread_mutex_init(&b->mu, NULL);
   mm__list_init(&b->lanes);
+  mm__list_init(&b->lanesets);
   mm__list_init(&b->staged);
   b->loop = loop;
   mm__timer_init(&b->pool_timer, on_pool_timer);

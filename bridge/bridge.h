@@ -3,9 +3,10 @@
  * (run-sync.c).  Built on lib/'s primitives: mm__wait_t to park and wake,
  * the loop's bridge slot for per-loop state.
  *
- * Lock order: a pool's mu is taken alone; nothing else is locked while it
- * is held, except that lib/ may take a thread waiter's mu inside a wake
- * (never done here under pool->mu).
+ * Lock order: b->mu (bridge.c) before a lane's pool->mu; a pool's mu is
+ * otherwise taken alone; nothing else is locked while it is held, except
+ * that lib/ may take a thread waiter's mu inside a wake (never done here
+ * under pool->mu).
  */
 #ifndef MM_BRIDGE_H
 #define MM_BRIDGE_H
@@ -81,6 +82,25 @@ typedef struct mm__pool mm__pool_t;
 mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
                          unsigned max, unsigned idle_ms, bool lane,
                          const char *thread_name);
+/* A lane set's pool: count threads named "mm-NAME-1".."mm-NAME-count"
+ * (NAME shortened to fit 15 characters), each running open(&state, arg)
+ * before it takes calls and close(state, arg) when it ends (either may be
+ * NULL). */
+typedef struct mm__pool_set {
+  unsigned count;
+  int (*open)(void **state, void *arg);
+  void (*close)(void *state, void *arg);
+  void *arg;
+} mm__pool_set_t;
+/* Starts the set's threads and waits until each has run open.  If one
+ * fails (its negative value), or a thread cannot be started (-EAGAIN,
+ * -ENOMEM), those that opened run close, all are joined, and that error
+ * is returned with *out untouched. */
+int mm__pool_new_set(mm_loop_t *loop, const char *name,
+                     const mm__pool_set_t *set, mm__pool_t **out);
+/* On a thread of a lane set, between its open and its close: the state
+ * its open made; else NULL. */
+void *mm__pool_lane_state(void);
 /* Runs every queued call, stops and joins the threads, frees the pool. */
 void mm__pool_free(mm__pool_t *pool);
 /* In a forked child, a pool of the parent's: frees its memory only. */
@@ -99,8 +119,9 @@ bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
 unsigned mm__pool_recheck(mm__pool_t *pool);
 /* Whether the calling thread is one of pool's threads. */
 bool mm__pool_is_self(const mm__pool_t *pool);
+/* calls: every call the pool has accepted. */
 void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
-                    uint64_t *queued, uint64_t *running);
+                    uint64_t *queued, uint64_t *running, uint64_t *calls);
 
 /* Runs req on this thread (a worker) and completes it. */
 void mm__sync_execute(mm__sync_req_t *req);
@@ -116,12 +137,22 @@ typedef struct mm__bridge {
   unsigned nstaged;           /* loop thread: how many */
   pthread_mutex_t mu;
   mm__list_t lanes;           /* mm_lane_t.link; protected by mu */
-  _Atomic uint64_t sync_calls;
+  mm__list_t lanesets;        /* mm_laneset_t.link; protected by mu */
+  uint64_t lanes_gone_calls;  /* calls the lanes and sets already freed
+                                 took; protected by mu */
   _Atomic uint64_t async_calls;
 } mm__bridge_t;
 
 /* NULL: out of memory, or the loop is stopping (mm__bridge_error). */
 mm__bridge_t *mm__bridge_of(mm_loop_t *loop);
+/* The calls b's lanes and lane sets have taken, freed ones included,
+ * and those waiting in their queues now. */
+void mm__bridge_lane_stats(mm__bridge_t *b, uint64_t *calls,
+                           uint64_t *queued);
+/* Takes a lane's (or set's) link out of b's lists and keeps its count of
+ * calls, before its pool is freed. */
+void mm__bridge_lane_gone(mm__bridge_t *b, mm__list_t *link,
+                          mm__pool_t *pool);
 /* Hands the staged calls to the pool (the flush op; loop thread). */
 void mm__bridge_flush(mm_loop_t *loop, void *b);
 /* A long pass hands its staged calls over every MM__STAGE_MAX calls, so
@@ -139,6 +170,12 @@ struct mm_lane {
   mm__list_t link;            /* bridge->lanes */
   mm_loop_t *loop;
   mm__pool_t *pool;
+};
+
+struct mm_laneset {
+  mm__list_t link;            /* bridge->lanesets */
+  mm_loop_t *loop;
+  mm__pool_t *pool;           /* count threads, one queue (laneset.c) */
 };
 
 #endif /* MM_BRIDGE_H */

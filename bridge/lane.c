@@ -40,9 +40,7 @@ static int lane_close(void *arg) {
   mm_lane_t *lane = arg;
   mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
                                          memory_order_acquire);
-  pthread_mutex_lock(&b->mu);
-  mm__list_remove(&lane->link);
-  pthread_mutex_unlock(&b->mu);
+  mm__bridge_lane_gone(b, &lane->link, lane->pool);
   mm__pool_free(lane->pool);   /* runs what is queued, joins the thread */
   free(lane);
   return 0;

@@ -3,20 +3,59 @@
  * The loop's pool starts min threads and grows on demand up to max.
  * Queued calls get threads in assign(): idle workers are woken, and a new
  * thread is started when none is idle -- one at a time: the new one, once
- * running, starts the next if calls still wait.  While calls are quick
- * (their moving average under LONG_CALL_NS), at most as many workers are
- * awake as there are CPUs, not counting those whose call has run for
- * LONG_CALL_NS so far: such a call blocks (or computes for long), and its
- * thread leaves its CPU to the others.  Once calls take long on average,
- * each waiting call gets a thread.  A burst of quick calls is thus
- * drained by a few threads instead of 64 threads fighting over 2 cores,
- * while calls that block get a thread each.  A call becomes long with time
- * alone, with nothing else happening, so while calls wait the loop's
- * bridge checks again from a timer (mm__pool_recheck).  Past max, calls
- * wait in the queue in order.  A thread idle for idle_ms exits while more
- * than min remain.  A lane is the same pool with exactly one thread that
- * never idles out: its calls run one at a time, in order, always on that
- * thread.
+ * running, starts the next if calls still wait.  Past max, calls wait in
+ * the queue in order.  A thread idle for idle_ms exits while more than
+ * min remain.  A lane is the same pool with exactly one thread that never
+ * idles out: its calls run one at a time, in order, always on that
+ * thread.  A lane set is a pool of exactly count such threads (its idle
+ * threads take the queue's calls in order: the first idle lane gets the
+ * next call), each of which runs the set's open hook before it takes
+ * calls and its close hook when it ends; lanes and sets wake an idle
+ * thread for every queued call, whatever the CPUs.
+ *
+ * Sizing (API.md, "Pool sizing").  Quick calls must not grow the pool
+ * past what keeps the CPUs busy, calls that block must get a thread each.
+ * The rule, in assign():
+ *
+ *   a queued call gets a worker (an idle one woken, or a new one) only
+ *   while the workers awake and not blocked number fewer than
+ *   BUDGET = CPUs -- or at once, up to max, while calls have mostly
+ *   been blocking lately (blocking >= BLOCKING_HALF).
+ *
+ * With the loop's own thread, that is one busy thread per CPU plus one;
+ * one more worker may exist, idle or on its way out.  (BUDGET = CPUs + 1
+ * workers measured slower: with 64 calls in flight on 2 CPUs, 4 busy
+ * threads took turns where 3 kept up.)
+ *
+ * "Blocked" must not be guessed from time alone: on a busy machine a
+ * worker taken off its CPU in the middle of a 2 us call looks like one
+ * that waits for a disk, and counting it as blocked starts a thread that
+ * only makes the CPUs busier -- so more calls look long, and the pool ran
+ * away to its maximum for 2 us calls.  So a call that has run
+ * LONG_CALL_NS is asked about: the kernel's state of its thread
+ * (/proc/self/task/TID/stat).  'R' (running, or runnable and waiting for
+ * a CPU) is a call that uses a CPU -- it counts against BUDGET however
+ * long it runs; anything else (asleep in a lock, a sleep, I/O) is a
+ * blocked call, whose thread leaves its CPU to the others.  (So calls
+ * that compute for long keep the pool at BUDGET: if they hold every
+ * thread, the queue's oldest call gets one more after STARVE_NS, and so
+ * on every STARVE_NS while the queue does not move.)  Asking costs a
+ * few system calls, so it is done only when calls wait that BUDGET keeps
+ * waiting (probe_due()), outside mu, for at most MAX_PROBES calls at a
+ * time and at most once per PROBE_EVERY_NS per call: from the loop's
+ * submit and from its recheck timer (mm__pool_recheck), which runs every
+ * ms while calls wait (a call becomes long with time alone).  When /proc
+ * cannot tell, a long call counts as blocked (time alone, as before).  A
+ * wrong answer -- a call that blocks only later, or a thread asleep on mu
+ * just after its function, which in_fn tells apart unless the look races
+ * its return -- costs at most a thread too many or a ms of waiting, never
+ * a lost call.  Each call's end moves
+ * blocking, the share of recent calls seen blocked (weight 1/8; quick
+ * calls count as not blocked, long ones only if they were asked about):
+ * a burst of calls that block then gets its threads at once instead of
+ * BUDGET more per ms (no probes are needed then, so the pool stays in
+ * that mode while its calls stay long), and quick calls bring it back
+ * down within a few calls.
  *
  * Lock order: pool->mu alone.  It protects every field below "protected";
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
@@ -45,7 +84,11 @@
  *               nwaking).  A worker that wakes for another reason (its
  *               idle timeout) takes one too, so that a lost signal is
  *               never counted as on its way.
- *   avg_call_ns a moving average (weight 1/8) of call durations.
+ *   nblocked    workers whose current call was seen blocked (worker
+ *               .blocked); each is running a call, so nblocked <= running.
+ *               Counted awake, but not against BUDGET.
+ *   blocking    0..BLOCKING_ONE: moving average (weight 1/8) over ended
+ *               calls of "it was seen blocked".
  *   stopping    false -> true once, in mm__pool_free; no submit succeeds
  *               after it.
  *
@@ -62,10 +105,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct worker {
   mm__list_t link;            /* pool->threads or pool->dead */
@@ -74,30 +120,49 @@ typedef struct worker {
   unsigned id;
   uint64_t call_start;        /* uv_hrtime() when its call began, 0 when
                                  it runs none; protected by pool->mu */
+  void *state;                /* a lane set's: what open made; own thread */
+  pid_t tid;                  /* the kernel's id, for probes; set before
+                                 the thread first takes mu */
+  uint64_t ncalls;            /* calls it took; protected by pool->mu */
+  uint64_t probed_at;         /* uv_hrtime() of the last probe of its
+                                 current call, 0: none; pool->mu */
+  bool blocked;               /* its current call was seen blocked
+                                 (pool->nblocked); pool->mu */
+  _Atomic uint64_t in_fn;     /* ncalls while inside fn, else 0: written
+                                 by its own thread only, read by probes */
 } worker_t;
 
 struct mm__pool {
   pthread_mutex_t mu;
   pthread_cond_t work_cv;     /* idle workers wait here */
-  pthread_cond_t exit_cv;     /* a worker exited */
+  pthread_cond_t exit_cv;     /* a worker exited, or a set's one ran
+                                 its open */
   char name[32];
   char thread_name[16];       /* a lane's fixed thread name, or "" */
   mm_loop_t *loop;            /* the loop its threads serve */
   unsigned min, max, idle_ms;
-  bool lane;
+  bool lane;                  /* exactly max threads, started at once,
+                                 never idling out: a lane or a lane set */
+  bool set;                   /* a lane set: threads "mm-NAME-<id>" */
+  mm__pool_set_t hooks;       /* a lane set's open and close */
   /* protected by mu */
   mm__list_t queue;           /* mm__sync_req_t.link, FIFO */
   uint64_t queued;
   uint64_t running;
+  uint64_t calls;             /* accepted by submit, ever */
   unsigned nthreads;          /* started and not exited */
   unsigned nidle;             /* waiting on work_cv */
   unsigned nwaking;           /* of those, signalled and not yet awake */
   unsigned nspinning;         /* looking at the queue before parking */
-  uint64_t avg_call_ns;       /* moving average of how long calls take */
+  unsigned nblocked;          /* workers in a call seen blocked */
+  uint64_t last_pop;          /* uv_hrtime() when a call last left queue
+                                 for a worker */
+  unsigned blocking;          /* share of recent calls seen blocked */
   mm__spin_t spin;            /* how long the next spin lasts (adaptive) */
   unsigned nstarting;         /* created, not yet in their loop */
   unsigned next_id;
   bool stopping;
+  int open_err;               /* a lane set: the first failed open's value */
   bool warned;                /* the calls waiting now were reported */
   mm__list_t threads;         /* worker_t, alive */
   mm__list_t dead;            /* worker_t, exited, not yet joined */
@@ -106,9 +171,17 @@ struct mm__pool {
   _Atomic uint64_t queued_hint;
 };
 
-/* A call that has run this long is taken to block: its thread does not
- * count against the CPUs. */
+/* A call that has run this long is probed: does its thread block? */
 #define LONG_CALL_NS 100000
+/* A queue that has not moved for this long gets one more thread. */
+#define STARVE_NS (100 * 1000000ull)
+/* A call found running is probed again after this long at the soonest. */
+#define PROBE_EVERY_NS 1000000
+/* Calls probed at a time, outside mu. */
+#define MAX_PROBES 8
+/* blocking's scale, and the share from which calls count as blocking. */
+#define BLOCKING_ONE 1024
+#define BLOCKING_HALF (BLOCKING_ONE / 2)
 
 /* A call that waits this long for a pool at its maximum is reported, once
  * for as long as calls keep waiting.  Until then, and after, the loop
@@ -118,6 +191,8 @@ struct mm__pool {
 
 
 static __thread const mm__pool_t *self_pool;
+/* A lane set's thread, between its open and its close: its state. */
+static __thread void *lane_state;
 
 /* Changes the queue length and its lock-free mirror together.  mu held. */
 static void count_queued(mm__pool_t *pool, int delta) {
@@ -160,6 +235,8 @@ static int start_worker(mm__pool_t *pool) {
 /* The counters' invariants (see the top of the file).  mu held. */
 static bool pool_ok(const mm__pool_t *pool) {
   return pool->nwaking <= pool->nidle &&
+         pool->nblocked <= pool->running &&
+         pool->blocking <= BLOCKING_ONE &&
          pool->nstarting + pool->running + pool->nspinning + pool->nidle <=
              pool->nthreads &&
          pool->nthreads <= pool->max &&
@@ -167,26 +244,35 @@ static bool pool_ok(const mm__pool_t *pool) {
              pool->queued;
 }
 
-/* Workers whose call has run for LONG_CALL_NS so far.  mu held. */
-static unsigned count_blocked(const mm__pool_t *pool) {
-  uint64_t now = uv_hrtime();
-  unsigned n = 0;
-  const mm__list_t *l;
-  for (l = pool->threads.next; l != &pool->threads; l = l->next) {
-    const worker_t *w = container_of(l, worker_t, link);
-    if (w->call_start != 0 && now - w->call_start >= LONG_CALL_NS)
-      n++;
+/* How many more workers may be awake for queued calls: BUDGET less the
+ * awake ones that are not blocked (see the top of the file).  mu held. */
+static unsigned budget_room(const mm__pool_t *pool, unsigned awake) {
+  if (pool->lane || pool->blocking >= BLOCKING_HALF)
+    return pool->max;
+  unsigned budget = mm__cpu_count();
+  unsigned using = awake - pool->nblocked;
+  if (using < budget)
+    return budget - using;
+  /* Calls that compute for long hold the budget as long as they run: a
+   * queue that has not moved for STARVE_NS -- nothing taken from it since
+   * its oldest call came -- gets one more thread, unless one is on its
+   * way already. */
+  if (pool->queued > 0 && pool->nwaking == 0 && pool->nstarting == 0) {
+    const mm__sync_req_t *oldest =
+        container_of(pool->queue.next, mm__sync_req_t, link);
+    uint64_t since = oldest->queued_at > pool->last_pop ? oldest->queued_at
+                                                        : pool->last_pop;
+    if (uv_hrtime() - since >= STARVE_NS)
+      return 1;
   }
-  return n;
+  return 0;
 }
 
 /* Sees that queued calls get threads: claims idle workers to wake and
  * starts a new one when none is left, for the calls beyond those that
  * spinning and already woken workers will take (and free more: the
- * caller itself, when it is a worker about to look for work).  At most
- * as many workers are awake as there are CPUs, those in long calls not
- * counted, unless calls take long on average: then every waiting call
- * gets a thread.  One thread starts at a time; once running it calls this
+ * caller itself, when it is a worker about to look for work), within
+ * budget_room().  One thread starts at a time; once running it calls this
  * again for the next.  mu held.  Returns how many times the caller must
  * signal work_cv once it has released mu; *err is set only when an empty
  * pool cannot start a thread. */
@@ -198,15 +284,7 @@ static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   uint64_t need = pool->queued - taken;
   unsigned idle = pool->nidle - pool->nwaking;   /* not yet signalled */
   unsigned awake = pool->nthreads - idle;
-  unsigned room;
-  if (pool->avg_call_ns >= LONG_CALL_NS) {
-    room = pool->max;                      /* calls block: one thread each */
-  } else {
-    unsigned ncpu = mm__cpu_count();
-    if (awake >= ncpu)
-      awake -= count_blocked(pool);
-    room = awake < ncpu ? ncpu - awake : 0;
-  }
+  unsigned room = budget_room(pool, awake);
   if (need < room)
     room = (unsigned) need;
   unsigned n = idle < room ? idle : room;
@@ -224,6 +302,97 @@ static void signal_n(mm__pool_t *pool, unsigned n) {
     pthread_cond_signal(&pool->work_cv);
 }
 
+/* A call to ask the kernel about: its worker and which of its calls. */
+typedef struct probe {
+  unsigned id;
+  pid_t tid;
+  uint64_t call;
+} probe_t;
+
+/* Whether a probe could change anything: calls wait with no thread on its
+ * way, and the budget holds them back.  mu held. */
+static bool budget_holds_calls(const mm__pool_t *pool) {
+  uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking;
+  unsigned idle = pool->nidle - pool->nwaking;
+  return !pool->lane && !pool->stopping && pool->queued > taken &&
+         (idle > 0 || pool->nthreads < pool->max) &&
+         budget_room(pool, pool->nthreads - idle) == 0;
+}
+
+/* Picks the calls to probe now: run LONG_CALL_NS, not seen blocked, not
+ * probed in the last PROBE_EVERY_NS.  mu held.  Returns how many. */
+static unsigned probe_due(mm__pool_t *pool, probe_t *p) {
+  if (!budget_holds_calls(pool))
+    return 0;
+  uint64_t now = uv_hrtime();
+  unsigned n = 0;
+  mm__list_t *l;
+  for (l = pool->threads.next; l != &pool->threads && n < MAX_PROBES;
+       l = l->next) {
+    worker_t *w = container_of(l, worker_t, link);
+    if (w->call_start == 0 || w->blocked ||
+        now - w->call_start < LONG_CALL_NS ||
+        (w->probed_at != 0 && now - w->probed_at < PROBE_EVERY_NS))
+      continue;
+    w->probed_at = now;
+    p[n++] = (probe_t) { w->id, w->tid, w->ncalls };
+  }
+  return n;
+}
+
+/* The kernel's state of thread tid of this process ('R' running or
+ * waiting for a CPU, 'S' asleep, 'D' in I/O...), or 0 if /proc cannot
+ * tell. */
+static char thread_state(pid_t tid) {
+  if (tid <= 0)
+    return 0;                 /* no kernel id known (not Linux) */
+  char path[64], buf[128];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  /* "tid (comm) S ...": comm may hold ')' but the fields after it not. */
+  const char *paren = strrchr(buf, ')');
+  return paren != NULL && paren[1] == ' ' ? paren[2] : 0;
+}
+
+/* Asks about the n calls of p, then has assign() act on the answers.
+ * Called without mu: the looks use tids only, and a worker may exit
+ * meanwhile, so each is found again by its id under mu. */
+static void probe(mm__pool_t *pool, probe_t *p, unsigned n) {
+  bool blocked[MAX_PROBES];
+  for (unsigned i = 0; i < n; i++)
+    blocked[i] = thread_state(p[i].tid) != 'R';
+  pthread_mutex_lock(&pool->mu);
+  for (unsigned i = 0; i < n; i++) {
+    if (!blocked[i])
+      continue;
+    mm__list_t *l;
+    for (l = pool->threads.next; l != &pool->threads; l = l->next) {
+      worker_t *w = container_of(l, worker_t, link);
+      /* The same call, and the thread still inside fn: not one blocked
+       * on mu on its way back (relaxed: a stale value only misjudges
+       * one call, see the top of the file). */
+      if (w->id == p[i].id && w->ncalls == p[i].call && !w->blocked &&
+          w->call_start != 0 &&
+          atomic_load_explicit(&w->in_fn, memory_order_relaxed) ==
+              p[i].call) {
+        w->blocked = true;
+        pool->nblocked++;
+      }
+    }
+  }
+  int err = 0;
+  unsigned wake = assign(pool, 0, &err);
+  pthread_mutex_unlock(&pool->mu);
+  signal_n(pool, wake);
+}
+
 /* The spin's condition: calls are queued.  Relaxed: a stale value only
  * shortens or lengthens the spin; the queue itself is then read under
  * mu. */
@@ -238,7 +407,14 @@ static void *worker_main(void *arg) {
 
 #ifdef HAVE_PTHREAD_SETNAME_NP
   char name[16];
-  if (pool->thread_name[0] != '\0')
+  if (pool->set) {
+    /* "mm-NAME-<id>" in 15 characters: NAME gives way, never the id (the
+     * same NAME for every thread, sized for the largest id). */
+    int digits = snprintf(NULL, 0, "%u", pool->max);
+    int keep = (int) sizeof name - 1 - (int) strlen("mm--") - digits;
+    snprintf(name, sizeof name, "mm-%.*s-%u", keep > 0 ? keep : 0,
+             pool->name, w->id);
+  } else if (pool->thread_name[0] != '\0')
     snprintf(name, sizeof name, "%s", pool->thread_name);
   else if (pool->lane)
     snprintf(name, sizeof name, "mm-lane-%.7s", pool->name);
@@ -248,9 +424,23 @@ static void *worker_main(void *arg) {
 #endif
   self_pool = pool;
   mm__tls.serves = pool->loop;  /* mm_loop_free refuses to run here */
+#ifdef SYS_gettid
+  w->tid = (pid_t) syscall(SYS_gettid);
+#endif
+  int open_r = pool->hooks.open != NULL
+                   ? pool->hooks.open(&w->state, pool->hooks.arg) : 0;
+  if (open_r >= 0)
+    lane_state = w->state;
 
   pthread_mutex_lock(&pool->mu);
   pool->nstarting--;
+  if (pool->set)
+    pthread_cond_broadcast(&pool->exit_cv);   /* mm__pool_new_set waits */
+  if (open_r < 0) {
+    if (pool->open_err == 0)
+      pool->open_err = open_r;
+    goto out;                 /* nothing to close */
+  }
   int err = 0;
   unsigned wake = assign(pool, 1, &err);  /* the next thread, if needed */
   if (wake > 0) {
@@ -265,17 +455,31 @@ static void *worker_main(void *arg) {
       count_queued(pool, -1);
       pool->running++;
       w->call_start = uv_hrtime();
+      pool->last_pop = w->call_start;
+      w->probed_at = 0;
+      uint64_t call = ++w->ncalls;
       atomic_store_explicit(&req->state, MM__SYNC_RUNNING,
                             memory_order_relaxed);  /* mu orders it */
       pthread_mutex_unlock(&pool->mu);
+      atomic_store_explicit(&w->in_fn, call, memory_order_relaxed);
       mm__sync_execute(req);
+      atomic_store_explicit(&w->in_fn, 0, memory_order_relaxed);
       pthread_mutex_lock(&pool->mu);
       pool->running--;
-      /* Weight 1/8: a few long calls in a row make the pool take calls
-       * as blocking, a few quick ones as quick again. */
-      int64_t d = (int64_t) (uv_hrtime() - w->call_start) -
-                  (int64_t) pool->avg_call_ns;
-      pool->avg_call_ns = (uint64_t) ((int64_t) pool->avg_call_ns + d / 8);
+      /* Weight 1/8: a few blocked calls in a row make the pool give
+       * calls a thread each, a few quick ones (or long ones seen using
+       * their CPU) make it count CPUs again.  A long call nobody asked
+       * about says nothing. */
+      bool quick = uv_hrtime() - w->call_start < LONG_CALL_NS;
+      if (quick || w->probed_at != 0) {
+        int sample = w->blocked ? BLOCKING_ONE : 0;
+        pool->blocking = (unsigned) ((int) pool->blocking +
+                                     (sample - (int) pool->blocking) / 8);
+      }
+      if (w->blocked) {
+        w->blocked = false;
+        pool->nblocked--;
+      }
       w->call_start = 0;
       continue;
     }
@@ -322,6 +526,15 @@ static void *worker_main(void *arg) {
         pool->nthreads > pool->min)
       break;
   }
+  if (pool->hooks.close != NULL) {
+    /* Still counted in nthreads: mm__pool_free returns after this. */
+    pthread_mutex_unlock(&pool->mu);
+    lane_state = NULL;
+    pool->hooks.close(w->state, pool->hooks.arg);
+    pthread_mutex_lock(&pool->mu);
+  }
+out:
+  lane_state = NULL;
   pool->nthreads--;
   mm__list_remove(&w->link);
   mm__list_push_back(&pool->dead, &w->link);
@@ -330,9 +543,10 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
-                         unsigned max, unsigned idle_ms, bool lane,
-                         const char *thread_name) {
+/* A pool with no thread yet. */
+static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
+                              unsigned min, unsigned max, unsigned idle_ms,
+                              bool lane, const char *thread_name) {
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
@@ -351,15 +565,23 @@ mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
   if (thread_name != NULL)
     snprintf(pool->thread_name, sizeof pool->thread_name, "%s", thread_name);
   pool->lane = lane;
-
-  pool->min = lane ? 1 : min;
-  pool->max = lane ? 1 : max;
+  pool->min = min;
+  pool->max = max;
   pool->idle_ms = idle_ms;
   mm__spin_init(&pool->spin);
   mm__list_init(&pool->queue);
   mm__list_init(&pool->threads);
   mm__list_init(&pool->dead);
+  return pool;
+}
 
+mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
+                         unsigned max, unsigned idle_ms, bool lane,
+                         const char *thread_name) {
+  mm__pool_t *pool = pool_alloc(loop, name, lane ? 1 : min, lane ? 1 : max,
+                                idle_ms, lane, thread_name);
+  if (pool == NULL)
+    return NULL;
   pthread_mutex_lock(&pool->mu);
   int r = 0;
   while (r == 0 && pool->nthreads < pool->min)
@@ -370,6 +592,36 @@ mm__pool_t *mm__pool_new(mm_loop_t *loop, const char *name, unsigned min,
     return NULL;
   }
   return pool;
+}
+
+int mm__pool_new_set(mm_loop_t *loop, const char *name,
+                     const mm__pool_set_t *set, mm__pool_t **out) {
+  mm__pool_t *pool = pool_alloc(loop, name, set->count, set->count, 0, true,
+                                NULL);
+  if (pool == NULL)
+    return -ENOMEM;
+  pool->set = true;
+  pool->hooks = *set;
+  pthread_mutex_lock(&pool->mu);
+  int r = 0;
+  while (r == 0 && pool->nthreads < pool->max)
+    r = start_worker(pool);
+  /* Each thread counts itself out of nstarting once its open has run. */
+  while (pool->nstarting > 0)
+    pthread_cond_wait(&pool->exit_cv, &pool->mu);
+  if (r == 0)
+    r = pool->open_err;
+  pthread_mutex_unlock(&pool->mu);
+  if (r != 0) {
+    mm__pool_free(pool);      /* the opened ones close, all are joined */
+    return r;
+  }
+  *out = pool;
+  return 0;
+}
+
+void *mm__pool_lane_state(void) {
+  return lane_state;
 }
 
 void mm__pool_free(mm__pool_t *pool) {
@@ -429,8 +681,13 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
     pthread_mutex_unlock(&pool->mu);
     return r;
   }
+  pool->calls += (uint64_t) n;
+  probe_t p[MAX_PROBES];
+  unsigned np = probe_due(pool, p);
   pthread_mutex_unlock(&pool->mu);
   signal_n(pool, wake);
+  if (np > 0)
+    probe(pool, p, np);
   return 0;
 }
 
@@ -467,6 +724,8 @@ unsigned mm__pool_recheck(mm__pool_t *pool) {
   bool warn = false;
   pthread_mutex_lock(&pool->mu);
   unsigned wake = assign(pool, 0, &err);
+  probe_t p[MAX_PROBES];
+  unsigned np = probe_due(pool, p);
   uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking;
   if (!pool->stopping && pool->queued > taken) {
     /* Calls wait with no thread on its way. */
@@ -486,6 +745,8 @@ unsigned mm__pool_recheck(mm__pool_t *pool) {
   }
   pthread_mutex_unlock(&pool->mu);
   signal_n(pool, wake);
+  if (np > 0)
+    probe(pool, p, np);
   if (warn)
     mm__log(MM_LOG_WARN, "mm_run_sync: %" PRIu64 " call(s) have waited %"
             PRIu64 " ms for a worker; the pool's %u workers "
@@ -501,11 +762,12 @@ bool mm__pool_is_self(const mm__pool_t *pool) {
 }
 
 void mm__pool_stats(mm__pool_t *pool, unsigned *threads, unsigned *idle,
-                    uint64_t *queued, uint64_t *running) {
+                    uint64_t *queued, uint64_t *running, uint64_t *calls) {
   pthread_mutex_lock(&pool->mu);
   *threads = pool->nthreads;
   *idle = pool->nidle;
   *queued = pool->queued;
   *running = pool->running;
+  *calls = pool->calls;
   pthread_mutex_unlock(&pool->mu);
 }

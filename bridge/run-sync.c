@@ -220,16 +220,19 @@ static int check_options(const mm_sync_options_t *o) {
     return 0;
   case MM_AFFINITY_LANE:
     return o->lane != NULL ? 0 : -EINVAL;
+  case MM_AFFINITY_LANESET:
+    return o->laneset != NULL ? 0 : -EINVAL;
   default:
     return -EINVAL;
   }
 }
 
-/* A lane call from a plain thread: the lane's thread is the point, so the
- * call goes there and this thread blocks (inline if it is that thread). */
-static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg,
+/* A lane (or lane set) call from a plain thread: the lane's thread is the
+ * point, so the call goes to pool and this thread blocks (inline if it is
+ * one of pool's threads). */
+static int lane_from_thread(mm__pool_t *pool, mm_fn fn, void *arg,
                             const mm_sync_options_t *o) {
-  if (mm__pool_is_self(lane->pool))
+  if (mm__pool_is_self(pool))
     return fn(arg);
   mm__wait_t w;
   int r = mm__wait_init(&w);
@@ -240,7 +243,7 @@ static int lane_from_thread(mm_lane_t *lane, mm_fn fn, void *arg,
   atomic_init(&req.stop, 0);
   atomic_init(&req.end, MM__END_PENDING);
   w.end = &req.end;
-  r = mm__pool_submit(lane->pool, &req);
+  r = mm__pool_submit(pool, &req);
   if (r != 0)
     return give_back(o, arg, r);
   return mm__wait_block(&w);
@@ -258,7 +261,9 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
     if (mm__tls.loop != NULL)
       return -EDEADLK;            /* would block the loop's own thread */
     if (o != NULL && o->affinity == MM_AFFINITY_LANE)
-      return lane_from_thread(o->lane, fn, arg, o);
+      return lane_from_thread(o->lane->pool, fn, arg, o);
+    if (o != NULL && o->affinity == MM_AFFINITY_LANESET)
+      return lane_from_thread(o->laneset->pool, fn, arg, o);
     return fn(arg);               /* a plain thread may block: inline */
   }
 
@@ -277,7 +282,9 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   sw.w.cancel = on_cancel;
   sw.bridge = b;
   int affinity = o != NULL ? o->affinity : MM_AFFINITY_POOL;
-  sw.pool = affinity == MM_AFFINITY_LANE ? o->lane->pool : b->pool;
+  sw.pool = affinity == MM_AFFINITY_LANE      ? o->lane->pool
+            : affinity == MM_AFFINITY_LANESET ? o->laneset->pool
+                                              : b->pool;
   if (affinity == MM_AFFINITY_CALLER && c->caller == NULL &&
       (sw.pool = mm__bridge_sensitive(b)) == NULL)
     return -EAGAIN;
@@ -358,7 +365,6 @@ int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o) {
   }
   if (r != 0)
     goto err_timer;
-  atomic_fetch_add_explicit(&b->sync_calls, 1, memory_order_relaxed);
 
   int status = mm__wait_block(&sw.w);
   if (sw.armed)

@@ -16,12 +16,11 @@ int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st) {
   st->slow_steps = mm__counter_get(&loop->slow_steps);
   mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (b != NULL) {
-    st->sync_calls = atomic_load_explicit(&b->sync_calls,
-                                          memory_order_relaxed);
     st->async_calls = atomic_load_explicit(&b->async_calls,
                                            memory_order_relaxed);
     mm__pool_stats(b->pool, &st->pool_threads, &st->pool_idle,
-                   &st->sync_queued, &st->sync_running);
+                   &st->sync_queued, &st->sync_running, &st->sync_calls);
+    mm__bridge_lane_stats(b, &st->lane_calls, &st->lane_queued);
   }
   return 0;
 }

@@ -42,7 +42,8 @@ extern "C" {
 
 enum { MM_LOG_DEBUG, MM_LOG_INFO, MM_LOG_WARN, MM_LOG_ERROR };
 
-enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2 };
+enum { MM_AFFINITY_POOL = 0, MM_AFFINITY_CALLER = 1, MM_AFFINITY_LANE = 2,
+       MM_AFFINITY_LANESET = 3 };
 
 /* What mm_wait_fd waits for and reports (a bit set). */
 enum { MM_READABLE = 1, MM_WRITABLE = 2 };
@@ -50,6 +51,7 @@ enum { MM_READABLE = 1, MM_WRITABLE = 2 };
 typedef struct mm_loop mm_loop_t;
 typedef struct mm_coro mm_coro_t;
 typedef struct mm_lane mm_lane_t;
+typedef struct mm_laneset mm_laneset_t;
 
 /* The one function type for coroutine bodies and blocking functions.
  * Returns 0 or a negative errno value. */
@@ -277,6 +279,7 @@ typedef struct mm_sync_options {
   void     (*on_cancel)(void *arg);  /* asks a running fn to stop
                                    (sqlite3_interrupt, PQcancel); may be
                                    NULL */
+  mm_laneset_t *laneset;        /* with MM_AFFINITY_LANESET */
 } mm_sync_options_t;
 
 /* Fills o with the defaults (all zero).  Any thread. */
@@ -300,8 +303,8 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * abandoned after all, the copy, with fn's changes, becomes the
  * coroutine's when the call returns.
  * On a plain thread (and in a worker): fn runs inline -- the thread may
- * block anyway -- except with MM_AFFINITY_LANE, where it runs on the lane
- * and this thread waits.
+ * block anyway -- except with MM_AFFINITY_LANE and MM_AFFINITY_LANESET,
+ * where it runs on the lane (the set) and this thread waits.
  *
  * Cancellation of the coroutine, and the call's own deadline (timeout_ms):
  * - a call still queued is removed and never runs: -ECANCELED /
@@ -328,6 +331,13 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * or -ESHUTDOWN (they are the bridge's: map a driver's "interrupted" to
  * another code, such as -EINTR).
  *
+ * Pool sizing: the pool starts workers on demand, up to pool_max_threads.
+ * Calls that return quickly (or compute without blocking) do not grow it
+ * past what keeps the CPUs busy -- about one awake worker per CPU, the
+ * loop's thread being the one more; calls that block (on a lock, a
+ * sleep, I/O: the kernel is asked, on Linux through /proc) get a thread
+ * each.  A queue that has not moved for 100 ms gets one more worker.
+ *
  * When every worker is busy at pool_max_threads, calls wait in the queue
  * in order; one that has waited a second is reported through the log
  * (once while calls keep waiting): the workers' calls may be waiting for
@@ -341,10 +351,11 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * seen.  A coroutine with no such thread runs these calls on the loop's
  * one sensitive thread ("mm-sensitive"), in order, one at a time.
  *
- * Errors of the bridge: -EINVAL (fn NULL, bad options), -EDEADLK (on a
- * loop's thread outside a coroutine), -ECANCELED, -ETIMEDOUT, -ESHUTDOWN
- * (the loop or the lane is shutting down), -ENOMEM, -EAGAIN (no worker
- * thread could be started). */
+ * Errors of the bridge: -EINVAL (fn NULL, bad options: an unknown
+ * affinity, MM_AFFINITY_LANE without lane, MM_AFFINITY_LANESET without
+ * laneset), -EDEADLK (on a loop's thread outside a coroutine),
+ * -ECANCELED, -ETIMEDOUT, -ESHUTDOWN (the loop, the lane or the set is
+ * shutting down), -ENOMEM, -EAGAIN (no worker thread could be started). */
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
@@ -395,6 +406,61 @@ MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
  * -EINVAL, -EDEADLK (from the lane's own thread, or a loop's thread
  * outside coroutines), -ECANCELED (the lane is left as it was). */
 MM_EXTERN int mm_lane_free(mm_lane_t *lane);
+
+/* Lane sets: count lanes that share one FIFO queue; a call
+ * (MM_AFFINITY_LANESET with .laneset) goes to the first idle lane.  Each
+ * lane opens a resource of its own on its own thread and keeps it (a
+ * connection of a driver that must stay on the thread that opened it).
+ * A set's calls are counted in mm_stats_t's lane_calls and lane_queued;
+ * from a plain thread a call runs on the set and the thread waits, as
+ * with MM_AFFINITY_LANE. */
+typedef struct mm_laneset_options {
+  const char *name;           /* threads "mm-NAME-1".."mm-NAME-count",
+                                 NAME shortened to fit 15 characters
+                                 (the index is kept); NULL: "laneset" */
+  unsigned    count;          /* lanes, >= 1; _init() sets 1 */
+  int       (*open)(void **state, void *arg);  /* may be NULL; runs on
+                                 each lane's own thread before it takes
+                                 calls; *state (NULL before) is what
+                                 mm_lane_state() returns in its calls; a
+                                 negative value fails mm_laneset_new */
+  void      (*close)(void *state, void *arg);  /* may be NULL; runs on
+                                 each lane's thread when the set is freed,
+                                 after the calls */
+  void       *arg;            /* given to open and close */
+} mm_laneset_options_t;
+
+/* Fills o with the defaults: count 1, the rest zero.  Any thread. */
+MM_EXTERN void mm_laneset_options_init(mm_laneset_options_t *o);
+
+/* Starts count lane threads for loop, runs open on each (at once, each on
+ * its own thread), and returns once all have opened.  If an open fails,
+ * the lanes already opened run close, every thread is joined, and its
+ * value is returned (nothing is left).  Colour-blind: in a coroutine the
+ * wait for the opens goes to the pool (a cancelled coroutine gets
+ * -ECANCELED if it had not started); elsewhere, the calling thread waits
+ * (a loop's thread outside coroutines included: keep open short there).
+ * Errors: -EINVAL (loop, o or set NULL,
+ * count 0), -ESHUTDOWN (the loop is stopping or stopped), -ENOMEM,
+ * -EAGAIN (a thread could not be started), -ECHILD (a loop inherited
+ * across fork()), or the failing open's value.  *set is NULL on error. */
+MM_EXTERN int mm_laneset_new(mm_loop_t *loop, const mm_laneset_options_t *o,
+                             mm_laneset_t **set);
+
+/* Waits for the set's queued calls to finish, runs close on each lane's
+ * thread, and ends the threads; every close has run when it returns.
+ * Colour-blind (in a coroutine the wait goes to the pool).  A set not
+ * freed is freed by mm_loop_free, with a warning.  Errors: -EINVAL (NULL),
+ * -EDEADLK (from one of the set's own threads, or a loop's thread
+ * outside coroutines), -ECANCELED (a cancelled coroutine: the set is
+ * left as it was), -ESHUTDOWN (from a coroutine of a loop that stops: the
+ * set is left to mm_loop_free). */
+MM_EXTERN int mm_laneset_free(mm_laneset_t *set);
+
+/* Inside a call running on a lane of a set: the state that lane's open
+ * made (NULL if it has no open).  Anywhere else (a worker, a lane, a
+ * coroutine, a plain thread): NULL.  Any thread. */
+MM_EXTERN void *mm_lane_state(void);
 
 
 /* ---- Locals ------------------------------------------------------------ */
@@ -552,10 +618,17 @@ MM_EXTERN int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s);
 
 typedef struct mm_stats {
   uint64_t coros_live, coros_spawned;
-  uint64_t sync_calls;          /* mm_run_sync calls sent to the pool */
+  uint64_t sync_calls;          /* mm_run_sync calls sent to the worker
+                                   pool (not to lanes, lane sets or caller
+                                   threads) */
   uint64_t sync_queued;         /* waiting in the pool's queue now */
   uint64_t sync_running;        /* running on a worker now */
   uint64_t async_calls;         /* mm_run_async calls made */
+  uint64_t lane_calls;          /* calls sent to the loop's lanes and lane
+                                   sets (MM_AFFINITY_LANE, _LANESET), from
+                                   coroutines and plain threads */
+  uint64_t lane_queued;         /* of those, waiting for a lane now (not
+                                   the running ones) */
   unsigned pool_threads, pool_idle;
   uint64_t slow_steps;          /* steps of slow_step_ms or more, each
                                    counted once: at the watchdog's first

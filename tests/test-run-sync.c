@@ -87,7 +87,8 @@ static int count_threads_named(const char *prefix) {
 }
 
 /* Polls until count_threads_named(prefix) == want or timeout_ms passed;
- * returns the last count. */
+ * returns the last count.  Also after a join: a joined thread's task
+ * leaves /proc/self/task only just after the join returns. */
 static int wait_for_thread_count(const char *prefix, int want,
                                  uint64_t timeout_ms) {
   uint64_t end = mm_test_now_ms() + timeout_ms;
@@ -372,7 +373,7 @@ static void test_idle_workers_exit_after_pool_idle_ms(void **state) {
   /* The pool starts workers again when calls come. */
   run_together(loop, &t, 2);
   assert_mm_ok(mm_loop_free(loop));
-  assert_int_equal(count_threads_named("mm-worker-"), base);
+  assert_int_equal(wait_for_thread_count("mm-worker-", base, 5000), base);
 }
 
 static void test_pool_min_threads_keeps_workers_alive_when_idle(
@@ -393,9 +394,231 @@ static void test_pool_min_threads_keeps_workers_alive_when_idle(
     nanosleep(&ts, NULL);
   }
   assert_mm_ok(mm_loop_free(loop));
-  assert_int_equal(count_threads_named("mm-worker-"), base);
+  assert_int_equal(wait_for_thread_count("mm-worker-", base, 5000), base);
 }
 
+
+/* ---- Pool sizing ------------------------------------------------------ */
+
+static unsigned cpu_count(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (unsigned) n : 1;
+}
+
+/* The most workers quick calls may leave (API.md, "Pool sizing"): about
+ * one awake per CPU, plus one. */
+static unsigned cpu_budget(void) {
+  return cpu_count() + 1;
+}
+
+/* About 2 us of work, without a system call. */
+static int spin_2us(void *arg) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec)
+         < 2000);
+  return 0;
+}
+
+enum { QUICK_CALLERS = 100 };
+
+typedef struct {
+  int calls;                  /* each caller's */
+  atomic_int failed;
+} quick_t;
+
+static int call_quick_repeatedly(void *arg) {
+  quick_t *q = arg;
+  for (int i = 0; i < q->calls; i++)
+    if (mm_run_sync(spin_2us, NULL) != 0)
+      atomic_fetch_add(&q->failed, 1);
+  return 0;
+}
+
+/* 100 callers of a 2 us function keep every worker busy all along: more
+ * workers than CPUs would only take turns on them.  The pool's threads
+ * exit only after pool_idle_ms (10 s), so the count afterwards is the
+ * most it ever had.  Under Valgrind, which runs one thread at a time,
+ * every worker waiting for its turn looks blocked: the bound is not
+ * checked there. */
+static void test_quick_calls_from_100_callers_leave_cpus_plus_one_threads(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  quick_t q = { .calls = mm_test_under_valgrind() ? 5 : 300 };
+  for (int i = 0; i < QUICK_CALLERS; i++)
+    assert_mm_ok(mm_spawn(loop, call_quick_repeatedly, &q, NULL));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_int_equal(atomic_load(&q.failed), 0);
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.sync_calls, (uint64_t) QUICK_CALLERS * q.calls);
+  if (!mm_test_under_valgrind() && st.pool_threads > cpu_budget())
+    fail_msg("%u workers for 2 us calls on %u CPUs", st.pool_threads,
+             cpu_budget() - 1);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* About 10 ms of work, without a system call. */
+static int spin_10ms(void *arg) {
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec)
+         < 10 * 1000000L);
+  return 0;
+}
+
+static int call_long_computation(void *arg) {
+  quick_t *q = arg;
+  for (int i = 0; i < q->calls; i++)
+    if (mm_run_sync(spin_10ms, NULL) != 0)
+      atomic_fetch_add(&q->failed, 1);
+  return 0;
+}
+
+/* Calls that run long but never block use their CPU all along: they are
+ * not given a thread each (only what keeps the CPUs busy), however long
+ * they take. */
+static void test_calls_that_compute_for_long_leave_cpus_plus_one_threads(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  quick_t q = { .calls = 2 };
+  for (int i = 0; i < 16; i++)
+    assert_mm_ok(mm_spawn(loop, call_long_computation, &q, NULL));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_int_equal(atomic_load(&q.failed), 0);
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.sync_calls, 32);
+  if (!mm_test_under_valgrind() && st.pool_threads > cpu_budget())
+    fail_msg("%u workers for 10 ms computations on %u CPUs",
+             st.pool_threads, cpu_budget() - 1);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* Computations, one per CPU, that hold every thread the CPUs allow until
+ * a quick call queued behind them has run: the queue that no longer moves
+ * gets a thread for it (or the watchdog fires). */
+typedef struct {
+  atomic_int spinning;
+  atomic_int quick_done;
+  int        spin_results[16];
+  int        quick_result;
+} starve_t;
+
+static int spin_until_quick_done(void *arg) {
+  starve_t *s = arg;
+  atomic_fetch_add(&s->spinning, 1);
+  while (!atomic_load_explicit(&s->quick_done, memory_order_acquire))
+    ;
+  return 0;
+}
+
+typedef struct {
+  starve_t *s;
+  int       i;
+} starve_arg_t;
+
+static int call_spinner(void *arg) {
+  starve_arg_t *a = arg;
+  a->s->spin_results[a->i] = mm_run_sync(spin_until_quick_done, a->s);
+  return 0;
+}
+
+static int mark_quick_done(void *arg) {
+  set_flag(&((starve_t *) arg)->quick_done);
+  return 0;
+}
+
+static int call_quick_once_all_spin(void *arg) {
+  starve_t *s = arg;
+  for (int i = 0; i < TICK_GUARD &&
+                  atomic_load(&s->spinning) < (int) cpu_count(); i++)
+    if (mm_sleep(1) != 0)
+      return -1;
+  s->quick_result = mm_run_sync(mark_quick_done, s);
+  return 0;
+}
+
+static void test_a_call_behind_computations_holding_every_cpu_still_runs(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  starve_t s;
+  memset(&s, 0, sizeof s);
+  unsigned n = cpu_count() < 16 ? cpu_count() : 16;
+  starve_arg_t args[16];
+  for (unsigned i = 0; i < n; i++) {
+    args[i] = (starve_arg_t) { &s, (int) i };
+    assert_mm_ok(mm_spawn(loop, call_spinner, &args[i], NULL));
+  }
+  mm_coro_t *q;
+  assert_mm_ok(mm_spawn(loop, call_quick_once_all_spin, &s, &q));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(q));
+  assert_status(s.quick_result, 0);
+  for (unsigned i = 0; i < n; i++)
+    assert_status(s.spin_results[i], 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+enum { BLOCKED_CALLS = 20 };
+
+typedef struct {
+  mm_test_latch_t running;
+  mm_test_latch_t gate;
+  int             results[BLOCKED_CALLS];
+} blocked_t;
+
+static int wait_for_gate(void *arg) {
+  blocked_t *b = arg;
+  mm_test_latch_add(&b->running, 1);
+  mm_test_latch_wait(&b->gate, 1);
+  return 9;
+}
+
+typedef struct {
+  blocked_t *b;
+  int        i;
+} blocked_arg_t;
+
+static int call_blocking(void *arg) {
+  blocked_arg_t *a = arg;
+  a->b->results[a->i] = mm_run_sync(wait_for_gate, a->b);
+  return 0;
+}
+
+/* 20 calls that only end together: each needs a thread of its own, at
+ * the same time, far more than the CPUs. */
+static void test_calls_that_block_get_a_thread_each_up_to_the_maximum(
+    void **state) {
+  mm_loop_t *loop = new_loop();
+  blocked_t b;
+  mm_test_latch_init(&b.running);
+  mm_test_latch_init(&b.gate);
+  blocked_arg_t args[BLOCKED_CALLS];
+  mm_coro_t *c[BLOCKED_CALLS];
+  assert_mm_ok(mm_loop_start(loop));
+  for (int i = 0; i < BLOCKED_CALLS; i++) {
+    args[i] = (blocked_arg_t) { &b, i };
+    assert_mm_ok(mm_spawn(loop, call_blocking, &args[i], &c[i]));
+  }
+  mm_test_latch_wait(&b.running, BLOCKED_CALLS);
+  mm_stats_t st;
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_true(st.pool_threads >= BLOCKED_CALLS);
+  assert_int_equal(st.sync_running, BLOCKED_CALLS);
+  mm_test_latch_add(&b.gate, 1);
+  for (int i = 0; i < BLOCKED_CALLS; i++) {
+    assert_mm_ok(mm_join(c[i]));
+    assert_status(b.results[i], 9);
+  }
+  assert_mm_ok(mm_loop_free(loop));
+  mm_test_latch_destroy(&b.gate);
+  mm_test_latch_destroy(&b.running);
+}
 
 /* ---- Inline calls ----------------------------------------------------- */
 
@@ -1541,7 +1764,7 @@ static void test_lane_free_waits_for_the_queued_calls(void **state) {
   assert_status(f.gate_result, 9);
   for (int i = 0; i < LANE_QUEUED; i++)
     assert_mm_ok(f.results[i]);
-  assert_int_equal(count_threads_named("mm-lane-free"), 0);
+  assert_int_equal(wait_for_thread_count("mm-lane-free", 0, 5000), 0);
   assert_mm_ok(mm_loop_free(loop));
   blocker_destroy(&f.first);
 }
@@ -1622,7 +1845,7 @@ static void test_lane_new_and_free_with_null_arguments_return_einval(
   assert_null(lane);
   assert_mm_err(mm_lane_new(loop, "x", NULL), -EINVAL);
   assert_mm_err(mm_lane_free(NULL), -EINVAL);
-  assert_int_equal(count_threads_named("mm-lane-"), base);
+  assert_int_equal(wait_for_thread_count("mm-lane-", base, 5000), base);
   assert_mm_ok(mm_loop_free(loop));
 }
 
@@ -1958,6 +2181,10 @@ int main(void) {
     mm_test(test_pool_max_threads_bounds_the_calls_running_at_once),
     mm_test(test_idle_workers_exit_after_pool_idle_ms),
     mm_test(test_pool_min_threads_keeps_workers_alive_when_idle),
+    mm_test(test_quick_calls_from_100_callers_leave_cpus_plus_one_threads),
+    mm_test(test_calls_that_compute_for_long_leave_cpus_plus_one_threads),
+    mm_test(test_calls_that_block_get_a_thread_each_up_to_the_maximum),
+    mm_test(test_a_call_behind_computations_holding_every_cpu_still_runs),
     mm_test(test_run_sync_on_a_plain_thread_runs_fn_inline),
     mm_test(test_run_sync_inside_a_run_sync_call_runs_inline_on_the_worker),
     mm_test(test_run_sync_from_raw_callback_returns_edeadlk),

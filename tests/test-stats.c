@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
+#include <sched.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -31,6 +32,8 @@ static void test_stats_of_a_new_loop_are_zero(void **state) {
   assert_int_equal(st.coros_live, 0);
   assert_int_equal(st.coros_spawned, 0);
   assert_int_equal(st.sync_calls, 0);
+  assert_int_equal(st.lane_calls, 0);
+  assert_int_equal(st.lane_queued, 0);
   assert_int_equal(st.pool_threads, 0);
   assert_int_equal(st.slow_steps, 0);
   assert_mm_ok(mm_loop_free(loop));
@@ -93,6 +96,110 @@ static void test_stats_count_run_sync_calls_and_workers(void **state) {
   /* sync_running drops once the worker is back in the pool, which may be
    * just after the caller has already been resumed: not asserted here. */
   assert_mm_ok(mm_loop_free(loop));
+}
+
+/* Lane calls are counted apart: sync_calls and the pool's counters are
+ * the worker pool's only. */
+typedef struct {
+  mm_lane_t *lane;
+  int        results[5];
+} lane_calls_t;
+
+static int calls_on_lane_and_pool(void *arg) {
+  lane_calls_t *l = arg;
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = l->lane;
+  for (int i = 0; i < 3; i++)
+    l->results[i] = mm_run_sync_ex(return_zero, NULL, &o);
+  for (int i = 3; i < 5; i++)
+    l->results[i] = mm_run_sync(return_zero, NULL);
+  return 0;
+}
+
+static void test_stats_count_lane_calls_apart_from_the_pools(void **state) {
+  mm_loop_t *loop;
+  mm_stats_t st;
+  lane_calls_t l;
+  mm_coro_t *c;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_lane_new(loop, "count", &l.lane));
+  assert_mm_ok(mm_spawn(loop, calls_on_lane_and_pool, &l, &c));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(c));
+  for (int i = 0; i < 5; i++)
+    assert_status(l.results[i], 0);
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.sync_calls, 2);
+  assert_int_equal(st.lane_calls, 3);
+  assert_int_equal(st.lane_queued, 0);
+  assert_mm_ok(mm_lane_free(l.lane));
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* Plain threads call a lane that the first call holds: the two behind it
+ * are lane_queued (the running one is not), and none is the pool's. */
+typedef struct {
+  mm_lane_t      *lane;
+  mm_test_latch_t running;
+  mm_test_latch_t gate;
+  int             result;
+} lane_queue_t;
+
+static int hold_lane(void *arg) {
+  lane_queue_t *q = arg;
+  mm_test_latch_add(&q->running, 1);
+  mm_test_latch_wait(&q->gate, 1);
+  return 0;
+}
+
+static void *call_lane(void *arg) {
+  lane_queue_t *q = arg;
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = q->lane;
+  intptr_t r = mm_run_sync_ex(hold_lane, q, &o);
+  return (void *) r;
+}
+
+static void test_stats_lane_queued_counts_calls_waiting_for_a_lane(
+    void **state) {
+  mm_loop_t *loop;
+  mm_stats_t st;
+  lane_queue_t q;
+  pthread_t th[3];
+  mm_test_latch_init(&q.running);
+  mm_test_latch_init(&q.gate);
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_lane_new(loop, "queue", &q.lane));
+  assert_int_equal(pthread_create(&th[0], NULL, call_lane, &q), 0);
+  mm_test_latch_wait(&q.running, 1);
+  for (int i = 1; i < 3; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, call_lane, &q), 0);
+  /* Their calls reach the queue when they do: waited for, not timed. */
+  do
+    assert_mm_ok(mm_loop_stats(loop, &st));
+  while (st.lane_queued < 2 && sched_yield() == 0);
+  assert_int_equal(st.lane_queued, 2);
+  assert_int_equal(st.lane_calls, 3);
+  assert_int_equal(st.sync_calls, 0);
+  assert_int_equal(st.sync_queued, 0);
+  assert_int_equal(st.sync_running, 0);
+  mm_test_latch_add(&q.gate, 1);
+  for (int i = 0; i < 3; i++) {
+    void *r;
+    pthread_join(th[i], &r);
+    assert_int_equal((intptr_t) r, 0);
+  }
+  assert_mm_ok(mm_loop_stats(loop, &st));
+  assert_int_equal(st.lane_queued, 0);
+  assert_int_equal(st.lane_calls, 3);
+  assert_mm_ok(mm_lane_free(q.lane));
+  assert_mm_ok(mm_loop_free(loop));
+  mm_test_latch_destroy(&q.gate);
+  mm_test_latch_destroy(&q.running);
 }
 
 static int hold_the_loop(void *arg) {
@@ -252,6 +359,8 @@ int main(void) {
     mm_test(test_stats_of_a_new_loop_are_zero),
     mm_test(test_stats_count_spawned_and_live_coroutines),
     mm_test(test_stats_count_run_sync_calls_and_workers),
+    mm_test(test_stats_count_lane_calls_apart_from_the_pools),
+    mm_test(test_stats_lane_queued_counts_calls_waiting_for_a_lane),
     mm_test(test_a_step_longer_than_slow_step_ms_is_counted_and_logged),
     mm_test(test_an_idle_loop_and_idle_workers_use_no_cpu),
     mm_test(test_dump_lists_live_coroutines_from_any_thread),

@@ -25,7 +25,8 @@ typedef struct {
   bool             cancel;          /* a coroutine cancels the caller */
   bool             cancel_first;    /* the caller cancels itself first */
   bool             gate_by_holder;  /* the holder, not on_cancel, opens */
-  mm_lane_t       *lane;            /* NULL: the pool */
+  mm_lane_t       *lane;            /* NULL: the pool (or laneset) */
+  mm_laneset_t    *laneset;         /* NULL: the pool (or lane) */
   /* fn */
   mm_test_latch_t  started;
   mm_test_latch_t  gate;            /* opened by on_cancel */
@@ -103,6 +104,10 @@ static int caller(void *arg) {
   if (c->lane != NULL) {
     o.affinity = MM_AFFINITY_LANE;
     o.lane = c->lane;
+  }
+  if (c->laneset != NULL) {
+    o.affinity = MM_AFFINITY_LANESET;
+    o.laneset = c->laneset;
   }
   c->result = mm_run_sync_ex(gated_fn, c, &o);
   c->cleanups_at_return = atomic_load(&c->cleanups);
@@ -260,6 +265,27 @@ static void test_deadline_of_a_running_lane_call_stops_it(void **state) {
   assert_int_equal(c.cleanups_at_return, 1);
   assert_int_equal(atomic_load(&c.cleanup_status), VALUE);
   assert_mm_ok(mm_lane_free(c.lane));
+  assert_mm_ok(mm_loop_free(loop));
+  call_destroy(&c);
+}
+
+static void test_cancel_of_a_running_laneset_call_stops_it(void **state) {
+  mm_loop_t *loop = new_loop(0);
+  call_t c;
+  call_init(&c);
+  c.cancel = true;
+  c.abandon = true;
+  mm_laneset_options_t lo;
+  mm_laneset_options_init(&lo);
+  lo.name = "db";
+  lo.count = 2;
+  assert_mm_ok(mm_laneset_new(loop, &lo, &c.laneset));
+  run_call(loop, &c);
+  assert_status(c.result, -ECANCELED);
+  mm_test_latch_wait(&c.cleaned, 1);
+  assert_interrupted_once(&c);
+  assert_int_equal(atomic_load(&c.cleanup_status), VALUE);
+  assert_mm_ok(mm_laneset_free(c.laneset));
   assert_mm_ok(mm_loop_free(loop));
   call_destroy(&c);
 }
@@ -553,6 +579,7 @@ int main(void) {
     mm_test(test_deadline_of_a_running_abandonable_call_returns_at_once),
     mm_test(test_cancel_then_deadline_asks_once_and_returns_etimedout),
     mm_test(test_deadline_of_a_running_lane_call_stops_it),
+    mm_test(test_cancel_of_a_running_laneset_call_stops_it),
     mm_test(test_cancelled_queued_call_is_cleaned_up_on_the_caller),
     mm_test(test_cancelled_queued_abandonable_call_is_cleaned_up_once),
     mm_test(test_queued_call_past_its_deadline_is_cleaned_up),
