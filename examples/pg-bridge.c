@@ -1,15 +1,27 @@
-/* pg-bridge: PostgreSQL queries with a deadline, from coroutines.
+/* pg-bridge: PostgreSQL queries with a deadline, from coroutines, done two
+ * ways side by side.
  *
- * libpq's non-blocking API, driven by the coroutine itself on the loop,
- * with no thread at all: PQsendQueryParams, then wait for the socket with
- * mm_wait_fd and read with PQconsumeInput until PQisBusy says a result is
- * there.  The deadline is mm_wait_fd's timeout: when it passes, we send
- * PQcancel and read the rest, so that the connection is ready for the
- * next query.  The query's own error (SQLSTATE 57014, "canceling
- * statement due to user request") is kept apart from mixmode's codes:
- * -EINTR.
+ * (a) libpq's ordinary blocking API, PQexecParams, on a lane set: each
+ *     lane is a thread with a connection of its own, opened there by the
+ *     set's open and closed there by its close.  A query goes to the first
+ *     idle lane; the coroutine waits, the loop serves the others.  The
+ *     deadline is the call's timeout_ms: when it passes, mixmode runs our
+ *     on_cancel, which sends PQcancel; the server stops the query, the lane
+ *     gets its error back at once, and the call returns -ETIMEDOUT.
  *
- * The program (main, at the end) shows it: `select pg_sleep(5)` with a
+ * (b) libpq's non-blocking API, driven by the coroutine itself on the
+ *     loop, with no thread at all: PQsendQueryParams, then wait for the
+ *     socket with mm_wait_fd and read with PQconsumeInput until PQisBusy
+ *     says a result is there.  The deadline is mm_wait_fd's timeout: when
+ *     it passes, we send PQcancel and read the rest, so that the
+ *     connection is ready for the next query.
+ *
+ * (a) is what a legacy driver allows (any blocking client library); (b)
+ * needs a library with a non-blocking mode, and then costs no thread.
+ * Both keep the query's own error (SQLSTATE 57014, "canceling statement
+ * due to user request") apart from mixmode's codes: -EINTR.
+ *
+ * The program (main, at the end) shows both: `select pg_sleep(5)` with a
  * 500 ms deadline on every connection, then quick queries from many
  * coroutines at once.  Run it against any server libpq can reach from the
  * environment (PGHOST, PGPORT, PGUSER, PGDATABASE), such as a private one
@@ -64,7 +76,133 @@ static int take_result(PGresult *res, pg_query_t *q) {
   return r;
 }
 
-/* ---- non-blocking libpq on the loop -------------------------------------- */
+/* ---- (a) blocking libpq on a lane set ------------------------------------ */
+
+/* A lane's state: its connection, and what on_cancel needs to stop a query
+ * on it from another thread. */
+typedef struct pg_lane {
+  PGconn   *conn;
+  PGcancel *cancel;         /* PQgetCancel, once: PQcancel needs only this */
+} pg_lane_t;
+
+/* The set's open: on the lane's own thread, before it takes calls. */
+static int lane_open(void **state, void *arg) {
+  pg_lane_t *lane = calloc(1, sizeof *lane);
+  if (lane == NULL)
+    return -ENOMEM;
+  lane->conn = PQconnectdb(pg_conninfo);
+  if (PQstatus(lane->conn) != CONNECTION_OK ||
+      (lane->cancel = PQgetCancel(lane->conn)) == NULL) {
+    fprintf(stderr, "pg-bridge: connect: %s", PQerrorMessage(lane->conn));
+    PQfinish(lane->conn);
+    free(lane);
+    return -EIO;
+  }
+  *state = lane;
+  return 0;
+}
+
+/* The set's close: on the same thread, at the end. */
+static void lane_close(void *state, void *arg) {
+  pg_lane_t *lane = state;
+  PQfreeCancel(lane->cancel);
+  PQfinish(lane->conn);
+  free(lane);
+}
+
+int pg_lanes_new(mm_loop_t *loop, unsigned count, mm_laneset_t **set) {
+  mm_laneset_options_t o;
+  mm_laneset_options_init(&o);
+  o.name = "pg";
+  o.count = count;
+  o.open = lane_open;
+  o.close = lane_close;
+  return mm_laneset_new(loop, &o, set);
+}
+
+int pg_lanes_free(mm_laneset_t *set) {
+  return mm_laneset_free(set);
+}
+
+/* One call: lives on the calling coroutine's stack, which waits for fn
+ * (no abandon_on_cancel), so nothing needs freeing and cleanup is NULL.
+ * on_cancel, on the loop's thread, may run as soon as a lane has taken
+ * the call -- possibly before fn has said which lane that is: the two
+ * meet on running and stop, each storing its own before loading the
+ * other's (sequentially consistent), so at least one sees the other. */
+typedef struct lane_call {
+  pg_query_t *q;
+  pg_lane_t *_Atomic running;   /* set by fn before it sends the query */
+  atomic_bool stop;             /* set by on_cancel */
+} lane_call_t;
+
+/* fn: on the lane's thread. */
+static int lane_query(void *arg) {
+  lane_call_t *call = arg;
+  pg_query_t *q = call->q;
+  pg_lane_t *lane = mm_lane_state();
+  if (PQstatus(lane->conn) == CONNECTION_BAD) {
+    /* The server dropped the connection (a restart): make it again, on
+     * this thread, before running hands lane->cancel to on_cancel. */
+    PQreset(lane->conn);
+    PQfreeCancel(lane->cancel);
+    lane->cancel = PQgetCancel(lane->conn);   /* NULL if that failed */
+  }
+  atomic_store(&call->running, lane);
+  if (atomic_load(&call->stop)) {
+    set_error(q, "stopped before it was sent");
+    return -EINTR;
+  }
+  const char *params[1] = { q->param };
+  PGresult *res = PQexecParams(lane->conn, q->sql, q->param != NULL ? 1 : 0,
+                               NULL, params, NULL, NULL, 0);
+  if (res == NULL) {
+    set_error(q, PQerrorMessage(lane->conn));
+    return -EIO;
+  }
+  return take_result(res, q);
+}
+
+/* on_cancel: on the loop's thread, while lane_query runs, once.
+ *
+ * PQcancel is thread-safe (it uses only the PGcancel, not the connection
+ * the lane is using) but blocking: it opens a connection to the server,
+ * sends the request and waits for the server to close it.  It runs here,
+ * on the loop's thread, so the loop stalls for that round trip: on a local
+ * socket a few milliseconds, most of it the server forking a process to
+ * read the request (PostgreSQL 15), and once per query stopped -- four
+ * deadlines passing together stall the loop four times over.  Over a
+ * network, or with many queries to stop, spawn a coroutine (mm_spawn works
+ * from here) that sends it with mm_run_sync instead.  A cancel that reaches
+ * the server before the query does is ignored there, and the query runs
+ * to its end: only a deadline that passes in the microseconds between
+ * lane_query's look at stop and the query's arrival is missed so. */
+static void lane_cancel(void *arg) {
+  lane_call_t *call = arg;
+  atomic_store(&call->stop, true);
+  pg_lane_t *lane = atomic_load(&call->running);
+  if (lane == NULL)
+    return;                     /* fn will see stop before it sends */
+  char err[256];
+  if (!PQcancel(lane->cancel, err, sizeof err))
+    fprintf(stderr, "pg-bridge: PQcancel: %s\n", err);
+}
+
+int pg_query_lanes(mm_laneset_t *set, pg_query_t *q) {
+  q->value[0] = q->error[0] = '\0';
+  lane_call_t call = { .q = q };
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANESET;
+  o.laneset = set;
+  o.timeout_ms = q->timeout_ms;   /* passed while queued: never runs;
+                                     while fn runs: lane_cancel, then
+                                     -ETIMEDOUT when lane_query returns */
+  o.on_cancel = lane_cancel;
+  return mm_run_sync_ex(lane_query, &call, &o);
+}
+
+/* ---- (b) non-blocking libpq on the loop ---------------------------------- */
 
 /* mm_wait_fd until deadline (in µs of now_us(); 0: none).  A timeout of 0
  * means "none" to mm_wait_fd, so a deadline already passed is answered
@@ -162,11 +300,9 @@ enum { DRAIN_MS = 5000 };
 /* Asks the server to stop the query under way (once), and reads what is
  * left. */
 static int stop_query(pg_async_t *c, pg_query_t *q) {
-  /* PQcancel is blocking: it opens a connection to the server, sends the
-   * request and waits for the server to close it.  Here, on the loop's
-   * thread, the loop stalls for that round trip: a fraction of a
-   * millisecond on a local socket.  Over a slow network, send it from a
-   * pool worker with mm_run_sync instead. */
+  /* PQcancel, here on the loop's thread, blocks it for one round trip to
+   * the server (a few milliseconds on a local socket): see lane_cancel
+   * above. */
   char err[256];
   if (!c->stopping && !PQcancel(c->cancel, err, sizeof err)) {
     set_error(q, err);
@@ -229,23 +365,28 @@ int pg_query_async(pg_async_t *c, pg_query_t *q) {
 #include <getopt.h>
 
 typedef struct options {
+  bool     lanes, loop;          /* the ways to show */
   bool     deadline, quick;      /* the parts to show */
-  unsigned conns;                /* connections */
+  unsigned conns;                /* connections per way */
   unsigned coros;                /* coroutines making the quick queries */
-  unsigned queries;              /* quick queries */
+  unsigned queries;              /* quick queries per way */
   uint64_t deadline_ms;
 } options_t;
 
-/* A pool of non-blocking connections passed around in a channel (a
- * coroutine takes one, runs its query, gives it back). */
+/* One way, behind one function: the lane set, or a pool of non-blocking
+ * connections passed around in a channel (a coroutine takes one, runs
+ * its query, gives it back). */
 typedef struct way {
   const char   *name;
-  mm_chan_t    *idle;            /* pg_async_t * */
+  mm_laneset_t *set;             /* (a) */
+  mm_chan_t    *idle;            /* (b): pg_async_t * */
   pg_async_t   *conns;
   unsigned      nconns;
 } way_t;
 
 static int way_query(way_t *w, pg_query_t *q) {
+  if (w->set != NULL)
+    return pg_query_lanes(w->set, q);
   void *item;
   int r = mm_chan_recv(w->idle, &item);
   if (r != 0)
@@ -397,9 +538,13 @@ static int show_quick(way_t *w, options_t *opt) {
   return r;
 }
 
-static int way_open(way_t *w, unsigned n) {
+static int way_open(way_t *w, bool lanes, unsigned n) {
   memset(w, 0, sizeof *w);
   w->nconns = n;
+  if (lanes) {
+    w->name = "lanes:";
+    return pg_lanes_new(mm_loop_current(), n, &w->set);
+  }
   w->name = "loop:";
   int r = mm_chan_new(&w->idle, n);
   if (r == 0 && (w->conns = calloc(n, sizeof *w->conns)) == NULL)
@@ -411,6 +556,8 @@ static int way_open(way_t *w, unsigned n) {
 }
 
 static void way_close(way_t *w) {
+  if (w->set != NULL)
+    pg_lanes_free(w->set);
   for (unsigned i = 0; w->conns != NULL && i < w->nconns; i++)
     if (w->conns[i].conn != NULL)
       pg_async_close(&w->conns[i]);
@@ -423,42 +570,58 @@ static int demo(void *arg) {
   options_t *opt = arg;
   int failed = 0;
   const char *host = getenv("PGHOST");
-  printf("pg-bridge: PostgreSQL at %s, %u connections\n",
+  printf("pg-bridge: PostgreSQL at %s, %u connections per way\n",
          host != NULL ? host : "libpq's default", opt->conns);
-  way_t w;
-  int r = way_open(&w, opt->conns);
-  if (r != 0) {
-    printf("loop: cannot start: %s\n", mm_strerror(r));
-    failed = 1;
+  for (int lanes = 1; lanes >= 0; lanes--) {
+    if (lanes ? !opt->lanes : !opt->loop)
+      continue;
+    way_t w;
+    int r = way_open(&w, lanes, opt->conns);
+    if (r != 0) {
+      printf("%s cannot start: %s\n", lanes ? "lanes:" : "loop:",
+             mm_strerror(r));
+      failed = 1;
+    }
+    if (r == 0 && opt->deadline)
+      failed |= show_deadline(&w, opt) != 0;
+    if (r == 0 && opt->quick)
+      failed |= show_quick(&w, opt) != 0;
+    way_close(&w);
   }
-  if (r == 0 && opt->deadline)
-    failed |= show_deadline(&w, opt) != 0;
-  if (r == 0 && opt->quick)
-    failed |= show_quick(&w, opt) != 0;
-  way_close(&w);
   return failed ? -EIO : 0;
 }
 
 static void usage(FILE *f) {
   fprintf(f,
-    "usage: pg-bridge [-d|-q] [-c CONNS] [-k COROS] [-n QUERIES] [-t MS]\n"
-    "Queries PostgreSQL (from PGHOST, PGPORT, PGUSER, PGDATABASE) with\n"
-    "non-blocking libpq driven on the loop with mm_wait_fd\n"
+    "usage: pg-bridge [-w lanes|loop] [-d|-q] [-c CONNS] [-k COROS]\n"
+    "                 [-n QUERIES] [-t MS]\n"
+    "Queries PostgreSQL (from PGHOST, PGPORT, PGUSER, PGDATABASE) two ways:\n"
+    "  lanes  blocking PQexecParams on a lane set, a connection per lane\n"
+    "  loop   non-blocking libpq driven on the loop with mm_wait_fd\n"
+    "  -w WAY  only that way (default: both)\n"
     "  -d      only the deadline demo (select pg_sleep(5) per connection)\n"
     "  -q      only the quick queries\n"
-    "  -c N    connections (default 4)\n"
+    "  -c N    connections per way (default 4)\n"
     "  -k N    coroutines making the quick queries (default 32)\n"
-    "  -n N    quick queries (default 2000)\n"
+    "  -n N    quick queries per way (default 2000)\n"
     "  -t MS   the deadline (default 500)\n");
 }
 
 int main(int argc, char **argv) {
-  options_t opt = { .deadline = true,
+  options_t opt = { .lanes = true, .loop = true, .deadline = true,
                     .quick = true, .conns = 4, .coros = 32,
                     .queries = 2000, .deadline_ms = 500 };
   int c;
-  while ((c = getopt(argc, argv, "dqc:k:n:t:h")) != -1) {
+  while ((c = getopt(argc, argv, "w:dqc:k:n:t:h")) != -1) {
     switch (c) {
+    case 'w':
+      opt.lanes = strcmp(optarg, "lanes") == 0;
+      opt.loop = strcmp(optarg, "loop") == 0;
+      if (!opt.lanes && !opt.loop) {
+        usage(stderr);
+        return 2;
+      }
+      break;
     case 'd': opt.quick = false; break;
     case 'q': opt.deadline = false; break;
     case 'c': opt.conns = (unsigned) atoi(optarg); break;

@@ -1,5 +1,5 @@
-/* pg-bridge: PostgreSQL queries with a deadline, from coroutines
- * (examples/pg-bridge.c explains how).  tests/test-pg-bridge.c links
+/* pg-bridge: PostgreSQL queries with a deadline, from coroutines, done two
+ * ways (examples/pg-bridge.c explains both).  tests/test-pg-bridge.c links
  * the same code.
  *
  * Every function here is called from a coroutine.  They return 0, or:
@@ -7,7 +7,9 @@
  *               server and the connection is ready for the next one;
  *   -EINTR      the server cancelled the query (SQLSTATE 57014) for a
  *               reason of its own (someone else's cancel, a
- *               statement_timeout);
+ *               statement_timeout), or the coroutine was cancelled while
+ *               the query ran (way a: the coroutine's next wait then
+ *               returns -ECANCELED);
  *   -EIO        the query or the connection failed: q->error says why;
  *   -ECANCELED  the coroutine was cancelled before or during the query;
  *   another negative errno value from mixmode (mm_strerror explains it).
@@ -34,7 +36,19 @@ typedef struct pg_query {
  * Default: "application_name=pg-bridge". */
 extern const char *pg_conninfo;
 
-/* ---- non-blocking libpq on the loop ------------------------------------- */
+/* ---- (a) blocking libpq on a lane set ----------------------------------- */
+
+/* Starts count lanes, each opening its own connection on its own thread.
+ * Colour-blind.  -EIO if a connection could not be made (printed). */
+int pg_lanes_new(mm_loop_t *loop, unsigned count, mm_laneset_t **set);
+int pg_lanes_free(mm_laneset_t *set);
+
+/* Runs q on the first idle lane with PQexecParams.  From a coroutine: a
+ * plain thread may call it too (it then blocks), but mixmode does not
+ * apply timeout_ms to a lane call from a plain thread. */
+int pg_query_lanes(mm_laneset_t *set, pg_query_t *q);
+
+/* ---- (b) non-blocking libpq on the loop --------------------------------- */
 
 typedef struct pg_async {
   PGconn   *conn;           /* non-blocking mode */

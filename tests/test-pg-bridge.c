@@ -1,7 +1,7 @@
 /* examples/pg-bridge against a real PostgreSQL server: a query past its
- * deadline (libpq's non-blocking API with mm_wait_fd's timeout) is
- * stopped on the server, and the connection answers right after; so does
- * one whose coroutine is cancelled; quick queries from many coroutines
+ * deadline is stopped on the server, both ways (a lane set with on_cancel
+ * -> PQcancel; libpq's non-blocking API with mm_wait_fd's timeout), and
+ * the connection answers right after; quick queries from many coroutines
  * get their own answers.
  *
  * The server: PGHOST's if set (.ci/run starts one for every variant),
@@ -137,6 +137,25 @@ static int count_sleeps(void *arg) {
   return 0;
 }
 
+static int lanes_deadline(void *arg) {
+  deadline_run_t *d = arg;
+  mm_laneset_t *set;
+  /* One lane: the select 1 runs on the connection the deadline hit. */
+  if ((d->open = pg_lanes_new(mm_loop_current(), 1, &set)) != 0)
+    return 0;
+  pg_query_t q = { .sql = "select pg_sleep(5)", .timeout_ms = DEADLINE_MS };
+  uint64_t t0 = mm_test_now_ms();
+  d->sleep = pg_query_lanes(set, &q);
+  d->sleep_ms = mm_test_now_ms() - t0;
+  memcpy(d->sleep_error, q.error, sizeof q.error);
+  mm_run_sync(count_sleeps, &d->still);
+  pg_query_t one = { .sql = "select 1" };
+  d->one = pg_query_lanes(set, &one);
+  memcpy(d->one_value, one.value, sizeof one.value);
+  d->close = pg_lanes_free(set);
+  return 0;
+}
+
 static int loop_deadline(void *arg) {
   deadline_run_t *d = arg;
   pg_async_t c;
@@ -179,6 +198,13 @@ static void run_on_new_loop(mm_fn fn, void *arg) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+static void test_lanes_query_past_deadline_is_stopped_by_pqcancel(
+    void **state) {
+  deadline_run_t d = { .still = -1 };
+  run_on_new_loop(lanes_deadline, &d);
+  check_deadline_run("lanes", &d);
+}
+
 static void test_loop_query_past_deadline_is_cancelled_and_drained(
     void **state) {
   deadline_run_t d = { .still = -1 };
@@ -189,6 +215,8 @@ static void test_loop_query_past_deadline_is_cancelled_and_drained(
 /* ---- a coroutine cancelled during its query ------------------------------ */
 
 typedef struct cancel_run {
+  bool          lanes;      /* IN: the way */
+  mm_laneset_t *set;
   pg_async_t    conn;
   int           open;
   int           query;      /* the victim's select pg_sleep(5), no deadline */
@@ -202,7 +230,7 @@ typedef struct cancel_run {
 } cancel_run_t;
 
 static int run_query(cancel_run_t *d, pg_query_t *q) {
-  return pg_query_async(&d->conn, q);
+  return d->lanes ? pg_query_lanes(d->set, q) : pg_query_async(&d->conn, q);
 }
 
 static int cancel_victim(void *arg) {
@@ -218,7 +246,8 @@ static int cancel_victim(void *arg) {
 
 static int cancel_driver(void *arg) {
   cancel_run_t *d = arg;
-  d->open = pg_async_connect(&d->conn, 10000);
+  d->open = d->lanes ? pg_lanes_new(mm_loop_current(), 1, &d->set)
+                     : pg_async_connect(&d->conn, 10000);
   mm_coro_t *victim;
   if (d->open != 0 ||
       (d->open = mm_spawn(mm_loop_current(), cancel_victim, d, &victim)) != 0)
@@ -231,13 +260,16 @@ static int cancel_driver(void *arg) {
     ;
   mm_cancel(victim);
   mm_join(victim);
-  /* This select 1 reads the end of the cancelled query: the server's
-   * count is exact only after it. */
+  /* Way (b) reads the end of the cancelled query in this select 1: the
+   * server's count is exact only after it. */
   pg_query_t one = { .sql = "select 1" };
   d->one = run_query(d, &one);
   memcpy(d->one_value, one.value, sizeof one.value);
   mm_run_sync(count_sleeps, &d->still);
-  pg_async_close(&d->conn);
+  if (d->lanes)
+    d->close = pg_lanes_free(d->set);
+  else
+    pg_async_close(&d->conn);
   return 0;
 }
 
@@ -260,11 +292,20 @@ static void check_cancel_run(const char *way, const cancel_run_t *d,
   assert_status(d->close, 0);
 }
 
+/* The lane's query is interrupted (on_cancel -> PQcancel) and the call,
+ * waited for, returns its value: -EINTR, SQLSTATE 57014 mapped. */
+static void test_lanes_cancelled_coroutine_interrupts_query_with_eintr(
+    void **state) {
+  cancel_run_t d = { .lanes = true, .still = -1 };
+  run_on_new_loop(cancel_driver, &d);
+  check_cancel_run("lanes", &d, -EINTR);
+}
+
 /* The coroutine leaves at once; the next query on the connection reads
  * what is left of the cancelled one first. */
 static void test_loop_cancelled_coroutine_leaves_connection_usable(
     void **state) {
-  cancel_run_t d = { .still = -1 };
+  cancel_run_t d = { .lanes = false, .still = -1 };
   run_on_new_loop(cancel_driver, &d);
   check_cancel_run("loop", &d, -ECANCELED);
 }
@@ -272,6 +313,7 @@ static void test_loop_cancelled_coroutine_leaves_connection_usable(
 /* ---- many coroutines ----------------------------------------------------- */
 
 typedef struct quick_run {
+  mm_laneset_t *set;        /* NULL: each coroutine connects (way b) */
   unsigned      first, count;
   int           status;
   char          detail[400];
@@ -280,7 +322,7 @@ typedef struct quick_run {
 static int quick_one(void *arg) {
   quick_run_t *j = arg;
   pg_async_t c;
-  if ((j->status = pg_async_connect(&c, 10000)) != 0)
+  if (j->set == NULL && (j->status = pg_async_connect(&c, 10000)) != 0)
     return 0;
   for (unsigned i = j->first; i < j->first + j->count && j->status == 0;
        i++) {
@@ -289,36 +331,46 @@ static int quick_one(void *arg) {
     snprintf(want, sizeof want, "%u", 2 * i);
     pg_query_t q = { .sql = "select $1::int * 2", .param = n,
                      .timeout_ms = 10000 };
-    j->status = pg_query_async(&c, &q);
+    j->status = j->set != NULL ? pg_query_lanes(j->set, &q)
+                               : pg_query_async(&c, &q);
     if (j->status == 0 && strcmp(q.value, want) != 0)
       j->status = -EIO;
     if (j->status != 0)
       snprintf(j->detail, sizeof j->detail, "query %u: %s / %s", i,
                q.value, q.error);
   }
-  pg_async_close(&c);
+  if (j->set == NULL)
+    pg_async_close(&c);
   return 0;
 }
 
 enum { QUICK_COROS = 12 };
 
 typedef struct quick_all {
+  bool        lanes;
   int         open, wait, close;
   quick_run_t runs[QUICK_COROS];
 } quick_all_t;
 
 static int quick_all(void *arg) {
   quick_all_t *a = arg;
+  mm_laneset_t *set = NULL;
+  if (a->lanes &&
+      (a->open = pg_lanes_new(mm_loop_current(), 3, &set)) != 0)
+    return 0;
   unsigned per = MM_TEST_SCALE(mm_test_under_valgrind() ? 5 : 50, 10);
   mm_group_t *g;
   if ((a->open = mm_group_new(mm_loop_current(), &g)) == 0) {
     for (unsigned i = 0; i < QUICK_COROS; i++) {
-      a->runs[i] = (quick_run_t){ .first = i * per, .count = per };
+      a->runs[i] = (quick_run_t){ .set = set, .first = i * per,
+                                  .count = per };
       if (a->open == 0)
         a->open = mm_group_spawn(g, quick_one, &a->runs[i]);
     }
     a->wait = mm_group_wait(g);
   }
+  if (set != NULL)
+    a->close = pg_lanes_free(set);
   return 0;
 }
 
@@ -333,9 +385,15 @@ static void check_quick(quick_all_t *a) {
                a->runs[i].detail);
 }
 
+static void test_lanes_quick_queries_from_many_coroutines_get_their_answers(
+    void **state) {
+  quick_all_t a = { .lanes = true };
+  check_quick(&a);
+}
+
 static void test_loop_quick_queries_from_many_coroutines_get_their_answers(
     void **state) {
-  quick_all_t a = { 0 };
+  quick_all_t a = { .lanes = false };
   check_quick(&a);
 }
 
@@ -347,8 +405,11 @@ int main(void) {
            (long) getpid());
   pg_conninfo = conninfo;
   const struct CMUnitTest tests[] = {
+    mm_test(test_lanes_query_past_deadline_is_stopped_by_pqcancel),
     mm_test(test_loop_query_past_deadline_is_cancelled_and_drained),
+    mm_test(test_lanes_cancelled_coroutine_interrupts_query_with_eintr),
     mm_test(test_loop_cancelled_coroutine_leaves_connection_usable),
+    mm_test(test_lanes_quick_queries_from_many_coroutines_get_their_answers),
     mm_test(test_loop_quick_queries_from_many_coroutines_get_their_answers),
   };
   int failed = mm_run_tests(tests);
