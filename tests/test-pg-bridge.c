@@ -6,15 +6,21 @@
  *
  * The server: PGHOST's if set (.ci/run starts one for every variant),
  * else a private cluster that scripts/pg-cluster starts in a temporary
- * directory and stops at the end.  When none can be had the program says
- * why and exits 77 (skipped), before any test runs.  The connections are
+ * directory and stops at the end -- even if this program dies: a shell
+ * started first waits for the end of a pipe that only we hold open, then
+ * stops the cluster.  When no server can be had the program says why and
+ * exits 77 (skipped), before any test runs.  The connections are
  * tagged with an application_name of this process, so that the server's
  * pg_stat_activity tells our queries from anyone else's.
  */
 #include "helpers.h"
 #include "pg-bridge.h"
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/stat.h>
+
+extern char **environ;
 
 #ifndef MM_TOP_SRCDIR
 # define MM_TOP_SRCDIR "."
@@ -25,8 +31,9 @@
  * machines (and Valgrind), and the actual time is printed. */
 enum { DEADLINE_MS = 500, BOUND_MS = 2000 };
 
-static char cluster_dir[64];  /* ours to stop at the end, "" if PGHOST's */
 static char conninfo[96];
+static pid_t guard = -1;      /* stops our private cluster, if we have one */
+static int guard_fd = -1;     /* the pipe it waits on: closed, it stops it */
 
 /* ---- the server ------------------------------------------------------------ */
 
@@ -64,14 +71,37 @@ static int server_up(void) {
   /* The server runs as another user when we are root: every parent of its
    * directory must be searchable by it. */
   char tmp[] = "/tmp/test-pg-bridge.XXXXXX";
-  if (mkdtemp(tmp) == NULL || chmod(tmp, 0755) != 0) {
-    perror("test-pg-bridge: mkdtemp");
+  int fds[2];
+  if (mkdtemp(tmp) == NULL || chmod(tmp, 0755) != 0 || pipe(fds) != 0 ||
+      fcntl(fds[1], F_SETFD, FD_CLOEXEC) != 0) {
+    perror("test-pg-bridge: mkdtemp, pipe");
     return 1;
   }
-  snprintf(cluster_dir, sizeof cluster_dir, "%s/pg", tmp);
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "'%s/scripts/pg-cluster' start '%s' 2>&1",
-           MM_TOP_SRCDIR, cluster_dir);
+  /* The guard: sh reads the pipe until its end, then stops the cluster and
+   * removes the directory.  Started before the cluster, so that nothing
+   * of it is left however we end.  Only this process holds the write end
+   * (close-on-exec: neither the guard nor the server inherits it). */
+  char script[512];
+  snprintf(script, sizeof script, "%s/scripts/pg-cluster", MM_TOP_SRCDIR);
+  char *argv[] = { "sh", "-c",
+                   "cat >/dev/null; \"$0\" stop \"$1/pg\" 2>/dev/null;"
+                   " rmdir \"$1\"",
+                   script, tmp, NULL };
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[0], STDIN_FILENO);
+  int r = posix_spawn(&guard, "/bin/sh", &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[0]);
+  guard_fd = fds[1];
+  if (r != 0) {
+    fprintf(stderr, "test-pg-bridge: posix_spawn: %s\n", strerror(r));
+    guard = -1;
+    return 1;
+  }
+
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "'%s' start '%s/pg' 2>&1", script, tmp);
   FILE *p = popen(cmd, "r");
   char out[4096] = "";
   size_t n = p != NULL ? fread(out, 1, sizeof out - 1, p) : 0;
@@ -83,8 +113,6 @@ static int server_up(void) {
   if (code != 0) {
     printf("%s: test-pg-bridge: scripts/pg-cluster start exited %d: %s\n",
            code == 77 ? "SKIP" : "FAIL", code, out);
-    rmdir(tmp);
-    cluster_dir[0] = '\0';
     return code == 77 ? 77 : 1;
   }
   setenv_from(out);
@@ -93,16 +121,14 @@ static int server_up(void) {
   return 0;
 }
 
+/* Stops our private cluster, if any, and waits until it is gone. */
 static void server_down(void) {
-  if (cluster_dir[0] == '\0')
-    return;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "'%s/scripts/pg-cluster' stop '%s'",
-           MM_TOP_SRCDIR, cluster_dir);
-  if (system(cmd) != 0)
-    fprintf(stderr, "test-pg-bridge: %s failed\n", cmd);
-  *strrchr(cluster_dir, '/') = '\0';
-  rmdir(cluster_dir);
+  if (guard_fd >= 0)
+    close(guard_fd);
+  int st;
+  if (guard > 0 && waitpid(guard, &st, 0) == guard &&
+      !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+    fprintf(stderr, "test-pg-bridge: stopping the cluster failed\n");
 }
 
 /* ---- what a run saw ---------------------------------------------------------- */
@@ -399,8 +425,10 @@ static void test_loop_quick_queries_from_many_coroutines_get_their_answers(
 
 int main(void) {
   int r = server_up();
-  if (r != 0)
+  if (r != 0) {
+    server_down();
     return r;
+  }
   snprintf(conninfo, sizeof conninfo, "application_name=test-pg-bridge-%ld",
            (long) getpid());
   pg_conninfo = conninfo;
