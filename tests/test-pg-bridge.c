@@ -1,8 +1,8 @@
 /* examples/pg-bridge against a real PostgreSQL server: a query past its
  * deadline is stopped on the server, both ways (a lane set with on_cancel
  * -> PQcancel; libpq's non-blocking API with mm_wait_fd's timeout), and
- * the connection answers right after; quick queries from many coroutines
- * get their own answers.
+ * the connection answers right after; so is one whose coroutine is
+ * cancelled; quick queries from many coroutines get their own answers.
  *
  * The server: PGHOST's if set (.ci/run starts one for every variant),
  * else a private cluster that scripts/pg-cluster starts in a temporary
@@ -35,7 +35,7 @@ static char conninfo[96];
 static pid_t guard = -1;      /* stops our private cluster, if we have one */
 static int guard_fd = -1;     /* the pipe it waits on: closed, it stops it */
 
-/* ---- the server ------------------------------------------------------------ */
+/* ---- the server ---------------------------------------------------------- */
 
 /* Sets the variables of pg-cluster's output, "A='x'; B=y; export A B". */
 static void setenv_from(char *line) {
@@ -131,7 +131,7 @@ static void server_down(void) {
     fprintf(stderr, "test-pg-bridge: stopping the cluster failed\n");
 }
 
-/* ---- what a run saw ---------------------------------------------------------- */
+/* ---- what a run saw ------------------------------------------------------ */
 
 typedef struct deadline_run {
   int      open;            /* making the set or the connection */
@@ -249,6 +249,7 @@ typedef struct cancel_run {
   uint64_t      query_ms;
   char          query_error[256];
   int           after;      /* the victim's next wait */
+  bool          ended;      /* the victim is done (loop thread only) */
   int           still;
   int           one;        /* select 1 on the same connection, after */
   char          one_value[64];
@@ -267,6 +268,7 @@ static int cancel_victim(void *arg) {
   d->query_ms = mm_test_now_ms() - t0;
   memcpy(d->query_error, q.error, sizeof q.error);
   d->after = mm_yield();
+  d->ended = true;
   return 0;
 }
 
@@ -279,10 +281,11 @@ static int cancel_driver(void *arg) {
       (d->open = mm_spawn(mm_loop_current(), cancel_victim, d, &victim)) != 0)
     return 0;
   /* A cancel that reaches the server before the query is ignored there:
-   * cancel once the server shows the query running. */
+   * cancel once the server shows the query running (or the victim failed
+   * without it: the checks below say how). */
   int running = 0;
-  while (mm_run_sync(count_sleeps, &running) == 0 && running == 0 &&
-         mm_sleep(2) == 0)
+  while (!d->ended && mm_run_sync(count_sleeps, &running) == 0 &&
+         running == 0 && mm_sleep(2) == 0)
     ;
   mm_cancel(victim);
   mm_join(victim);
