@@ -222,6 +222,8 @@ static uint64_t deadline_after(uint64_t timeout_ms) {
   return timeout_ms != 0 ? now_us() + timeout_ms * 1000 : 0;
 }
 
+/* PQconnectStart blocks only to resolve a host name (give a Unix socket
+ * directory or hostaddr to avoid it); the rest is PQconnectPoll's. */
 int pg_async_connect(pg_async_t *c, uint64_t timeout_ms) {
   memset(c, 0, sizeof *c);
   uint64_t deadline = deadline_after(timeout_ms);
@@ -329,9 +331,10 @@ int pg_query_async(pg_async_t *c, pg_query_t *q) {
   /* A query left under way by a cancelled coroutine (below): drain it. */
   if (PQtransactionStatus(c->conn) == PQTRANS_ACTIVE) {
     r = stop_query(c, q);
-    if (r != -EIO && r != -ECANCELED)
+    if (r != -EIO && r != -ECANCELED) {
       r = 0;                    /* its answer is not this query's */
-    q->value[0] = '\0';
+      q->value[0] = q->error[0] = '\0';
+    }
   }
   const char *params[1] = { q->param };
   if (r == 0 &&

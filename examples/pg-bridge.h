@@ -57,7 +57,8 @@ typedef struct pg_async {
   bool      stopping;       /* the query left under way was cancelled */
 } pg_async_t;
 
-/* Connects without blocking the loop (PQconnectStart, PQconnectPoll). */
+/* Connects without blocking the loop (PQconnectStart, PQconnectPoll),
+ * except to resolve a host name. */
 int pg_async_connect(pg_async_t *c, uint64_t timeout_ms);
 void pg_async_close(pg_async_t *c);
 
