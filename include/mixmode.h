@@ -335,6 +335,17 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  *   Cancelled, the call returns -ECANCELED at once with abandon_on_cancel;
  *   without it the call is waited for and returns fn's value, the
  *   coroutine's cancellation staying pending for its next suspension.
+ *   "While fn runs" starts when a thread takes the call: on_cancel may
+ *   come just before fn reaches its driver's query, and some drivers
+ *   forget an interrupt asked before a statement starts (SQLite does).
+ *   So fn should also stop at mm_cancelled(), which turns true before
+ *   on_cancel runs (for the coroutine's cancel and for the call's own
+ *   deadline): SQLite's progress handler returning mm_cancelled() does.
+ *   on_cancel runs on the loop's thread: a blocking one (PQcancel, a
+ *   round trip) holds the loop meanwhile.
+ * - From a plain thread, a lane or lane-set call waits for fn however
+ *   long: timeout_ms, on_cancel and abandon_on_cancel apply to calls from
+ *   coroutines only.
  *
  * Who owns arg, one rule: cleanup(arg, status) is called exactly once for
  * every call that returns -ECANCELED, -ETIMEDOUT or -ESHUTDOWN, and never
