@@ -802,8 +802,8 @@ MM_EXTERN int mm_wait_fd(int fd, int events, uint64_t timeout_ms);
  *   - mm_await runs on_cancel and goes on until its wake.
  * Deadlines nest; the earliest applies.  The coroutine itself is not
  * cancelled: after the pop it carries on normally.  Not inherited by
- * spawned children.  On a plain thread: mm_sleep, mm_wait_fd, channels
- * and mm_run_async honour it.
+ * spawned children.  On a plain thread: mm_sleep, mm_wait_fd, channels,
+ * mm_join, mm_group_wait and mm_run_async honour it (not lane calls).
  * mm_deadline_push: 0, -ENOMEM, -EDEADLK (a loop's thread outside
  * coroutines).  mm_deadline_pop: -ETIMEDOUT if the deadline it removes
  * has passed, else 0; -EINVAL without a push; -EDEADLK as above. */

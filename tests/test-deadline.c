@@ -401,6 +401,40 @@ static void test_a_plain_thread_s_waits_honour_its_deadline(void **state) {
   assert_mm_ok(mm_chan_free(ch));
 }
 
+/* A plain thread's join under a deadline keeps the handle; its group
+ * wait cancels the children and waits for them. */
+static void test_a_plain_thread_s_join_and_group_wait_honour_its_deadline(
+    void **state) {
+  mm_loop_t *loop = new_loop(0);
+  assert_mm_ok(mm_loop_start(loop));
+  mm_chan_t *ch;
+  assert_mm_ok(mm_chan_new(&ch, 1));
+  mm_coro_t *c;
+  assert_mm_ok(mm_spawn(loop, wait_for_item, ch, &c));
+  assert_mm_ok(mm_deadline_push(5));
+  assert_status(mm_join(c), -ETIMEDOUT);          /* handle kept */
+  assert_status(mm_deadline_pop(), -ETIMEDOUT);
+  assert_mm_ok(mm_chan_send(ch, (void *) (intptr_t) 9));
+  assert_int_equal(mm_join(c), 9);
+
+  sleeper_t s1, s2;
+  memset(&s1, 0, sizeof s1);
+  memset(&s2, 0, sizeof s2);
+  mm_group_t *g;
+  assert_mm_ok(mm_group_new(loop, &g));
+  assert_mm_ok(mm_group_spawn(g, sleep_long, &s1));
+  assert_mm_ok(mm_group_spawn(g, sleep_long, &s2));
+  assert_mm_ok(mm_deadline_push(5));
+  assert_status(mm_group_wait(g), -ETIMEDOUT);
+  assert_status(mm_deadline_pop(), -ETIMEDOUT);
+  if (s1.ran)
+    assert_status(s1.sleep_result, -ECANCELED);
+  if (s2.ran)
+    assert_status(s2.sleep_result, -ECANCELED);
+  assert_mm_ok(mm_chan_free(ch));
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 /* A thread receives under 1 ms deadlines, again and again, while another
  * sends N items: each item arrives exactly once, in order, whichever of
  * the deadline and the transfer wins each time. */
@@ -491,6 +525,7 @@ int main(void) {
     mm_test(test_await_under_a_deadline_runs_on_cancel_and_waits_for_wake),
     mm_test(test_wait_fd_and_tcp_reads_time_out_and_stay_usable),
     mm_test(test_a_plain_thread_s_waits_honour_its_deadline),
+    mm_test(test_a_plain_thread_s_join_and_group_wait_honour_its_deadline),
     mm_test(test_a_thread_s_channel_deadline_racing_a_sender_loses_nothing),
     mm_test(test_deadlines_on_a_loop_thread_outside_coroutines_edeadlk),
   };
