@@ -67,8 +67,11 @@ struct mm_tcp {
   unsigned handles;           /* libuv handles not yet closed: h, and a
                                  listener's poll */
   mm__wait_t *reader;         /* parked in read */
-  char *rbuf;
+  char *rbuf;                 /* the parked reader's buffer */
   size_t rlen;
+  bool reading;               /* uv_read_start in force */
+  char *pend;                 /* data read while no reader was parked */
+  size_t pend_len, pend_off;  /* (malloc'ed, PEND_SIZE; freed drained) */
   mm__wait_t *acceptor;       /* parked in accept */
   mm__wait_t *closer;         /* parked in close */
   unsigned inflight;          /* writes and connects not yet answered */
@@ -205,6 +208,7 @@ static void close_and_free(mm_tcp_t *t) {
     t->closer = &w;
     mm__wait_block(&w);
   }
+  free(t->pend);
   free(t);
 }
 
@@ -634,22 +638,65 @@ int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
 
 /* ---- reading and writing ------------------------------------------------ */
 
+/* Reading stays on between reads, so that a connection read again and
+ * again costs no epoll_ctl pair per read: once started by the first
+ * mm_tcp_read it runs until data comes while nobody reads.  libuv reads
+ * into the parked reader's own buffer (no copy) when there is one; when
+ * there is none (between two reads, or after a read that gave up at a
+ * deadline), into pend, once, and then reading stops -- back-pressure:
+ * the peer is held by TCP's window until a read takes what is in pend
+ * (a copy) and starts reading again. */
+#define PEND_SIZE 65536
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   mm_tcp_t *t = h->data;
   (void) hint;
-  *buf = uv_buf_init(t->rbuf, (unsigned) t->rlen);
+  if (t->reader != NULL) {
+    *buf = uv_buf_init(t->rbuf, (unsigned) t->rlen);
+    return;
+  }
+  if (t->pend == NULL && (t->pend = malloc(PEND_SIZE)) == NULL) {
+    *buf = uv_buf_init(NULL, 0);        /* libuv reports UV_ENOBUFS */
+    return;
+  }
+  *buf = uv_buf_init(t->pend, t->pend_len == 0 ? PEND_SIZE : 0);
+}
+
+static void stop_reading(mm_tcp_t *t) {
+  if (t->reading) {
+    uv_read_stop((uv_stream_t *) &t->h);
+    t->reading = false;
+  }
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   mm_tcp_t *t = s->data;
-  (void) buf;
-  if (n == 0)
-    return;                   /* nothing this time (EAGAIN) */
-  uv_read_stop(s);
+  if (n == 0) {               /* nothing this time (EAGAIN) */
+    if (buf->base == t->pend && t->pend_len == 0) {
+      free(t->pend);          /* an idle connection keeps no buffer */
+      t->pend = NULL;
+    }
+    return;
+  }
+  if (n > 0 && buf->base != t->pend) {
+    wake(&t->reader, (int) n);          /* into the reader's buffer */
+    return;
+  }
+  if (n > 0) {
+    t->pend_len = (size_t) n;           /* kept for the next read */
+    t->pend_off = 0;
+    stop_reading(t);
+    return;
+  }
+  stop_reading(t);
+  if (t->pend_len == 0) {
+    free(t->pend);              /* allocated for a read that had nothing */
+    t->pend = NULL;
+  }
   if (n == UV_EOF) {
     t->eof = true;
     n = 0;
-  } else if (n < 0) {
+  } else {
     t->error = (int) n;
   }
   wake(&t->reader, (int) n);
@@ -657,7 +704,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 static void read_cancel(mm__wait_t *w, int reason) {
   mm_tcp_t *t = tcp_of(w);
-  uv_read_stop((uv_stream_t *) &t->h);
+  /* Reading goes on: what comes meanwhile waits in pend. */
   cancel_slot(&t->reader, w, reason);
 }
 
@@ -672,17 +719,35 @@ ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len) {
     return -EBUSY;
   if (c->closing)
     return closing_code();
+  if (c->pend_len > 0) {
+    /* Data that came while nobody read: a copy, then reading again. */
+    size_t n = c->pend_len < len ? c->pend_len : len;
+    memcpy(buf, c->pend + c->pend_off, n);
+    c->pend_off += n;
+    c->pend_len -= n;
+    if (c->pend_len == 0) {
+      free(c->pend);
+      c->pend = NULL;
+    }
+    return (ssize_t) n;
+  }
   if (c->eof)
     return 0;
   if (c->error != 0)
     return c->error;
+  int reason = mm__coro_stop_reason(mm__tls.coro);
+  if (reason != 0)
+    return -reason;
   tcp_wait_t tw;
   tcp_wait_init(&tw, c, read_cancel);
   c->rbuf = buf;
   c->rlen = len > INT_MAX ? INT_MAX : len;
-  r = uv_read_start((uv_stream_t *) &c->h, on_alloc, on_read);
-  if (r != 0)
-    return r;
+  if (!c->reading) {
+    r = uv_read_start((uv_stream_t *) &c->h, on_alloc, on_read);
+    if (r != 0)
+      return r;
+    c->reading = true;
+  }
   c->reader = &tw.w;
   return mm__wait_block(&tw.w);
 }

@@ -337,6 +337,81 @@ static void test_tcp_cancel_while_resolving_returns_ecanceled(void **state) {
   mm_test_latch_destroy(&slow_gate);
 }
 
+/* ---- Reading stays on, with back-pressure ---------------------------------- */
+
+/* A writer sends 1 MiB at once while the reader takes it in small reads
+ * with yields between (data comes while nobody reads: it waits in the
+ * connection's buffer, reading stops, then starts again): every byte
+ * arrives once, in order. */
+#define BULK (1 << 20)
+
+typedef struct {
+  mm_tcp_t *srv, *conn;
+  unsigned char *out;
+  size_t got;
+  int bad;
+} bulk_t;
+
+static int bulk_listen(void *arg) {
+  bulk_t *b = arg;
+  return mm_tcp_listen(&b->srv, "127.0.0.1", 0, 0);
+}
+
+static int bulk_writer(void *arg) {
+  bulk_t *b = arg;
+  mm_tcp_t *t;
+  int r = mm_tcp_connect(&t, "127.0.0.1", mm_tcp_port(b->srv));
+  if (r != 0)
+    return r;
+  r = mm_tcp_write(t, b->out, BULK);
+  mm_tcp_close(t);
+  return r;
+}
+
+static int bulk_reader(void *arg) {
+  bulk_t *b = arg;
+  int r = mm_tcp_accept(b->srv, &b->conn);
+  if (r != 0)
+    return r;
+  unsigned char buf[1000];
+  ssize_t n;
+  unsigned i = 0;
+  while ((n = mm_tcp_read(b->conn, buf, (i++ % 7) * 100 + 100)) > 0) {
+    if (memcmp(buf, b->out + b->got, (size_t) n) != 0)
+      b->bad++;
+    b->got += (size_t) n;
+    if (i % 3 == 0 && (r = mm_yield()) != 0)
+      return r;
+  }
+  mm_tcp_close(b->conn);
+  mm_tcp_close(b->srv);
+  return (int) n;
+}
+
+static void test_tcp_bulk_read_in_small_pieces_loses_nothing(void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  bulk_t b;
+  memset(&b, 0, sizeof b);
+  b.out = malloc(BULK);
+  assert_non_null(b.out);
+  for (size_t i = 0; i < BULK; i++)
+    b.out[i] = (unsigned char) (i * 7 + i / 251);
+  mm_coro_t *w, *r;
+  assert_mm_ok(mm_spawn(loop, bulk_listen, &b, &r));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(r));
+  assert_mm_ok(mm_spawn(loop, bulk_reader, &b, &r));
+  assert_mm_ok(mm_spawn(loop, bulk_writer, &b, &w));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(w));
+  assert_mm_ok(mm_join(r));
+  assert_int_equal(b.got, BULK);
+  assert_int_equal(b.bad, 0);
+  free(b.out);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 /* ---- Cancel and close of waiting calls --------------------------------- */
 
 typedef struct {
@@ -931,6 +1006,7 @@ int main(void) {
     mm_test(test_tcp_echo_with_many_clients_at_once),
     mm_test(test_tcp_end_of_stream_refusal_and_names),
     mm_test(test_tcp_names_try_every_address_and_unknown_ones_say_so),
+    mm_test(test_tcp_bulk_read_in_small_pieces_loses_nothing),
     mm_test(test_tcp_cancel_while_resolving_returns_ecanceled),
     mm_test(test_tcp_cancel_and_close_end_waiting_calls),
     mm_test(test_tcp_cancel_of_a_write_closes_the_connection),
