@@ -323,9 +323,9 @@ int mm__join_hook(mm_coro_t *h, bool *loop_stopping,
                   void (*before_release)(void *arg), void *arg) {
   if (h == NULL)
     return -EINVAL;
+  /* A join of its own handle is a cycle join_handle finds (-EDEADLK),
+   * after a detached handle is refused (-EINVAL), as for any handle. */
   mm_coro_t *self = mm__tls.coro;
-  if (self != NULL && self->handle == h)
-    return -EDEADLK;
   int r = join_handle(h, self, loop_stopping, before_release, arg);
   if (self != NULL)
     atomic_store_explicit(&self->joining, NULL, memory_order_relaxed);
