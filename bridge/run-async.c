@@ -195,12 +195,10 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   /* A plain thread's deadline (mm_deadline_push) acts as a timeout of
    * the call: the earlier of the two. */
   uint64_t timeout_ms = o != NULL ? o->timeout_ms : 0;
-  mm__deadlines_t *ds = &mm__tls.deadlines;
-  if (ds->n > 0 && ds->hold == 0) {
-    uint64_t now = uv_hrtime();
-    if (now >= ds->earliest)
+  uint64_t left;
+  if (mm__deadline_ms_left(&mm__tls.deadlines, &left)) {
+    if (left == 0)
       return -ETIMEDOUT;
-    uint64_t left = (ds->earliest - now + 999999) / 1000000;
     if (timeout_ms == 0 || left < timeout_ms)
       timeout_ms = left;
     so.timeout_ms = timeout_ms;

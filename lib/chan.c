@@ -110,31 +110,18 @@ static void chan_cancel(mm__wait_t *w, int reason) {
   mm__coro_wake_local(w->coro, -reason);   /* last access: ch may go now */
 }
 
-/* Blocks in cw: a coroutine parks (its deadlines reach it in
- * mm__park); a thread with a deadline (mm_deadline_push) gives up at it:
- * it claims CANCELLED, as a coroutine's cancel does, and unlinks itself
- * -- unless a peer claimed first, whose delivery it then waits for. */
-static int chan_block(chan_wait_t *cw) {
-  mm__deadlines_t *ds = &mm__tls.deadlines;
-  if (cw->w.coro != NULL || ds->n == 0 || ds->hold != 0)
-    return mm__wait_block(&cw->w);
-  for (;;) {
-    uint64_t now = uv_hrtime();
-    int status;
-    if (now < ds->earliest) {
-      if (mm__wait_block_for(&cw->w, (ds->earliest - now + 999999) / 1000000,
-                             &status) == 0)
-        return status;
-      continue;
-    }
-    if (!mm__end_claim(cw->w.end, MM__END_CANCELLED))
-      return mm__wait_block(&cw->w);    /* a peer's transfer stands */
-    mm_chan_t *ch = cw->ch;
-    pthread_mutex_lock(&ch->mu);
-    mm__list_remove(&cw->link);
-    pthread_mutex_unlock(&ch->mu);
-    return -ETIMEDOUT;
-  }
+/* A plain thread's channel wait at its deadline (mm__wait_block_deadline):
+ * claims CANCELLED, as a coroutine's cancel does, and unlinks itself --
+ * unless a peer claimed first: its transfer stands. */
+static bool chan_take_back(mm__wait_t *w) {
+  if (!mm__end_claim(w->end, MM__END_CANCELLED))
+    return false;
+  chan_wait_t *cw = container_of(w, chan_wait_t, w);
+  mm_chan_t *ch = cw->ch;
+  pthread_mutex_lock(&ch->mu);
+  mm__list_remove(&cw->link);
+  pthread_mutex_unlock(&ch->mu);
+  return true;
 }
 
 /* Prepares a wait for the calling context.  Before taking mu: making a
@@ -215,7 +202,7 @@ int mm_chan_send(mm_chan_t *ch, void *item) {
   cw.item = item;
   mm__list_push_back(&ch->senders, &cw.link);
   pthread_mutex_unlock(&ch->mu);
-  return chan_block(&cw);         /* 0, -EPIPE, -ECANCELED, -ETIMEDOUT */
+  return mm__wait_block_deadline(&cw.w, chan_take_back);         /* 0, -EPIPE, -ECANCELED, -ETIMEDOUT */
 }
 
 int mm_chan_try_send(mm_chan_t *ch, void *item) {
@@ -242,7 +229,7 @@ int mm_chan_recv(mm_chan_t *ch, void **item) {
     return unlock_and_deliver(ch, woken, r);
   mm__list_push_back(&ch->receivers, &cw.link);
   pthread_mutex_unlock(&ch->mu);
-  r = chan_block(&cw);            /* 0, -EPIPE, -ECANCELED, -ETIMEDOUT */
+  r = mm__wait_block_deadline(&cw.w, chan_take_back);            /* 0, -EPIPE, -ECANCELED, -ETIMEDOUT */
   if (r == 0)
     *item = cw.item;
   return r;

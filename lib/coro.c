@@ -211,33 +211,19 @@ static void join_leave(join_wait_t *jw) {
   mm__wait_cancel(&jw->w, -ETIMEDOUT);
 }
 
-/* Blocks in a join.  A coroutine parks (its deadlines reach join_cancel
- * through mm__park).  A plain thread with a deadline (mm_deadline_push)
- * waits until it, then takes its wait back as join_leave does -- unless
- * the child's end has it already, whose delivery it then waits for. */
-static int join_block(join_wait_t *jw) {
-  mm__deadlines_t *ds = &mm__tls.deadlines;
-  if (jw->w.coro != NULL || ds->n == 0 || ds->hold != 0)
-    return mm__wait_block(&jw->w);
-  for (;;) {
-    uint64_t now = uv_hrtime();
-    int status;
-    if (now < ds->earliest) {
-      if (mm__wait_block_for(&jw->w, (ds->earliest - now + 999999) / 1000000,
-                             &status) == 0)
-        return status;
-      continue;
-    }
-    uintptr_t mine = (uintptr_t) &jw->w;
-    if (atomic_compare_exchange_strong_explicit(&jw->target->join, &mine,
-                                                MM__JOIN_NONE,
-                                                memory_order_acq_rel,
-                                                memory_order_acquire)) {
-      jw->left = true;          /* nobody can reach the wait any more */
-      return -ETIMEDOUT;
-    }
-    return mm__wait_block(&jw->w);
-  }
+/* A plain thread's join at its deadline (mm__wait_block_deadline): takes
+ * its wait back from the child's join word, as join_leave does -- unless
+ * the child's end has it already. */
+static bool join_take_back(mm__wait_t *w) {
+  join_wait_t *jw = container_of(w, join_wait_t, w);
+  uintptr_t mine = (uintptr_t) w;
+  if (!atomic_compare_exchange_strong_explicit(&jw->target->join, &mine,
+                                               MM__JOIN_NONE,
+                                               memory_order_acq_rel,
+                                               memory_order_acquire))
+    return false;
+  jw->left = true;            /* nobody can reach the wait any more */
+  return true;
 }
 
 static void join_cancel(mm__wait_t *w, int reason) {
@@ -406,7 +392,7 @@ static int join_handle(mm_coro_t *h, mm_coro_t *self, bool *loop_stopping,
     jw.w.cancellable = false;
     cancel_block(c, ECANCELED);
   }
-  int status = join_block(&jw);
+  int status = mm__wait_block_deadline(&jw.w, join_take_back);
   if (jw.left)
     return -ETIMEDOUT;     /* the handle is the caller's still */
   if (before_release != NULL)

@@ -297,6 +297,13 @@ int  mm__wait_block(mm__wait_t *w);
 /* A thread wait that gives up after ms: 0 and *status once delivered, or
  * -ETIMEDOUT with w still pending (block on it again). */
 int  mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status);
+/* mm__wait_block, where a plain thread's deadline (mm_deadline_push)
+ * applies: at the deadline take_back(w) tries to withdraw w from where it
+ * is listed, as a cancel would (true: nobody can reach w any more, and
+ * the call returns -ETIMEDOUT); if it cannot, a completer has w and its
+ * delivery is waited for.  A coroutine's deadlines reach its waits in
+ * mm__park instead. */
+int  mm__wait_block_deadline(mm__wait_t *w, bool (*take_back)(mm__wait_t *w));
 /* Any thread, by the winner of w's ending only.  Ends w with status. */
 void mm__wait_deliver(mm__wait_t *w, int status);
 /* Any thread: claims WOKEN and delivers; false if the ending was taken. */
@@ -701,6 +708,9 @@ int  mm__coro_stop_reason(const mm_coro_t *c);
 mm__deadlines_t *mm__deadlines_here(void);
 /* Whether ds's earliest deadline has passed (and is not held). */
 bool mm__deadline_passed(const mm__deadlines_t *ds);
+/* Whether a deadline of ds applies now (one pushed, not held); then *ms
+ * is what is left of the earliest, rounded up, 0 once it has passed. */
+bool mm__deadline_ms_left(const mm__deadlines_t *ds, uint64_t *ms);
 /* Suspends the deadlines of the calling context around a wait that must
  * finish whatever the time (a cancelled child waited for). */
 void mm__deadline_hold(void);

@@ -425,6 +425,14 @@ bool mm__deadline_passed(const mm__deadlines_t *ds) {
   return ds->n > 0 && ds->hold == 0 && uv_hrtime() >= ds->earliest;
 }
 
+bool mm__deadline_ms_left(const mm__deadlines_t *ds, uint64_t *ms) {
+  if (ds->n == 0 || ds->hold != 0)
+    return false;
+  uint64_t now = uv_hrtime();
+  *ms = ds->earliest > now ? (ds->earliest - now + 999999) / 1000000 : 0;
+  return true;
+}
+
 int mm__coro_stop_reason(const mm_coro_t *c) {
   int reason = mm__coro_cancel_reason(c);
   if (reason == 0 && mm__deadline_passed(&c->deadlines))
@@ -513,10 +521,8 @@ static void deadline_reached(mm_coro_t *c, mm__wait_t *w) {
 
 /* Arms c's deadline timer for what is left of its earliest deadline. */
 static bool dl_arm(mm_coro_t *c) {
-  uint64_t now = uv_hrtime();
-  uint64_t left = c->deadlines.earliest > now ? c->deadlines.earliest - now
-                                              : 0;
-  uint64_t ms = (left + 999999) / 1000000;
+  uint64_t ms = 1;
+  mm__deadline_ms_left(&c->deadlines, &ms);
   return mm__timer_start(c->loop, &c->dl_timer, ms != 0 ? ms : 1) == 0;
 }
 
@@ -656,15 +662,11 @@ int mm_sleep(uint64_t ms) {
     if (mm__tls.loop != NULL)
       return -EDEADLK;
     /* A plain thread: nanosleep, cut short by its deadline if any. */
-    mm__deadlines_t *ds = &mm__tls.deadlines;
     int r = 0;
-    if (ds->n > 0 && ds->hold == 0) {
-      uint64_t now = uv_hrtime();
-      uint64_t left = ds->earliest > now ? ds->earliest - now : 0;
-      if (left / 1000000 < ms) {
-        ms = (left + 999999) / 1000000;
-        r = -ETIMEDOUT;
-      }
+    uint64_t left;
+    if (mm__deadline_ms_left(&mm__tls.deadlines, &left) && left <= ms) {
+      ms = left;              /* the deadline passes first (or as it ends) */
+      r = -ETIMEDOUT;
     }
     struct timespec ts = { (time_t) (ms / 1000), (long) (ms % 1000) * 1000000 };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)

@@ -335,12 +335,10 @@ int mm_wait_fd(int fd, int events, uint64_t timeout_ms) {
     return -EDEADLK;
   /* A plain thread's deadline (mm_deadline_push) shortens the timeout;
    * either way the answer at the end is -ETIMEDOUT. */
-  mm__deadlines_t *ds = &mm__tls.deadlines;
-  if (ds->n > 0 && ds->hold == 0) {
-    uint64_t now = uv_hrtime();
-    if (now >= ds->earliest)
+  uint64_t left;
+  if (mm__deadline_ms_left(&mm__tls.deadlines, &left)) {
+    if (left == 0)
       return -ETIMEDOUT;
-    uint64_t left = (ds->earliest - now + 999999) / 1000000;
     if (timeout_ms == 0 || left < timeout_ms)
       timeout_ms = left;
   }

@@ -92,6 +92,21 @@ int mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status) {
   return mm__waiter_block(w, &ts, status);
 }
 
+int mm__wait_block_deadline(mm__wait_t *w, bool (*take_back)(mm__wait_t *w)) {
+  if (w->coro != NULL)
+    return mm__wait_block(w);
+  for (;;) {
+    uint64_t ms;
+    int status;
+    if (!mm__deadline_ms_left(&mm__tls.deadlines, &ms))
+      return mm__wait_block(w);
+    if (ms == 0)
+      return take_back(w) ? -ETIMEDOUT : mm__wait_block(w);
+    if (mm__wait_block_for(w, ms, &status) == 0)
+      return status;
+  }
+}
+
 void mm__wait_deliver(mm__wait_t *w, int status) {
   mm__assert(atomic_load_explicit(w->end, memory_order_relaxed) !=
              MM__END_PENDING);
