@@ -149,6 +149,12 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop);
  * and those waiting in their queues now. */
 void mm__bridge_lane_stats(mm__bridge_t *b, uint64_t *calls,
                            uint64_t *queued);
+/* mm_lane_free and mm_laneset_free (lane.c): waits for the pool's queue,
+ * frees the pool and block, the lane or set whose link and pool they
+ * are.  -EDEADLK from one of the pool's threads or a loop's thread
+ * outside coroutines. */
+int mm__lanes_free(mm_loop_t *loop, mm__list_t *link, mm__pool_t *pool,
+                   void *block);
 /* Takes a lane's (or set's) link out of b's lists and keeps its count of
  * calls, before its pool is freed. */
 void mm__bridge_lane_gone(mm__bridge_t *b, mm__list_t *link,

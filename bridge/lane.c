@@ -36,26 +36,41 @@ int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **out) {
   return 0;
 }
 
-static int lane_close(void *arg) {
-  mm_lane_t *lane = arg;
-  mm__bridge_t *b = atomic_load_explicit(&lane->loop->bridge,
+/* What mm_lane_free and mm_laneset_free share: a lane or a set is a pool
+ * on one of the bridge's lists, in a block of its own that goes with it. */
+typedef struct lanes_close {
+  mm_loop_t *loop;
+  mm__list_t *link;
+  mm__pool_t *pool;
+  void *block;
+} lanes_close_t;
+
+static int lanes_close(void *arg) {
+  lanes_close_t *l = arg;
+  mm__bridge_t *b = atomic_load_explicit(&l->loop->bridge,
                                          memory_order_acquire);
-  mm__bridge_lane_gone(b, &lane->link, lane->pool);
-  mm__pool_free(lane->pool);   /* runs what is queued, joins the thread */
-  free(lane);
+  mm__bridge_lane_gone(b, l->link, l->pool);
+  mm__pool_free(l->pool);     /* runs what is queued, closes, joins */
+  free(l->block);
   return 0;
+}
+
+int mm__lanes_free(mm_loop_t *loop, mm__list_t *link, mm__pool_t *pool,
+                   void *block) {
+  if (mm__pool_is_self(pool))
+    return -EDEADLK;             /* the lane would join itself */
+  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
+    return -EDEADLK;
+  /* Waiting for the queue is blocking work: in a coroutine it goes to the
+   * pool like any other, on a plain thread it runs here.  A cancelled
+   * coroutine gets -ECANCELED and the lane (or set) stays (mm_loop_free
+   * frees it with a warning). */
+  lanes_close_t l = { loop, link, pool, block };
+  return mm_run_sync(lanes_close, &l);
 }
 
 int mm_lane_free(mm_lane_t *lane) {
   if (lane == NULL)
     return -EINVAL;
-  if (mm__pool_is_self(lane->pool))
-    return -EDEADLK;             /* the lane would join itself */
-  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
-    return -EDEADLK;
-  /* Waiting for the lane's queue is blocking work: in a coroutine it goes
-   * to the pool like any other, on a plain thread it runs here.  A
-   * cancelled coroutine gets -ECANCELED and the lane stays (mm_loop_free
-   * frees it with a warning). */
-  return mm_run_sync(lane_close, lane);
+  return mm__lanes_free(lane->loop, &lane->link, lane->pool, lane);
 }

@@ -83,26 +83,10 @@ static int new_set(void *arg) {
   return 0;
 }
 
-static int laneset_close(void *arg) {
-  mm_laneset_t *set = arg;
-  mm__bridge_t *b = atomic_load_explicit(&set->loop->bridge,
-                                         memory_order_acquire);
-  mm__bridge_lane_gone(b, &set->link, set->pool);
-  mm__pool_free(set->pool);   /* runs what is queued, closes, joins */
-  free(set);
-  return 0;
-}
-
 int mm_laneset_free(mm_laneset_t *set) {
   if (set == NULL)
     return -EINVAL;
-  if (mm__pool_is_self(set->pool))
-    return -EDEADLK;             /* the lane would join itself */
-  if (mm__tls.coro == NULL && mm__tls.loop != NULL)
-    return -EDEADLK;
-  /* As mm_lane_free: blocking work, to the pool from a coroutine, here on
-   * a plain thread; a cancelled coroutine leaves the set as it was. */
-  return mm_run_sync(laneset_close, set);
+  return mm__lanes_free(set->loop, &set->link, set->pool, set);
 }
 
 void *mm_lane_state(void) {
