@@ -487,7 +487,7 @@ static void *worker_main(void *arg) {
       break;
     /* Before parking, watch the queue for a while: the next call may be
      * microseconds away, and a park plus a wake-up costs more. */
-    if (mm__spin_begin()) {
+    if (mm__spin_begin(&pool->spin)) {
       /* The pool's workers share one adaptive limit, under mu: spin
        * with a copy, and count a miss on the shared one. */
       pool->nspinning++;

@@ -97,10 +97,11 @@ static inline void mm__cpu_relax(void) {
 
 /* Spinning before sleeping (spin.c).  The owner of an mm__spin_t (one
  * thread, or whoever holds the lock it lives under) keeps its adaptive
- * limit.  To spin: mm__spin_begin() claims one of the process's spinner
- * places (false: sleep at once); mm__spin_wait() then watches ready(arg)
- * until it holds (true) or the limit passes (false), and gives the place
- * back; after a false, mm__spin_missed() halves the next limit.  Around a
+ * limit.  To spin: mm__spin_begin(s) claims one of the process's spinner
+ * places (false: sleep at once -- also when s's limit is 0, spins having
+ * missed lately); mm__spin_wait() then watches ready(arg) until it holds
+ * (true) or the limit passes (false), and gives the place back; after a
+ * false, mm__spin_missed() halves the next limit, down to 0.  Around a
  * sleep: t = mm__spin_sleep_begin() before, and mm__spin_woken(s, t)
  * after a wake-up (not a timeout): a quick one restores the full limit. */
 typedef struct mm__spin {
@@ -115,7 +116,7 @@ void mm__backoff(unsigned *round);
 /* CPUs online (at least 1), read once. */
 unsigned mm__cpu_count(void);
 void     mm__spin_init(mm__spin_t *s);
-bool     mm__spin_begin(void);
+bool     mm__spin_begin(const mm__spin_t *s);
 bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
 void     mm__spin_missed(mm__spin_t *s);

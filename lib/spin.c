@@ -25,7 +25,7 @@
  * side has woken to the previous answer, finds the spinner awake. */
 #define SPIN_MAX_NS 50000
 
-/* The shortest: calls that come back seldom cost no more than this. */
+/* The shortest spin; past it, none (mm__spin_missed). */
 #define SPIN_MIN_NS 2000
 
 /* Past this much spinning, each turn also yields the CPU. */
@@ -63,7 +63,9 @@ void mm__spin_init(mm__spin_t *s) {
   s->limit_ns = SPIN_MAX_NS;
 }
 
-bool mm__spin_begin(void) {
+bool mm__spin_begin(const mm__spin_t *s) {
+  if (s->limit_ns == 0)
+    return false;             /* spins have not paid lately: sleep */
   unsigned max = mm__cpu_count() / 2;
   unsigned n = atomic_load_explicit(&spinners, memory_order_relaxed);
   do {
@@ -112,9 +114,13 @@ void mm__backoff(unsigned *round) {
   }
 }
 
+/* Each miss halves the limit; below SPIN_MIN_NS the owner stops spinning
+ * altogether and sleeps at once, until a quick wake-up (mm__spin_woken)
+ * shows that answers come back soon again.  So calls that come seldom
+ * (one every 200 us) cost no spinning at all after a few misses, while
+ * calls back to back keep their spin: their wake-ups are quick. */
 void mm__spin_missed(mm__spin_t *s) {
-  if (s->limit_ns / 2 >= SPIN_MIN_NS)
-    s->limit_ns /= 2;
+  s->limit_ns = s->limit_ns / 2 >= SPIN_MIN_NS ? s->limit_ns / 2 : 0;
 }
 
 uint64_t mm__spin_sleep_begin(void) {

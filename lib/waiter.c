@@ -145,7 +145,7 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
                      int *status) {
   mm__waiter_t *me = w->thread;
 
-  if (mm__spin_begin()) {
+  if (mm__spin_begin(&me->spin)) {
     if (!mm__spin_wait(&me->spin, wait_ready, w))
       mm__spin_missed(&me->spin);
     else if (atomic_load_explicit(&w->done, memory_order_acquire)) {

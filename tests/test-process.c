@@ -387,7 +387,7 @@ static void *hold(void *arg) {
   if (h->waiter != NULL)
     pthread_mutex_lock(&h->waiter->mu);   /* as a waker in mm__wait_wake */
   if (h->spinner_places)
-    while (mm__spin_begin())              /* as workers in a spin */
+    while (mm__spin_begin(&s))            /* as workers in a spin */
       places++;
   mm_test_latch_add(&h->held, 1);
   mm_test_latch_wait(&h->release, 1);
@@ -406,12 +406,12 @@ static void *hold(void *arg) {
 static void child_uses_a_new_loop(void *arg) {
   alarm(mm_test_under_valgrind() ? 120 : 10);
   if (mm__cpu_count() / 2 >= 1) {
-    if (!mm__spin_begin()) {
+    mm__spin_t s;
+    mm__spin_init(&s);
+    if (!mm__spin_begin(&s)) {
       say("no spinner place is free in the child\n");
       _exit(8);
     }
-    mm__spin_t s;
-    mm__spin_init(&s);
     mm__spin_wait(&s, always_ready, NULL);
   }
 #ifdef MM_TEST_TSAN

@@ -30,16 +30,15 @@ static void test_at_most_half_the_cpus_spin_at_once(void **state) {
   mm__spin_init(&s);
   for (int round = 0; round < 3; round++) {
     for (unsigned i = 0; i < max; i++)
-      assert_true(mm__spin_begin());
-    assert_false(mm__spin_begin());     /* no place left (none on 1 CPU) */
+      assert_true(mm__spin_begin(&s));
+    assert_false(mm__spin_begin(&s));   /* no place left (none on 1 CPU) */
     /* Each wait gives its place back, whatever it finds. */
     for (unsigned i = 0; i < max; i++)
       assert_true(mm__spin_wait(&s, always, NULL));
   }
 }
 
-static void test_a_spin_that_missed_halves_the_next_one(
-    void **state) {
+static void test_spins_that_miss_halve_the_next_then_stop(void **state) {
   if (half_the_cpus() == 0)
     skip();
   mm__spin_t s;
@@ -47,32 +46,46 @@ static void test_a_spin_that_missed_halves_the_next_one(
   uint64_t first = s.limit_ns;
   assert_true(first >= 10000);          /* outlasts a wake-up */
   uint64_t prev = first;
-  for (int i = 0; i < 20; i++) {
-    assert_true(mm__spin_begin());
+  int spins = 0;
+  while (mm__spin_begin(&s)) {
+    assert_true(++spins <= 20);
     uint64_t t0 = uv_hrtime();
     assert_false(mm__spin_wait(&s, never, NULL));
     mm__spin_missed(&s);
     /* It lasted its limit (a clock read later at most: no upper bound
      * is checked, a preempted thread may come back late). */
     assert_true(uv_hrtime() - t0 >= prev);
-    assert_true(s.limit_ns <= prev);
-    if (s.limit_ns < prev)
+    if (s.limit_ns != 0) {
       assert_true(s.limit_ns == prev / 2);
+      assert_true(s.limit_ns >= 2000);  /* the shortest spin */
+    } else {
+      assert_true(prev / 2 < 2000);     /* below it: none at all */
+    }
     prev = s.limit_ns;
   }
-  assert_true(prev < first);
-  assert_true(prev >= 2000);            /* the floor */
-  assert_true(prev / 2 < 2000);         /* reached */
+  assert_true(spins >= 2);
+  assert_true(s.limit_ns == 0);         /* sleeps at once now */
+  assert_false(mm__spin_begin(&s));     /* and took no place */
+  for (unsigned i = 0; i < half_the_cpus(); i++) {
+    mm__spin_t any;
+    mm__spin_init(&any);
+    assert_true(mm__spin_begin(&any));  /* every place is free */
+  }
+  mm__spin_t any;
+  mm__spin_init(&any);
+  for (unsigned i = 0; i < half_the_cpus(); i++)
+    assert_true(mm__spin_wait(&any, always, NULL));
 }
 
 static void test_a_quick_wake_up_restores_the_full_spin(void **state) {
   mm__spin_t s;
   mm__spin_init(&s);
   uint64_t full = s.limit_ns;
-  s.limit_ns = 2000;
-  /* Woken long after it slept: the spin stays short. */
+  s.limit_ns = 0;                       /* stopped spinning */
+  /* Woken long after it slept: it stays stopped. */
   mm__spin_woken(&s, uv_hrtime() - 10 * full);
-  assert_true(s.limit_ns == 2000);
+  assert_true(s.limit_ns == 0);
+  assert_false(mm__spin_begin(&s));
   /* Woken at once: a full spin would have caught it.  "At once" means
    * within the full spin's time; a preempted test thread may miss that,
    * so try a few times. */
@@ -84,7 +97,7 @@ static void test_a_quick_wake_up_restores_the_full_spin(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_at_most_half_the_cpus_spin_at_once),
-    mm_test(test_a_spin_that_missed_halves_the_next_one),
+    mm_test(test_spins_that_miss_halve_the_next_then_stop),
     mm_test(test_a_quick_wake_up_restores_the_full_spin),
   };
   return mm_run_tests(tests);
