@@ -6,9 +6,9 @@
  * callback on the loop's thread).  Everything here runs on that thread,
  * so no lock is needed.
  *
- *   read:    uv_read_start with the caller's own buffer; the first read
- *            callback stops reading and wakes the reader: no copy, and
- *            nothing is read while no coroutine asks
+ *   read:    reading stays on between reads (below, "Reading and
+ *            writing"): libuv reads into the parked reader's own buffer,
+ *            and the reader runs from the read callback
  *   write:   uv_try_write; what it leaves, a uv_write_t on the caller's
  *            stack, parked until written
  *   accept:  accept(2) is done here, not by libuv (below, "Out of
@@ -160,6 +160,20 @@ static void wake(mm__wait_t **slot, int status) {
     *slot = NULL;
     mm__wait_complete(w, status);
   }
+}
+
+/* Runs the coroutines that a libuv callback of ours has just made ready,
+ * from that callback, rather than in the idle phase of the next loop pass:
+ * the drive loop runs uv_run(UV_RUN_ONCE), whose poll does not block when
+ * an idle handle was active as the pass began, so waking through the idle
+ * costs one more epoll_wait per wake, which finds nothing when the peer
+ * is another process (on_async in drive.c does the same for the same
+ * reason).  libuv allows what a coroutine may do here: a read of the same
+ * stream (libuv goes on reading into its buffer), a write, a close
+ * (libuv stops reading and checks for it after the callback). */
+static void run_now(mm_loop_t *loop) {
+  mm__tls.loop = loop;
+  mm__sched_run_ready(loop);
 }
 
 /* w's cancel: ends it if it still is in its slot. */
@@ -402,6 +416,7 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
   if (status < 0)
     srv->error = status;
   wake(&srv->acceptor, status < 0 ? status : 0);
+  run_now(srv->loop);
 }
 
 /* What listen and connect share: checks, the addresses. */
@@ -687,6 +702,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (n > 0 && buf->base != t->pend) {
     wake(&t->reader, (int) n);          /* into the reader's buffer */
+    run_now(t->loop);
     return;
   }
   if (n > 0) {
@@ -707,6 +723,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     t->error = (int) n;
   }
   wake(&t->reader, (int) n);
+  run_now(t->loop);
 }
 
 static void read_cancel(mm__wait_t *w, int reason) {

@@ -1,9 +1,13 @@
 /* What a TCP echo costs the loop in system calls.  A coroutine echoes the
  * 64-byte messages of a client, a plain thread that sends the next one
  * when the last has come back; once reading is on, a message costs the
- * loop no epoll_ctl: a write that goes out whole at once neither parks
- * nor leaves libuv a write callback (whose clean-up re-arms the
- * descriptor with an epoll_ctl).  Before, each message cost one.
+ * loop no epoll_ctl and one epoll wait (for its arrival): a write that
+ * goes out whole at once neither parks nor leaves libuv a write callback
+ * (whose clean-up re-arms the descriptor with an epoll_ctl), and a
+ * coroutine woken by a read runs from that read's callback, not from the
+ * next loop pass (whose poll would not block: one more epoll_wait per
+ * message, which finds nothing).  Before those two a message cost one
+ * epoll_ctl and two or three waits.
  *
  * The kernel counts, for this thread only (the loop runs here): a
  * perf_event_open counter per tracepoint syscalls:sys_enter_epoll_ctl,
@@ -237,6 +241,14 @@ static void test_tcp_echo_makes_no_epoll_ctl(void **state) {
   assert_int_equal(ctl, 0);
 }
 
+static void test_tcp_echo_makes_one_epoll_wait_per_message(void **state) {
+  uint64_t ctl, waits;
+  run_counted_echo(&ctl, &waits);
+  /* Its arrival's, and a few more for whatever else the loop might poll
+   * for meanwhile. */
+  assert_true(waits <= ROUNDS + 16);
+}
+
 int main(void) {
   if (!open_counters()) {
     printf("SKIP: test-tcp-syscalls: cannot count system calls: %s\n", why);
@@ -244,6 +256,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
     mm_test(test_tcp_echo_makes_no_epoll_ctl),
+    mm_test(test_tcp_echo_makes_one_epoll_wait_per_message),
   };
   return mm_run_tests(tests);
 }
