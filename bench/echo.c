@@ -18,7 +18,7 @@
  * epoll, no library) opens C connections (1, then 100), sends 64 bytes
  * on each and, whenever 64 bytes have come back on one, sends the next 64
  * on it: ping-pong, C messages always in flight.  It runs a warm-up
- * (1/10 of the window), then a window of WINDOW_S seconds, and
+ * (1/10 of the window), then a window of 1 s (times SCALE), and
  * reports for the window:
  *
  *   echoes/s         64-byte round trips completed, over the window's
@@ -40,7 +40,7 @@
  *                    the column says n/a and the reason is printed
  *
  * The control exchange at each end of the window costs the server a few
- * system calls, against hundreds of thousands of echoes.  Each
+ * system calls, against tens of thousands of echoes.  Each
  * measurement is repeated RUNS times, mixmode and libuv alternating
  * within a run (which goes first alternates too); medians of the runs,
  * ratios per run.  The aims are measured, not asserted: the program
@@ -350,15 +350,21 @@ static int run_uv_server(int ctl) {
 static int sys_enter_id = -1;           /* the tracepoint's id, or -1 */
 static char count_why[256];             /* why syscalls are not counted */
 
+static int id_errno;                    /* why read_id last failed */
+
 static int read_id(const char *tracefs) {
   char path[128];
   snprintf(path, sizeof path, "%s/events/raw_syscalls/sys_enter/id", tracefs);
   FILE *f = fopen(path, "r");
-  if (f == NULL)
+  if (f == NULL) {
+    id_errno = errno;
     return -1;
+  }
   int id = -1;
-  if (fscanf(f, "%d", &id) != 1)
+  if (fscanf(f, "%d", &id) != 1) {
     id = -1;
+    id_errno = EINVAL;
+  }
   fclose(f);
   return id;
 }
@@ -367,20 +373,24 @@ static int read_id(const char *tracefs) {
 static void find_sys_enter(void) {
   static const char *const dirs[] = { "/sys/kernel/tracing",
                                       "/sys/kernel/debug/tracing" };
-  for (int i = 0; i < 2; i++)
-    if ((sys_enter_id = read_id(dirs[i])) >= 0)
-      return;
+  if ((sys_enter_id = read_id(dirs[1])) >= 0 ||
+      (sys_enter_id = read_id(dirs[0])) >= 0)
+    return;
   /* tracefs is not mounted (a machine without systemd's mount unit):
    * mount it where the kernel expects it, as perf does. */
-  if (geteuid() == 0 &&
+  if (id_errno == ENOENT && geteuid() == 0 &&
       mount("nodev", dirs[0], "tracefs", 0, NULL) == 0 &&
       (sys_enter_id = read_id(dirs[0])) >= 0)
     return;
   snprintf(count_why, sizeof count_why,
-           "no id for the tracepoint raw_syscalls:sys_enter under %s or %s "
-           "(tracefs not mounted%s, or a kernel without tracepoints)",
-           dirs[0], dirs[1],
-           geteuid() == 0 ? " and mounting it failed" : "; not root");
+           "no id for the tracepoint raw_syscalls:sys_enter: "
+           "%s/events/raw_syscalls/sys_enter/id: %s (%s)", dirs[0],
+           strerror(id_errno),
+           id_errno == EACCES ? "tracefs is for root only"
+           : geteuid() != 0   ? "tracefs not mounted, or a kernel without "
+                                "tracepoints; not root, so not mounted here"
+                              : "tracefs not mounted and mounting it "
+                                "failed, or a kernel without tracepoints");
 }
 
 /* A counter of pid's system calls, its threads' included (inherit: it

@@ -43,16 +43,24 @@ static char why[512];
 static const char *const tracefs[] = { "/sys/kernel/tracing",
                                        "/sys/kernel/debug/tracing" };
 
+static int id_errno;                    /* why tracepoint_id last failed */
+
+/* The id of tracepoint syscalls:name; the debugfs path first, so that
+ * id_errno ends with what the usual path said. */
 static int tracepoint_id(const char *name) {
-  for (int i = 0; i < 2; i++) {
+  for (int i = 1; i >= 0; i--) {
     char path[160];
     snprintf(path, sizeof path, "%s/events/syscalls/%s/id", tracefs[i], name);
     FILE *f = fopen(path, "r");
-    if (f == NULL)
+    if (f == NULL) {
+      id_errno = errno;
       continue;
+    }
     int id = -1;
-    if (fscanf(f, "%d", &id) != 1)
+    if (fscanf(f, "%d", &id) != 1) {
       id = -1;
+      id_errno = EINVAL;
+    }
     fclose(f);
     if (id >= 0)
       return id;
@@ -74,14 +82,20 @@ static int perf_paranoid(void) {
 /* Opens the counters, disabled; false (and why) if they cannot be had. */
 static bool open_counters(void) {
   int id = tracepoint_id(tracepoint[CTL]);
-  if (id < 0 && geteuid() == 0 &&
+  if (id < 0 && id_errno == ENOENT && geteuid() == 0 &&
       mount("nodev", tracefs[0], "tracefs", 0, NULL) == 0)
     id = tracepoint_id(tracepoint[CTL]);
   if (id < 0) {
-    snprintf(why, sizeof why, "no tracepoint syscalls:%s under %s or %s "
-             "(tracefs not mounted%s, or a kernel without syscall "
-             "tracepoints)", tracepoint[CTL], tracefs[0], tracefs[1],
-             geteuid() == 0 ? " and mounting it failed" : "; not root");
+    snprintf(why, sizeof why, "no id for the tracepoint syscalls:%s: "
+             "%s/events/syscalls/%s/id: %s (%s)", tracepoint[CTL],
+             tracefs[0], tracepoint[CTL], strerror(id_errno),
+             id_errno == EACCES ? "tracefs is for root only"
+             : geteuid() != 0   ? "tracefs not mounted, or a kernel without "
+                                  "syscall tracepoints; not root, so not "
+                                  "mounted here"
+                                : "tracefs not mounted and mounting it "
+                                  "failed, or a kernel without syscall "
+                                  "tracepoints");
     return false;
   }
   for (int i = 0; i < NCOUNTERS; i++) {
