@@ -6,10 +6,11 @@
  * callback on the loop's thread).  Everything here runs on that thread,
  * so no lock is needed.
  *
- *   read:    uv_read_start with the caller's own buffer; the first read
- *            callback stops reading and wakes the reader: no copy, and
- *            nothing is read while no coroutine asks
- *   write:   a uv_write_t on the caller's stack; parked until written
+ *   read:    reading stays on between reads (below, "Reading and
+ *            writing"): libuv reads into the parked reader's own buffer,
+ *            and the reader runs from the read callback
+ *   write:   uv_try_write; what it leaves, a uv_write_t on the caller's
+ *            stack, parked until written
  *   accept:  accept(2) is done here, not by libuv (below, "Out of
  *            descriptors"); the listener's socket is watched (a uv_poll)
  *            only while a coroutine waits in accept, and connections that
@@ -75,6 +76,8 @@ struct mm_tcp {
   mm__wait_t *acceptor;       /* parked in accept */
   mm__wait_t *closer;         /* parked in close */
   unsigned inflight;          /* writes and connects not yet answered */
+  unsigned quick_writes;      /* writes done at once since one of its
+                                 calls last parked (QUICK_WRITES_MAX) */
 
   /* Listeners only (see "Out of descriptors" above). */
   uv_poll_t poll;             /* the socket, while an acceptor waits;
@@ -157,6 +160,20 @@ static void wake(mm__wait_t **slot, int status) {
     *slot = NULL;
     mm__wait_complete(w, status);
   }
+}
+
+/* Runs the coroutines that a libuv callback of ours has just made ready,
+ * from that callback, rather than in the idle phase of the next loop pass:
+ * the drive loop runs uv_run(UV_RUN_ONCE), whose poll does not block when
+ * an idle handle was active as the pass began, so waking through the idle
+ * costs one more epoll_wait per wake, which finds nothing when the peer
+ * is another process (on_async in drive.c does the same for the same
+ * reason).  libuv allows what a coroutine may do here: a read of the same
+ * stream (libuv goes on reading into its buffer), a write, a close
+ * (libuv stops reading and checks for it after the callback). */
+static void run_now(mm_loop_t *loop) {
+  mm__tls.loop = loop;
+  mm__sched_run_ready(loop);
 }
 
 /* w's cancel: ends it if it still is in its slot. */
@@ -399,6 +416,7 @@ static void on_listener_ready(uv_poll_t *p, int status, int events) {
   if (status < 0)
     srv->error = status;
   wake(&srv->acceptor, status < 0 ? status : 0);
+  run_now(srv->loop);
 }
 
 /* What listen and connect share: checks, the addresses. */
@@ -648,6 +666,10 @@ int mm_tcp_connect(mm_tcp_t **out, const char *host, int port) {
  * (a copy) and starts reading again. */
 #define PEND_SIZE 65536
 
+/* Writes done at once, in a row, on one handle, before one goes through
+ * uv_write and parks until libuv's next pass. */
+#define QUICK_WRITES_MAX 64
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   mm_tcp_t *t = h->data;
   (void) hint;
@@ -680,6 +702,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (n > 0 && buf->base != t->pend) {
     wake(&t->reader, (int) n);          /* into the reader's buffer */
+    run_now(t->loop);
     return;
   }
   if (n > 0) {
@@ -700,6 +723,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     t->error = (int) n;
   }
   wake(&t->reader, (int) n);
+  run_now(t->loop);
 }
 
 static void read_cancel(mm__wait_t *w, int reason) {
@@ -749,6 +773,7 @@ ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len) {
     c->reading = true;
   }
   c->reader = &tw.w;
+  c->quick_writes = 0;
   return mm__wait_block(&tw.w);
 }
 
@@ -765,9 +790,31 @@ int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len) {
     return 0;
   if (len > UINT_MAX)
     return -EINVAL;
+  /* Most writes go out whole at once: uv_try_write, and no request, no
+   * park and no write callback (whose uv__drain costs libuv an epoll_ctl
+   * on the next poll).  uv_write takes what it leaves, and every write
+   * while another is queued (try_write says EAGAIN then: order is kept).
+   * A coroutine with a cancel or deadline pending takes uv_write's way,
+   * which ends its write as any cancelled write ends.  So does every
+   * QUICK_WRITES_MAX-th write in a row that did not park: a coroutine
+   * writing to a peer that keeps up would otherwise never let the loop
+   * run anything else. */
+  uv_buf_t b = uv_buf_init((char *) buf, (unsigned) len);
+  if (c->quick_writes < QUICK_WRITES_MAX &&
+      mm__coro_stop_reason(mm__tls.coro) == 0) {
+    int w = uv_try_write((uv_stream_t *) &c->h, &b, 1);
+    if (w >= 0 && (size_t) w == len) {
+      c->quick_writes++;
+      return 0;
+    }
+    if (w < 0 && w != UV_EAGAIN)
+      return w;
+    if (w > 0)
+      b = uv_buf_init((char *) buf + w, (unsigned) (len - (size_t) w));
+  }
+  c->quick_writes = 0;
   stream_op_t op;
   tcp_wait_init(&op.tw, c, stream_op_cancel);
-  uv_buf_t b = uv_buf_init((char *) buf, (unsigned) len);
   r = uv_write(&op.req.write, (uv_stream_t *) &c->h, &b, 1, on_write);
   if (r != 0)
     return r;

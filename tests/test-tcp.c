@@ -573,6 +573,243 @@ static void test_tcp_cancel_of_a_write_closes_the_connection(void **state) {
 }
 
 
+/* A write that the socket cannot take whole parks with the rest queued;
+ * a write made meanwhile goes out after that rest, never before it (a
+ * write is tried at once only when nothing is queued). */
+typedef struct {
+  mm_tcp_t *srv, *client, *conn;
+  unsigned char *big, *in;
+  int big_result, tail_result;
+  int done;                   /* writes answered so far */
+  int big_rank, tail_rank;    /* 1 + writes answered before each */
+  size_t got;
+} queued_t;
+
+static const char queued_tail[] = "TAIL";
+
+static int queued_setup(void *arg) {
+  queued_t *q = arg;
+  int r = mm_tcp_listen(&q->srv, "127.0.0.1", 0, 0);
+  if (r == 0)
+    r = mm_tcp_connect(&q->client, "127.0.0.1", mm_tcp_port(q->srv));
+  if (r == 0)
+    r = mm_tcp_accept(q->srv, &q->conn);
+  return r;
+}
+
+static int queued_big(void *arg) {
+  queued_t *q = arg;
+  q->big_result = mm_tcp_write(q->client, q->big, HUGE_WRITE);
+  q->big_rank = ++q->done;
+  return 0;
+}
+
+static int queued_small(void *arg) {
+  queued_t *q = arg;
+  q->tail_result = mm_tcp_write(q->client, queued_tail, 4);
+  q->tail_rank = ++q->done;
+  return 0;
+}
+
+/* Reads everything.  Once it has read enough to leave the writer's socket
+ * room, it starts the small write and lets it run at once: the socket
+ * would take those bytes now, ahead of the rest of the big write that
+ * libuv still holds. */
+static int queued_reader(void *arg) {
+  queued_t *q = arg;
+  mm_coro_t *small = NULL;
+  int r = 0;
+  while (q->got < HUGE_WRITE + 4) {
+    ssize_t n = mm_tcp_read(q->conn, q->in + q->got,
+                            HUGE_WRITE + 4 - q->got);
+    if (n <= 0) {
+      r = n < 0 ? (int) n : -EPROTO;
+      break;
+    }
+    q->got += (size_t) n;
+    if (small == NULL && q->got >= HUGE_WRITE / 8) {
+      if ((r = mm_spawn(mm_loop_current(), queued_small, q, &small)) != 0 ||
+          (r = mm_yield()) != 0)
+        break;
+    }
+  }
+  if (small != NULL && mm_join(small) != 0 && r == 0)
+    r = -EPROTO;
+  return r;
+}
+
+static int queued_cleanup(void *arg) {
+  queued_t *q = arg;
+  mm_tcp_close(q->client);
+  mm_tcp_close(q->conn);
+  return mm_tcp_close(q->srv);
+}
+
+static void test_tcp_a_write_behind_a_parked_one_goes_out_after_it(
+    void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  queued_t q;
+  memset(&q, 0, sizeof q);
+  q.big = malloc(HUGE_WRITE);
+  q.in = malloc(HUGE_WRITE + 4);
+  assert_non_null(q.big);
+  assert_non_null(q.in);
+  for (size_t i = 0; i < HUGE_WRITE; i++)
+    q.big[i] = (unsigned char) (i * 7 + i / 251);
+  mm_test_run_one(loop, queued_setup, &q);
+  /* The big write parks (nobody reads yet); the reader starts the small
+   * one while it is parked. */
+  mm_coro_t *h[2];
+  assert_mm_ok(mm_spawn(loop, queued_big, &q, &h[0]));
+  assert_mm_ok(mm_spawn(loop, queued_reader, &q, &h[1]));
+  assert_mm_ok(mm_loop_run(loop));
+  for (int i = 0; i < 2; i++)
+    assert_mm_ok(mm_join(h[i]));
+  assert_mm_ok(q.big_result);
+  assert_mm_ok(q.tail_result);
+  assert_int_equal(q.big_rank, 1);
+  assert_int_equal(q.tail_rank, 2);
+  assert_int_equal(q.got, HUGE_WRITE + 4);
+  assert_true(memcmp(q.in, q.big, HUGE_WRITE) == 0);
+  assert_true(memcmp(q.in + HUGE_WRITE, queued_tail, 4) == 0);
+  mm_test_run_one(loop, queued_cleanup, &q);
+  free(q.big);
+  free(q.in);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* A coroutine whose writes all go out at once (the peer's buffers take
+ * them) still lets the others run now and then: every so many writes in
+ * a row on a handle, one parks until the loop's next pass. */
+enum { QUICK_WRITES = 1000 };
+
+typedef struct {
+  mm_tcp_t *srv, *client, *conn;
+  int write_result;
+  bool done;
+  long ticks;                 /* the other coroutine's turns */
+  long ticks_when_done;
+} quick_t;
+
+static int quick_setup(void *arg) {
+  quick_t *q = arg;
+  int r = mm_tcp_listen(&q->srv, "127.0.0.1", 0, 0);
+  if (r == 0)
+    r = mm_tcp_connect(&q->client, "127.0.0.1", mm_tcp_port(q->srv));
+  if (r == 0)
+    r = mm_tcp_accept(q->srv, &q->conn);
+  return r;
+}
+
+static int quick_writer(void *arg) {
+  quick_t *q = arg;
+  for (int i = 0; i < QUICK_WRITES && q->write_result == 0; i++)
+    q->write_result = mm_tcp_write(q->client, "x", 1);
+  q->ticks_when_done = q->ticks;
+  q->done = true;
+  return 0;
+}
+
+static int quick_ticker(void *arg) {
+  quick_t *q = arg;
+  while (!q->done) {
+    q->ticks++;
+    int r = mm_yield();
+    if (r != 0)
+      return r;
+  }
+  return 0;
+}
+
+static int quick_cleanup(void *arg) {
+  quick_t *q = arg;
+  mm_tcp_close(q->client);
+  mm_tcp_close(q->conn);
+  return mm_tcp_close(q->srv);
+}
+
+static void test_tcp_writes_that_never_wait_still_let_others_run(
+    void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  quick_t q;
+  memset(&q, 0, sizeof q);
+  mm_test_run_one(loop, quick_setup, &q);
+  mm_coro_t *w, *t;
+  assert_mm_ok(mm_spawn(loop, quick_writer, &q, &w));
+  assert_mm_ok(mm_spawn(loop, quick_ticker, &q, &t));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_join(w));
+  assert_mm_ok(mm_join(t));
+  assert_mm_ok(q.write_result);
+  assert_true(q.ticks_when_done > 0);
+  mm_test_run_one(loop, quick_cleanup, &q);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+/* A write made with a cancellation already pending is cancelled as one
+ * that waits is: the connection is closed (its bytes, gone out whole,
+ * reach the peer, then the end of the stream; the write returns 0) --
+ * not written at once as if nothing were pending. */
+typedef struct {
+  mm_tcp_t *srv, *client, *conn;
+  int write_result;
+  int nodelay_after;
+  char in[8];
+  ssize_t read1, read2;
+} pending_t;
+
+static int pending_setup(void *arg) {
+  pending_t *p = arg;
+  int r = mm_tcp_listen(&p->srv, "127.0.0.1", 0, 0);
+  if (r == 0)
+    r = mm_tcp_connect(&p->client, "127.0.0.1", mm_tcp_port(p->srv));
+  if (r == 0)
+    r = mm_tcp_accept(p->srv, &p->conn);
+  return r;
+}
+
+static int pending_writer(void *arg) {
+  pending_t *p = arg;
+  int r = mm_cancel(mm_current());
+  if (r != 0)
+    return r;
+  p->write_result = mm_tcp_write(p->client, "late", 4);
+  p->nodelay_after = mm_tcp_nodelay(p->client, true);   /* closing? */
+  return 0;
+}
+
+static int pending_peer(void *arg) {
+  pending_t *p = arg;
+  p->read1 = mm_tcp_read(p->conn, p->in, sizeof p->in);
+  p->read2 = mm_tcp_read(p->conn, p->in + 4, sizeof p->in - 4);
+  mm_tcp_close(p->client);
+  mm_tcp_close(p->conn);
+  return mm_tcp_close(p->srv);
+}
+
+static void test_tcp_a_write_with_a_cancel_pending_closes_the_connection(
+    void **state) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  pending_t p;
+  memset(&p, 0, sizeof p);
+  mm_test_run_one(loop, pending_setup, &p);
+  mm_coro_t *w;
+  assert_mm_ok(mm_spawn(loop, pending_writer, &p, &w));
+  assert_mm_ok(mm_loop_run(loop));
+  mm_join(w);                 /* a cancelled coroutine: its status aside */
+  assert_mm_ok(p.write_result);
+  assert_mm_err(p.nodelay_after, -EINVAL);
+  mm_test_run_one(loop, pending_peer, &p);
+  assert_int_equal(p.read1, 4);
+  assert_true(memcmp(p.in, "late", 4) == 0);
+  assert_int_equal(p.read2, 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
+
 /* ---- Out of file descriptors ---------------------------------------------
  *
  * A listener that cannot accept for want of a descriptor (EMFILE) takes
@@ -1010,6 +1247,9 @@ int main(void) {
     mm_test(test_tcp_cancel_while_resolving_returns_ecanceled),
     mm_test(test_tcp_cancel_and_close_end_waiting_calls),
     mm_test(test_tcp_cancel_of_a_write_closes_the_connection),
+    mm_test(test_tcp_a_write_behind_a_parked_one_goes_out_after_it),
+    mm_test(test_tcp_a_write_with_a_cancel_pending_closes_the_connection),
+    mm_test(test_tcp_writes_that_never_wait_still_let_others_run),
     mm_test(test_tcp_accept_out_of_fds_is_logged_and_counted),
     mm_test(test_tcp_accept_out_of_fds_without_a_reserve_returns_emfile),
     mm_test(test_tcp_from_a_thread_eperm_from_a_raw_callback_edeadlk),
