@@ -167,12 +167,27 @@ static bool run_done(mm_loop_t *loop) {
 void mm__loop_drive(mm_loop_t *loop) {
   mm_loop_t *saved = mm__tls.loop;
   mm__tls.loop = loop;
+  bool ran = false;
   for (;;) {
     mm__loop_drain(loop);
     mm__loop_process_stop(loop);
     mm__loop_update_refs(loop);
     if (run_done(loop))
       break;
+    /* What the last pass made ready (its I/O callbacks, and the timers
+     * that UV_RUN_ONCE runs after the poll) runs here, not in the next
+     * pass's idle phase: libuv 1.44 decides whether a UV_RUN_ONCE pass may
+     * block before its idle callbacks run, so a pass that begins with the
+     * idle handle active polls without blocking and finds nothing -- one
+     * more epoll_wait per wake-up by a timer.  Then the checks above
+     * again (all may have ended), and libuv's pass next whatever is
+     * ready then: one budget's worth (sched.c) between two passes. */
+    if (!ran && !mm__list_empty(&loop->ready)) {
+      mm__sched_run_ready(loop);
+      ran = true;
+      continue;
+    }
+    ran = false;
     uv_run(loop->uv, UV_RUN_ONCE);
   }
   mm__tls.loop = saved;
