@@ -316,7 +316,9 @@ static void reap_zombies(mm_loop_t *loop) {
  * loop's thread: walked there, or here with the loop undriven under mu. */
 static void report_live_here(mm_loop_t *loop, void *arg) {
   (void) arg;
-  uint64_t now = uv_hrtime();
+  /* Births are the loop's time (sched.c, admit): ages count on it. */
+  uv_update_time(loop->uv);
+  uint64_t now = uv_now(loop->uv);
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
@@ -324,7 +326,7 @@ static void report_live_here(mm_loop_t *loop, void *arg) {
             "still alive (%s%s, age %" PRIu64 " ms); cancelling it", c->id,
             c->name != NULL ? c->name : "", mm__coro_state_name(c->state),
             mm__coro_cancel_reason(c) != 0 ? ", cancelled" : "",
-            (now - c->born) / 1000000);
+            now - c->born);
   }
 }
 

@@ -364,7 +364,8 @@ struct mm_coro {
   bool started;               /* loop thread: fn has been entered */
   bool joiner_woken;          /* loop thread: counted in loop->njoining */
   bool auto_release;          /* made by mm__spawn_for: no handle */
-  uint64_t born;              /* uv_hrtime() at spawn */
+  uint64_t born;              /* uv_now() when admitted (sched.c): ms,
+                                 as old as the loop's time then */
   mm_coro_t *handle;          /* the public handle of this spawn (handle.c) */
   uint32_t slot;              /* the block's slot in the handle table */
 
