@@ -338,8 +338,10 @@ enum mm__coro_state {
 /* A coroutine and its stack are one mmap'ed block (stack.c):
  *
  *     map                                             map + map_size
- *     | guard page | stack, growing down <-------- | struct mm_coro |
- *       PROT_NONE    stack_lo        stack_lo + stack_size
+ *     | guard      | stack, growing down <-------- | struct mm_coro |
+ *       64 KiB of    stack_lo        stack_lo + stack_size
+ *       markers or
+ *       PROT_NONE
  */
 /* A stack of deadlines (mm_deadline_push/pop; sched.c), of a coroutine
  * or a plain thread.  Touched only by its own thread of control. */
@@ -657,6 +659,10 @@ static inline uint64_t mm__counter_get(_Atomic uint64_t *c) {
 
 /* stack.c */
 mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);
+/* Tests: make guards by mprotect from now on, as on kernels before 6.13;
+ * and whether guards are page-table markers (known after a first block). */
+void mm__stack_guard_mprotect(void);
+bool mm__stack_guard_is_marker(void);
 void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
 void mm__cache_free(mm_loop_t *loop);
