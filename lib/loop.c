@@ -113,6 +113,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   mm__list_init(&loop->live);
   mm__list_init(&loop->zombies);
   mm__list_init(&loop->cache);
+  mm__timer_init(&loop->cache_timer, mm__coro_cache_on_timer);
   mm__list_init(&loop->fd_polls_all);
   atomic_init(&loop->remote_head, NULL);
   atomic_init(&loop->tasks, NULL);

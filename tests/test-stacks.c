@@ -1,7 +1,8 @@
 /* White-box tests of coroutine memory (lib/stack.c): guards that cost no
- * mapping where the kernel has page-table guards, and the error that
- * names vm.max_map_count where mappings run out.  Overflows themselves are
- * tested in test-process (the fault handler) and test-coro. */
+ * mapping where the kernel has page-table guards, the error that names
+ * vm.max_map_count where mappings run out, and cached stacks that give
+ * their pages back when they stay unused.  Overflows themselves are tested
+ * in test-process (the fault handler) and test-coro. */
 #include "config.h"
 
 #include <sys/mman.h>
@@ -147,8 +148,8 @@ static void test_running_out_of_mappings_names_vm_max_map_count(
 #endif
   if (mm_test_under_valgrind()) {
     /* Valgrind's own table of the client's mappings runs out first. */
-    print_message("under Valgrind: 32,000 mappings are more than it "
-                  "tracks\n");
+    print_message("under Valgrind: its table of mappings (VG_N_SEGMENTS) "
+                  "is smaller than vm.max_map_count\n");
     skip();
   }
   static mm_test_child_t child;
@@ -165,10 +166,139 @@ static void test_running_out_of_mappings_names_vm_max_map_count(
              child.out);
 }
 
+/* ---- cached stacks give their pages back ------------------------------ */
+
+enum { DEEP = 64, TOUCHED = 128 * 1024 };
+
+/* Resident pages of c's stack below its top page (the struct's). */
+static size_t resident_below_top(const mm_coro_t *c) {
+  size_t page = mm__page_size();
+  char *top = (char *)((uintptr_t)c & ~(uintptr_t)(page - 1));
+  size_t len = (size_t)(top - c->stack_lo), n = 0;
+  unsigned char *v = malloc(len / page);
+  assert_non_null(v);
+  assert_int_equal(mincore(c->stack_lo, len, v), 0);
+  for (size_t i = 0; i < len / page; i++)
+    n += v[i] & 1;
+  free(v);
+  return n;
+}
+
+/* Checks the loop's cache (the loop not driven): DEEP blocks; the first
+ * kept ones, from the most recent, still hold what they touched, the
+ * others hold nothing below their top page. */
+static void check_cache(mm_loop_t *loop, unsigned kept) {
+  size_t page = mm__page_size();
+  assert_int_equal(loop->ncache, DEEP);
+  unsigned i = 0;
+  mm__list_t *n, *tmp;
+  mm__list_foreach_safe(n, tmp, &loop->cache) {
+    const mm_coro_t *c = container_of(n, mm_coro_t, link);
+    size_t res = resident_below_top(c);
+    if (i < kept)
+      assert_true(res >= TOUCHED / page);
+    else
+      assert_int_equal(res, 0);
+    i++;
+  }
+}
+
+struct deep {
+  mm_chan_t *ch;
+  unsigned ended;
+  bool sleeper;               /* the last one spawns one */
+  int err;
+};
+
+static int sleep_past_idle(void *arg) {
+  struct deep *d = arg;
+  int r = mm_sleep(MM__STACK_CACHE_IDLE_MS + 1);
+  if (r != 0 && d->err == 0)
+    d->err = r;
+  return 0;
+}
+
+/* Touches the lowest TOUCHED bytes of its own stack (far below its
+ * frames: the compiler's frame sizes do not matter), then waits until
+ * every one has done so. */
+static int go_deep(void *arg) {
+  struct deep *d = arg;
+  volatile char *lo = mm__tls.coro->stack_lo;
+  for (size_t i = 0; i < TOUCHED; i += 512)
+    lo[i] = 1;
+  void *item;
+  int r = mm_chan_recv(d->ch, &item);
+  if (r != -EPIPE && d->err == 0)
+    d->err = r != 0 ? r : -EPROTO;
+  /* The sleeper starts once every block is cached (at this one's end),
+   * so the sweep is due before its sleep ends. */
+  if (++d->ended == DEEP && d->sleeper) {
+    mm_spawn_options_t o;
+    mm_spawn_options_init(&o);
+    o.stack_size = 64 * 1024;
+    r = mm_spawn_ex(mm_loop_current(), sleep_past_idle, d, &o, NULL);
+    if (r != 0 && d->err == 0)
+      d->err = r;
+  }
+  return 0;
+}
+
+static int close_deep(void *arg) {
+  return mm_chan_close(((struct deep *)arg)->ch);
+}
+
+/* DEEP coroutines touch TOUCHED bytes of stack each and end. */
+static mm_loop_t *run_deep_ones(struct deep *d) {
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_chan_new(&d->ch, 1));
+  for (int i = 0; i < DEEP; i++)
+    assert_mm_ok(mm_spawn(loop, go_deep, d, NULL));
+  /* Another stack size: the closer is not cached. */
+  mm_spawn_options_t o;
+  mm_spawn_options_init(&o);
+  o.stack_size = 64 * 1024;
+  assert_mm_ok(mm_spawn_ex(loop, close_deep, d, &o, NULL));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_int_equal(d->err, 0);
+  assert_int_equal(d->ended, DEEP);
+  return loop;
+}
+
+static void test_cached_stacks_idle_past_the_warm_ones_are_emptied(
+    void **state) {
+  struct deep d = { .sleeper = false };
+  mm_loop_t *loop = run_deep_ones(&d);
+  /* Just cached: all keep their pages, however many. */
+  check_cache(loop, DEEP);
+  mm__coro_cache_sweep(loop, uv_now(mm_loop_uv(loop)));
+  check_cache(loop, DEEP);
+  /* Idle long enough: all but the most recent ones give them back. */
+  mm__coro_cache_sweep(loop,
+                       uv_now(mm_loop_uv(loop)) + MM__STACK_CACHE_IDLE_MS);
+  check_cache(loop, MM__STACK_CACHE_WARM);
+  /* A block taken from the cache and given back is one of the warm. */
+  assert_mm_ok(mm_spawn(loop, go_deep, &d, NULL));   /* the closed channel */
+  assert_mm_ok(mm_loop_run(loop));
+  check_cache(loop, MM__STACK_CACHE_WARM);
+  assert_mm_ok(mm_loop_free(loop));
+  assert_mm_ok(mm_chan_free(d.ch));
+}
+
+static void test_a_loop_empties_idle_cached_stacks_by_itself(void **state) {
+  struct deep d = { .sleeper = true };
+  mm_loop_t *loop = run_deep_ones(&d);
+  check_cache(loop, MM__STACK_CACHE_WARM);
+  assert_mm_ok(mm_loop_free(loop));
+  assert_mm_ok(mm_chan_free(d.ch));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_more_live_coroutines_than_two_mappings_each_allow),
     mm_test(test_running_out_of_mappings_names_vm_max_map_count),
+    mm_test(test_cached_stacks_idle_past_the_warm_ones_are_emptied),
+    mm_test(test_a_loop_empties_idle_cached_stacks_by_itself),
   };
   return mm_run_tests(tests);
 }
