@@ -116,6 +116,19 @@ typedef struct mm_loop_options {
  * blocked in: most are restarted, but some (nanosleep, poll) return
  * EINTR. */
 
+/* stack_size: each coroutine stack is mapped with a 64 KiB guard below
+ * it that faults on any touch, so an overflow (even by a frame that holds
+ * a large buffer) is reported, see mm_loop_new, and never writes into the
+ * next stack.  Only the pages a coroutine touches take memory: about one
+ * (4 KiB) for a connection parked in mm_tcp_read.  On Linux 6.13 and
+ * later the guards are page-table markers and stacks take no mappings of
+ * their own; on older kernels each coroutine takes two, and
+ * vm.max_map_count (65530 by default) limits a process to about 32,700
+ * live coroutines: mm_spawn returns -ENOMEM and the log says to raise
+ * vm.max_map_count.  A loop keeps up to 64 stacks of the default size of
+ * ended coroutines for its next spawns; those left unused for a second,
+ * below the 8 cached last, give their touched pages back to the system. */
+
 /* Fills o with the defaults.  Any thread. */
 MM_EXTERN void mm_loop_options_init(mm_loop_options_t *o);
 
@@ -214,7 +227,8 @@ MM_EXTERN void mm_spawn_options_init(mm_spawn_options_t *o);
  * A coroutine cancelled before it first runs never runs; its status is
  * -ECANCELED (or -ETIMEDOUT).
  * Errors: -EINVAL (NULL loop or fn, bad options), -ESHUTDOWN (loop stopped
- * or being freed), -ENOMEM (no memory for a stack). */
+ * or being freed), -ENOMEM (no memory or no mapping for a stack: see
+ * stack_size in mm_loop_options_t). */
 MM_EXTERN int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro);
 MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                           const mm_spawn_options_t *o, mm_coro_t **coro);

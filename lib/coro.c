@@ -96,7 +96,6 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
   c->fn = fn;
   c->arg = arg;
   c->timeout_ms = opt.timeout_ms;
-  c->born = uv_hrtime();
   if (opt.name != NULL && (c->name = strdup(opt.name)) == NULL)
     goto err_block;
   if (mm__locals_copy(&c->locals,
@@ -130,6 +129,9 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
     /* Nobody drives the loop: act as its driver while holding mu. */
     mm_loop_t *saved = mm__tls.loop;
     mm__tls.loop = loop;
+    /* The loop's time has stood still since it was last run, and admit
+     * takes the birth time from it. */
+    uv_update_time(loop->uv);
     mm__coro_admit(c);
     mm__tls.loop = saved;
     pthread_mutex_unlock(&loop->mu);

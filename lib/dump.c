@@ -18,7 +18,9 @@ const char *mm__coro_state_name(enum mm__coro_state s) {
 
 static void dump_here(mm_loop_t *loop, void *arg) {
   FILE *out = arg;
-  uint64_t now = uv_hrtime();
+  /* Births are the loop's time (sched.c, admit): ages count on it. */
+  uv_update_time(loop->uv);
+  uint64_t now = uv_now(loop->uv);
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
@@ -26,7 +28,7 @@ static void dump_here(mm_loop_t *loop, void *arg) {
             c->id, c->name != NULL ? c->name : "",
             mm__coro_state_name(c->state),
             mm__coro_cancel_reason(c) != 0 ? " (cancelled)" : "",
-            (now - c->born) / 1000000);
+            now - c->born);
   }
   fflush(out);
 }

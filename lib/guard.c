@@ -1,8 +1,9 @@
 /* Stack overflow reports: the one SIGSEGV/SIGBUS handler of the library.
- * Every coroutine stack sits above a PROT_NONE guard page (stack.c).  The
- * handler, running on a per-thread alternate signal stack, owns exactly
+ * Every coroutine stack sits above a guard (stack.c: 64 KiB that fault on
+ * any touch, page-table markers or PROT_NONE).  The handler, running on
+ * a per-thread alternate signal stack, owns exactly
  * one kind of signal: a fault (si_code > 0, not a kill, tgkill or
- * sigqueue) whose address hits the guard page of, or lies just below, the
+ * sigqueue) whose address hits the guard of, or lies just below, the
  * coroutine running on the faulting thread.  For that one it writes a line
  * naming the coroutine and lets the default action end the program.
  * Everything else goes to the handler that was there before, as the
@@ -37,7 +38,7 @@
 
 #define ALTSTACK_SIZE (64 * 1024)
 /* A fault this far below the stack still counts as its overflow: a frame
- * larger than the guard page can step over it. */
+ * larger than the guard can step over it. */
 #define OVERFLOW_REACH (256 * 1024)
 
 /* glibc's pthread_once is fork-safe: an install cut short by a fork in
@@ -120,7 +121,7 @@ static void chain(int sig, siginfo_t *si, void *uc) {
   pthread_sigmask(SIG_SETMASK, &saved, NULL);
 }
 
-/* A fault on the guard page of (or just below) the coroutine running on
+/* A fault on the guard of (or just below) the coroutine running on
  * this thread. */
 static bool ours(int sig, const siginfo_t *si) {
   const mm_coro_t *c = mm__tls.coro;

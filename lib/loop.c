@@ -113,6 +113,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   mm__list_init(&loop->live);
   mm__list_init(&loop->zombies);
   mm__list_init(&loop->cache);
+  mm__timer_init(&loop->cache_timer, mm__coro_cache_on_timer);
   mm__list_init(&loop->fd_polls_all);
   mm__list_init(&loop->fd_sets);
   atomic_init(&loop->remote_head, NULL);
@@ -317,7 +318,9 @@ static void reap_zombies(mm_loop_t *loop) {
  * loop's thread: walked there, or here with the loop undriven under mu. */
 static void report_live_here(mm_loop_t *loop, void *arg) {
   (void) arg;
-  uint64_t now = uv_hrtime();
+  /* Births are the loop's time (sched.c, admit): ages count on it. */
+  uv_update_time(loop->uv);
+  uint64_t now = uv_now(loop->uv);
   mm__list_t *n, *tmp;
   mm__list_foreach_safe(n, tmp, &loop->live) {
     mm_coro_t *c = container_of(n, mm_coro_t, all);
@@ -325,7 +328,7 @@ static void report_live_here(mm_loop_t *loop, void *arg) {
             "still alive (%s%s, age %" PRIu64 " ms); cancelling it", c->id,
             c->name != NULL ? c->name : "", mm__coro_state_name(c->state),
             mm__coro_cancel_reason(c) != 0 ? ", cancelled" : "",
-            (now - c->born) / 1000000);
+            now - c->born);
   }
 }
 

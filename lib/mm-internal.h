@@ -339,8 +339,10 @@ enum mm__coro_state {
 /* A coroutine and its stack are one mmap'ed block (stack.c):
  *
  *     map                                             map + map_size
- *     | guard page | stack, growing down <-------- | struct mm_coro |
- *       PROT_NONE    stack_lo        stack_lo + stack_size
+ *     | guard      | stack, growing down <-------- | struct mm_coro |
+ *       64 KiB of    stack_lo        stack_lo + stack_size
+ *       markers or
+ *       PROT_NONE
  */
 /* A stack of deadlines (mm_deadline_push/pop; sched.c), of a coroutine
  * or a plain thread.  Touched only by its own thread of control. */
@@ -365,7 +367,8 @@ struct mm_coro {
   bool started;               /* loop thread: fn has been entered */
   bool joiner_woken;          /* loop thread: counted in loop->njoining */
   bool auto_release;          /* made by mm__spawn_for: no handle */
-  uint64_t born;              /* uv_hrtime() at spawn */
+  uint64_t born;              /* uv_now() when admitted (sched.c): ms,
+                                 as old as the loop's time then */
   mm_coro_t *handle;          /* the public handle of this spawn (handle.c) */
   uint32_t slot;              /* the block's slot in the handle table */
 
@@ -377,6 +380,8 @@ struct mm_coro {
   unsigned vg_stack_id;
   void *tsan_fiber;
   void *asan_fake_stack;
+  uint64_t cached_at;         /* loop thread: uv_now() when cached */
+  bool emptied;               /* loop thread: cached, its stack given back */
 
   mm__list_t link;            /* loop thread: ready queue or stack cache */
   mm__list_t all;             /* loop thread: loop->live or loop->zombies */
@@ -505,8 +510,9 @@ struct mm_loop {
                                  with their handles: mm__fd_set.link */
 
   /* stack cache, loop thread (or the thread holding mu while undriven) */
-  mm__list_t cache;           /* mm_coro_t.link */
+  mm__list_t cache;           /* mm_coro_t.link, the latest first */
   size_t ncache;
+  mm__timer_t cache_timer;    /* empties blocks cached long (stack.c) */
 
   /* remote queue: a Treiber stack of coroutines, see remote.c */
   _Atomic(mm__mpsc_node_t *) remote_head;  /* mm_coro_t.remote */
@@ -658,9 +664,20 @@ static inline uint64_t mm__counter_get(_Atomic uint64_t *c) {
 }
 
 /* stack.c */
+/* The stack cache: a block cached MM__STACK_CACHE_IDLE_MS ago or more,
+ * below the MM__STACK_CACHE_WARM most recent, has its stack emptied
+ * (MADV_DONTNEED). */
+#define MM__STACK_CACHE_WARM 8
+#define MM__STACK_CACHE_IDLE_MS 1000
 mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);
+/* Tests: make guards by mprotect from now on, as on kernels before 6.13;
+ * and whether guards are page-table markers (known after a first block). */
+void mm__stack_guard_mprotect(void);
+bool mm__stack_guard_is_marker(void);
 void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
+void mm__coro_cache_sweep(mm_loop_t *loop, uint64_t now);   /* uv_now() */
+void mm__coro_cache_on_timer(mm__timer_t *t);
 void mm__cache_free(mm_loop_t *loop);
 size_t mm__page_size(void);
 

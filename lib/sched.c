@@ -157,6 +157,9 @@ void mm__coro_admit(mm_coro_t *c) {
   mm_loop_t *loop = c->loop;
 
   c->id = ++loop->next_id;
+  /* The loop's cached time, not a clock read: only the age in diagnostics
+   * uses it, and a spawn is too cheap to pay for clock_gettime. */
+  c->born = uv_now(loop->uv);
   mm__timer_init(&c->sleep_timer, on_sleep_timer);
   mm__timer_init(&c->deadline, on_deadline);
   mm__timer_init(&c->dl_timer, on_dl_timer);

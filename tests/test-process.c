@@ -233,6 +233,107 @@ static void test_stack_overflow_is_reported_with_the_coroutine_name(
              child.out);
 }
 
+/* An overflow whose frames are larger than a page, in a coroutine whose
+ * block lies right above another coroutine's: the guard stops it before
+ * it reaches the neighbour's struct and top frames, and the overflow is
+ * reported.  Run with the kernel's guard (page-table markers where
+ * Linux has them) and with mprotect'ed ones. */
+enum { BIG_FRAME = 16 * 1024, PAD = 48 * 1024 };
+
+static mm_coro_t *parked[2];                  /* blocks, once they ran */
+static volatile char *pads[2];                /* their PAD bytes of 0xa5 */
+static volatile char *neighbour_pad;          /* of the one right below */
+
+/* Parks with PAD bytes of a pattern in its frame, near the top of its
+ * stack: live data of a parked coroutine, which an overflow from the
+ * block above would reach first. */
+static int park(void *arg) {
+  volatile char pad[PAD];
+  for (size_t i = 0; i < PAD; i++)
+    pad[i] = (char)0xa5;
+  parked[(intptr_t)arg] = mm__tls.coro;
+  pads[(intptr_t)arg] = pad;
+  return mm_sleep(600000) + pad[0];
+}
+
+static void neighbour_intact_or_exit(void) {
+  for (size_t i = 0; i < PAD; i++)
+    if (neighbour_pad[i] != (char)0xa5) {
+      say("the overflow wrote into the neighbour's block\n");
+      _exit(8);
+    }
+}
+
+static __attribute__((noinline)) int recurse_in_big_frames(int depth) {
+  volatile char frame[BIG_FRAME];
+  frame[0] = (char)depth;     /* the lowest byte: steps over a small guard */
+  neighbour_intact_or_exit();
+  int r = keep_recursing ? recurse_in_big_frames(depth + 1) : 0;
+  return r + frame[0];
+}
+
+static int overflow_above_neighbour(void *arg) {
+  mm_yield();                 /* the others run and park */
+  const mm_coro_t *me = mm__tls.coro;
+  for (int i = 0; i < 2; i++)
+    if (parked[i] != NULL &&
+        (char *)parked[i]->map + parked[i]->map_size == (char *)me->map)
+      neighbour_pad = pads[i];
+  if (neighbour_pad == NULL) {
+    say("the kernel put no other block right below this one\n");
+    _exit(77);
+  }
+  return recurse_in_big_frames(0);
+}
+
+/* arg: non-NULL for mprotect'ed guards.  The first spawn of a loop maps
+ * more than its block (the handle table): the overflowing one comes
+ * second, and the neighbour, mapped next, lies right below it. */
+static void overflow_next_to_a_neighbour(void *arg) {
+  require_pristine_child();
+  if (arg != NULL)
+    mm__stack_guard_mprotect();
+  mm_loop_t *loop = new_loop_or_exit();
+  mm_spawn_options_t o;
+  mm_spawn_options_init(&o);
+  o.stack_size = 64 * 1024;
+  o.name = "first";
+  if (mm_spawn_ex(loop, park, (void *)0, &o, NULL) != 0)
+    _exit(6);
+  o.name = "overflowing-one";
+  if (mm_spawn_ex(loop, overflow_above_neighbour, NULL, &o, NULL) != 0)
+    _exit(6);
+  o.name = "neighbour";
+  if (mm_spawn_ex(loop, park, (void *)1, &o, NULL) != 0)
+    _exit(6);
+  mm_loop_run(loop);
+  _exit(9);
+}
+
+static void check_overflow_next_to_a_neighbour(const char *guard) {
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(overflow_next_to_a_neighbour, (void *)guard,
+                                &child), 0);
+  if (child.exited && child.code == 77) {
+    print_message("%s", child.out);
+    skip();
+  }
+  assert_killed_by_sigsegv(&child);
+  if (strstr(child.out, "'overflowing-one' overflowed") == NULL)
+    fail_msg("the overflow was not reported by name; output:\n%s",
+             child.out);
+}
+
+static void test_overflow_in_big_frames_stops_before_the_neighbour_block(
+    void **state) {
+  check_overflow_next_to_a_neighbour(NULL);
+}
+
+static void test_overflow_in_big_frames_stops_with_mprotect_guards_too(
+    void **state) {
+  check_overflow_next_to_a_neighbour("mprotect");
+}
+
 /* SIG_IGN before the first loop: a raised SIGSEGV is ignored, as without
  * the library, and the overflow report stays in place afterwards. */
 static void ignored_raise_then_overflow(void *arg) {
@@ -654,6 +755,8 @@ int main(void) {
     mm_test(test_handler_set_between_two_loops_gets_a_fault_once),
     mm_test(test_handler_set_between_two_loops_gets_a_coroutine_fault_once),
     mm_test(test_stack_overflow_is_reported_with_the_coroutine_name),
+    mm_test(test_overflow_in_big_frames_stops_before_the_neighbour_block),
+    mm_test(test_overflow_in_big_frames_stops_with_mprotect_guards_too),
     mm_test(test_ignored_sigsegv_stays_ignored_and_overflows_are_reported),
     mm_test(test_no_signals_env_leaves_the_disposition_alone),
     mm_test(test_borrowed_loop_closed_by_uv_walk_and_run_is_freed),
