@@ -22,14 +22,26 @@
  *     sp + 56  return address  (a fresh context: mm__ctx_trampoline)
  *
  * lib/context-asm.c builds that frame for a fresh context.
+ *
+ * The same source assembles for Mach-O (macOS): symbols take a leading
+ * underscore there, visibility is .private_extern, and ELF's .type, .size
+ * and .note.GNU-stack do not exist; the macros below hide the difference.
  */
+#if defined(__APPLE__)
+# define SYM(name) _##name
+# define FUNC_BEGIN(name) \
+        .globl SYM(name); .private_extern SYM(name); .p2align 4; SYM(name):
+# define FUNC_END(name)
+#else
+# define SYM(name) name
+# define FUNC_BEGIN(name) \
+        .globl name; .hidden name; .type name, @function; .p2align 4; name:
+# define FUNC_END(name) .size name, .-name
+#endif
+
         .text
 
-        .globl  mm__ctx_switch
-        .hidden mm__ctx_switch
-        .type   mm__ctx_switch, @function
-        .p2align 4
-mm__ctx_switch:
+FUNC_BEGIN(mm__ctx_switch)
         .cfi_startproc
         pushq   %rbp
         pushq   %rbx
@@ -58,24 +70,22 @@ mm__ctx_switch:
         fldcw   4(%rsp)
         jmp     1b
         .cfi_endproc
-        .size   mm__ctx_switch, .-mm__ctx_switch
+FUNC_END(mm__ctx_switch)
 
 /* The first switch to a fresh context "returns" here with the stack
  * 16-byte aligned.  entry(arg) must never return; if it does, the C side
  * names the culprit and aborts. */
-        .globl  mm__ctx_trampoline
-        .hidden mm__ctx_trampoline
-        .type   mm__ctx_trampoline, @function
-        .p2align 4
-mm__ctx_trampoline:
+FUNC_BEGIN(mm__ctx_trampoline)
         .cfi_startproc
         .cfi_undefined rip
         movq    %r13, %rdi
         callq   *%r12
         movq    %r13, %rdi
-        callq   mm__ctx_entry_returned
+        callq   SYM(mm__ctx_entry_returned)
         ud2
         .cfi_endproc
-        .size   mm__ctx_trampoline, .-mm__ctx_trampoline
+FUNC_END(mm__ctx_trampoline)
 
+#if defined(__ELF__)
         .section .note.GNU-stack,"",@progbits
+#endif
