@@ -241,11 +241,11 @@ static struct sample measure_swapcontext(void) {
 # define FLOOR_SAVE                                                         \
   "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n"                \
   "  pushq %r14\n  pushq %r15\n  pushq $0\n"                                \
-  "  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n  movq (%rsp), %rax\n"               \
+  "  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n  movl (%rsp), %eax\n"               \
+  "  movzwl 4(%rsp), %edx\n  shlq $32, %rdx\n  orq %rdx, %rax\n"           \
   "  movq %rsp, (%rdi)\n"
-# define FLOOR_LOAD(n)                                                      \
-  "  movq (%rsi), %rsp\n  movq (%rsp), %rdx\n  cmpq %rax, %rdx\n"           \
-  "  jne 2f\n"                                                              \
+# define FLOOR_LOAD()                                                       \
+  "  movq (%rsi), %rsp\n  cmpq (%rsp), %rax\n  jne 2f\n"                    \
   "1: addq $8, %rsp\n  popq %r15\n  popq %r14\n  popq %r13\n"               \
   "  popq %r12\n  popq %rbx\n  popq %rbp\n"
 # define FLOOR_FP "2: ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  jmp 1b\n"
@@ -256,7 +256,8 @@ __asm__(
   "  .size floor_ret, .-floor_ret\n"
   FLOOR_FN(floor_jmp) FLOOR_SAVE FLOOR_LOAD() "  popq %rcx\n  jmpq *%rcx\n"
   FLOOR_FP "  .size floor_jmp, .-floor_jmp\n"
-  FLOOR_FN(floor_start) FLOOR_SAVE "  movq %rsi, %rsp\n  callq *%rdx\n"
+  FLOOR_FN(floor_start) "  movq %rdx, %r8\n" FLOOR_SAVE
+  "  movq %rsi, %rsp\n  callq *%r8\n"
   "  ud2\n  .size floor_start, .-floor_start\n");
 #elif defined(__aarch64__)
 # define HAVE_FLOOR 1

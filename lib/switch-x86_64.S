@@ -61,11 +61,18 @@ FUNC_BEGIN(mm__ctx_switch)
         pushq   $0                      /* the FP slot, top bytes zero */
         stmxcsr (%rsp)
         fnstcw  4(%rsp)
-        movq    (%rsp), %rax            /* rax, rdx: caller-saved scratch */
+        /* rax, rdx: caller-saved scratch.  Each half is read back at
+         * the size it was stored with: one 8-byte load of the two
+         * narrower stores cannot be forwarded from the store buffer and
+         * waited for them to reach the cache, which made the switch
+         * ~40% slower (bench/switch). */
+        movl    (%rsp), %eax
+        movzwl  4(%rsp), %edx
+        shlq    $32, %rdx
+        orq     %rdx, %rax
         movq    %rsp, (%rdi)
         movq    (%rsi), %rsp
-        movq    (%rsp), %rdx
-        cmpq    %rax, %rdx
+        cmpq    (%rsp), %rax
         jne     2f
 1:      addq    $8, %rsp
         popq    %r15

@@ -534,6 +534,55 @@ static void test_ctx_switch_keeps_each_contexts_rounding_mode(void **state) {
 }
 
 
+#ifdef __x86_64__
+/* The port compares the two contexts' control state before it loads any:
+ * a context whose x87 control word alone differs (MXCSR the same) must
+ * still get its own back, and the other context its own. */
+static void x87_entry(void *arg) {
+  entered();
+  fpctx_t *f = arg;
+  set_x87_cw((unsigned short)((get_x87_cw() & ~X87_RC_MASK) | X87_RC_ZERO));
+  for (;;) {
+    switch_to(&f->co, &f->main);
+    f->rounds++;
+    if ((get_x87_cw() & X87_RC_MASK) != X87_RC_ZERO)
+      f->co_bad++;
+  }
+}
+
+static void test_ctx_switch_keeps_an_x87_control_word_that_alone_differs(
+    void **state) {
+  static fpctx_t f;
+  memset(&f, 0, sizeof f);
+  unsigned short saved = get_x87_cw();
+  unsigned mxcsr = get_mxcsr();
+  set_x87_cw((unsigned short)((saved & ~X87_RC_MASK) | X87_RC_DOWN));
+  tctx_init_main(&f.main);
+  assert_int_equal(tctx_init(&f.co, x87_entry, &f), 0);
+  /* The fresh context starts from the default MXCSR: make both equal. */
+  set_mxcsr(0x1F80u);
+  int main_bad = 0;
+  for (int i = 0; i < 1000; i++) {
+    switch_to(&f.main, &f.co);
+    if ((get_x87_cw() & X87_RC_MASK) != X87_RC_DOWN)
+      main_bad++;
+  }
+  set_x87_cw(saved);
+  set_mxcsr(mxcsr);
+  tctx_destroy(&f.co);
+
+  assert_int_equal(f.rounds, 999);
+  assert_int_equal(main_bad, 0);
+  assert_int_equal(f.co_bad, 0);
+}
+#else
+static void test_ctx_switch_keeps_an_x87_control_word_that_alone_differs(
+    void **state) {
+  skip();   /* no x87 unit */
+}
+#endif
+
+
 /* ---- An entry that returns -------------------------------------------- */
 
 static tctx_t ret_main, ret_co;
@@ -579,6 +628,7 @@ int main(void) {
     mm_test(test_ctx_switch_passes_control_around_a_ring_of_contexts),
     mm_test(test_ctx_switch_preserves_callee_saved_registers),
     mm_test(test_ctx_switch_keeps_each_contexts_rounding_mode),
+    mm_test(test_ctx_switch_keeps_an_x87_control_word_that_alone_differs),
     mm_test(test_ctx_entry_that_returns_stops_the_program),
   };
   return mm_run_tests(tests);
