@@ -54,5 +54,5 @@ void mm__ctx_make(mm__ctx_t *ctx, void *stack, size_t size,
 }
 
 #else
-# error "no assembly context switch for this CPU: configure --with-context=ucontext"
+# error "no assembly context switch for this CPU: use --with-context=ucontext"
 #endif
