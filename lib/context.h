@@ -3,8 +3,9 @@
  * A port provides three things: a context type, mm__ctx_make() to prepare a
  * fresh context that will call entry(arg) on a given stack, and
  * mm__ctx_switch() to save the running context and resume another.  Ports:
- * lib/switch-x86_64.S (+ lib/context-asm.c) and lib/switch-ucontext.c.  A new
- * architecture is one more assembly file and a configure case.
+ * lib/switch-x86_64.S and lib/switch-aarch64.S (each + lib/context-asm.c),
+ * and lib/switch-ucontext.c.  A new architecture is one more assembly
+ * file, its frame in context-asm.c and a configure case.
  *
  * This layer knows nothing of coroutines, loops or sanitizers: the sanitizer
  * and Valgrind annotations live in the one pair of functions in sched.c that
@@ -40,8 +41,8 @@ void mm__ctx_make(mm__ctx_t *ctx, void *stack, size_t size,
 
 /* Saves the running context into from and resumes to.  Returns when some
  * later switch resumes from.  Preserves the callee-saved registers and the
- * floating-point control state (x86-64: MXCSR, x87 control word) of each
- * context separately. */
+ * floating-point control state (x86-64: MXCSR, x87 control word;
+ * aarch64: FPCR) of each context separately. */
 void mm__ctx_switch(mm__ctx_t *from, mm__ctx_t *to);
 
 #endif /* MM_CONTEXT_H */

@@ -89,9 +89,16 @@ static inline mm__mpsc_node_t *mm__mpsc_take(
   return fifo;
 }
 
+/* One step of a spin: tells the core that this is a wait loop.  On
+ * aarch64, `yield` hands an SMT core's pipeline to its sibling but is a
+ * no-op on most cores, so an `isb` follows: it drains the pipeline, which
+ * makes the step take some time, as x86's `pause` does, instead of
+ * hammering the watched cache line. */
 static inline void mm__cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield\n\tisb" ::: "memory");
 #endif
 }
 

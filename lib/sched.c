@@ -114,7 +114,11 @@ void mm__coro_make_ready(mm_coro_t *c) {
   mm_loop_t *loop = c->loop;
   c->state = MM__CORO_READY;
   mm__list_push_back(&loop->ready, &c->link);
-  mm__loop_wake_ready(loop);
+  /* Inside a pass (budget > 0: this thread is in mm__sched_run_ready)
+   * the pass either runs c or, at its end, starts the idle handle for
+   * what is left: no libuv call per yield. */
+  if (loop->budget == 0)
+    mm__loop_wake_ready(loop);
 }
 
 void mm__coro_wake_local(mm_coro_t *c, int status) {
@@ -400,6 +404,8 @@ void mm__sched_run_ready(mm_loop_t *loop) {
   flush_bridge(loop);
   if (mm__list_empty(&loop->ready))
     uv_idle_stop(&loop->idle);
+  else
+    mm__loop_wake_ready(loop);   /* what the pass left (make_ready) */
   mm__loop_update_refs(loop);
 }
 
@@ -631,6 +637,15 @@ bool mm_cancelled(void) {
   return mm__cancel_reason_here() != 0;
 }
 
+/* mm__coro_stop_reason without a call when no deadline is set: mm_yield
+ * asks it twice per switch. */
+static inline int stop_reason_fast(const mm_coro_t *c) {
+  int reason = mm__coro_cancel_reason(c);
+  if (reason == 0 && c->deadlines.n > 0)
+    reason = mm__coro_stop_reason(c);
+  return reason;
+}
+
 int mm_yield(void) {
   mm_coro_t *c = mm__tls.coro;
 
@@ -640,13 +655,13 @@ int mm_yield(void) {
     sched_yield();
     return 0;
   }
-  int reason = mm__coro_stop_reason(c);
+  int reason = stop_reason_fast(c);
   if (reason != 0)
     return -reason;
   flush_bridge(c->loop);
   mm__coro_make_ready(c);
   mm__coro_suspend(c);
-  reason = mm__coro_stop_reason(c);
+  reason = stop_reason_fast(c);
   return reason != 0 ? -reason : 0;
 }
 

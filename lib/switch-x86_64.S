@@ -22,14 +22,37 @@
  *     sp + 56  return address  (a fresh context: mm__ctx_trampoline)
  *
  * lib/context-asm.c builds that frame for a fresh context.
+ *
+ * The resume is `ret`, not a pop and an indirect jump.  Every switch of
+ * the library is made from one call site (fiber_switch in sched.c), so
+ * the return-stack predictor is right at this `ret`; a jump would be
+ * predicted too, but would leave the return stack one entry off for each
+ * return that follows (out of the scheduler, out of mm_yield, ...).
+ * bench/switch, CPU per mm_yield in interleaved runs on one machine:
+ * 11-13 ns with `ret`, 18-23 ns with the jump from one call site; 15-17
+ * against 18-23 ns from two, where the user's own return mispredicts
+ * either way.  The bare switch, with no returns after it, costs the same
+ * either way from one site (the jump wins from two: 6.7 against 9.1 ns).
+ *
+ * The same source assembles for Mach-O (macOS): symbols take a leading
+ * underscore there, visibility is .private_extern, and ELF's .type, .size
+ * and .note.GNU-stack do not exist; the macros below hide the difference.
  */
+#if defined(__APPLE__)
+# define SYM(name) _##name
+# define FUNC_BEGIN(name) \
+        .globl SYM(name); .private_extern SYM(name); .p2align 4; SYM(name):
+# define FUNC_END(name)
+#else
+# define SYM(name) name
+# define FUNC_BEGIN(name) \
+        .globl name; .hidden name; .type name, @function; .p2align 4; name:
+# define FUNC_END(name) .size name, .-name
+#endif
+
         .text
 
-        .globl  mm__ctx_switch
-        .hidden mm__ctx_switch
-        .type   mm__ctx_switch, @function
-        .p2align 4
-mm__ctx_switch:
+FUNC_BEGIN(mm__ctx_switch)
         .cfi_startproc
         pushq   %rbp
         pushq   %rbx
@@ -40,11 +63,18 @@ mm__ctx_switch:
         pushq   $0                      /* the FP slot, top bytes zero */
         stmxcsr (%rsp)
         fnstcw  4(%rsp)
-        movq    (%rsp), %rax            /* rax, rdx: caller-saved scratch */
+        /* rax, rdx: caller-saved scratch.  Each half is read back at
+         * the size it was stored with: one 8-byte load of the two
+         * narrower stores cannot be forwarded from the store buffer and
+         * waited for them to reach the cache, which made the switch
+         * ~40% slower (bench/switch). */
+        movl    (%rsp), %eax
+        movzwl  4(%rsp), %edx
+        shlq    $32, %rdx
+        orq     %rdx, %rax
         movq    %rsp, (%rdi)
         movq    (%rsi), %rsp
-        movq    (%rsp), %rdx
-        cmpq    %rax, %rdx
+        cmpq    (%rsp), %rax
         jne     2f
 1:      addq    $8, %rsp
         popq    %r15
@@ -58,24 +88,22 @@ mm__ctx_switch:
         fldcw   4(%rsp)
         jmp     1b
         .cfi_endproc
-        .size   mm__ctx_switch, .-mm__ctx_switch
+FUNC_END(mm__ctx_switch)
 
 /* The first switch to a fresh context "returns" here with the stack
  * 16-byte aligned.  entry(arg) must never return; if it does, the C side
  * names the culprit and aborts. */
-        .globl  mm__ctx_trampoline
-        .hidden mm__ctx_trampoline
-        .type   mm__ctx_trampoline, @function
-        .p2align 4
-mm__ctx_trampoline:
+FUNC_BEGIN(mm__ctx_trampoline)
         .cfi_startproc
         .cfi_undefined rip
         movq    %r13, %rdi
         callq   *%r12
         movq    %r13, %rdi
-        callq   mm__ctx_entry_returned
+        callq   SYM(mm__ctx_entry_returned)
         ud2
         .cfi_endproc
-        .size   mm__ctx_trampoline, .-mm__ctx_trampoline
+FUNC_END(mm__ctx_trampoline)
 
+#if defined(__ELF__)
         .section .note.GNU-stack,"",@progbits
+#endif

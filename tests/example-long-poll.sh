@@ -10,7 +10,9 @@ set -u
 prog=${top_builddir:-.}/examples/long-poll
 n=${LONG_POLL_CLIENTS:-1000}
 
-out=$(timeout 120 "$prog" --self-test "$n" 2>&1)
+# MM_TEST_EMULATOR: a cross build's emulator (tests/cross-run.sh), with
+# its options, so unquoted; empty on the machine itself.
+out=$(timeout 120 ${MM_TEST_EMULATOR:-} "$prog" --self-test "$n" 2>&1)
 rc=$?
 echo "$out"
 if [ $rc -ne 0 ]; then

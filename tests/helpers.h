@@ -114,6 +114,27 @@ static inline int mm_test_under_valgrind(void) {
 }
 
 
+/* The emulator a cross build's tests run under (tests/cross-run.sh exports
+ * MM_TEST_EMULATOR, e.g. qemu-aarch64), or NULL on the machine itself. */
+static inline const char *mm_test_emulator(void) {
+  const char *e = getenv("MM_TEST_EMULATOR");
+  return e != NULL && *e != '\0' ? e : NULL;
+}
+
+/* For a test whose forked child starts threads: qemu-user 7.2 (Debian 12)
+ * aborts such a child inside the emulator (assertions in its cpu_exec and
+ * plugin hooks) whatever the program does, so under an emulator the test
+ * is skipped, saying why, instead of failing on qemu's bug. */
+#define mm_test_skip_fork_threads_if_emulated()                               \
+  do {                                                                        \
+    if (mm_test_emulator() != NULL) {                                         \
+      printf("SKIP: under %s, a forked child cannot start threads "          \
+             "(qemu-user aborts it)\n", mm_test_emulator());                 \
+      skip();                                                                 \
+    }                                                                         \
+  } while (0)
+
+
 /* ---- Per-test watchdog ------------------------------------------------ */
 
 /* A thread started by each test's setup waits for the teardown; if the test

@@ -308,6 +308,113 @@ static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
   tctx_destroy(&c.co);
 }
 
+#elif defined(__aarch64__)
+
+typedef struct {
+  tctx_t main;
+  tctx_t co;
+} clobber_t;
+
+/* Overwrites x19-x28 and d8-d15, then switches back with the garbage
+ * still in them (x29, x30 and sp are the frame the switch itself uses). */
+static void clobber_entry(void *arg) {
+  entered();
+  clobber_t *c = arg;
+  for (;;) {
+    __asm__ volatile(
+        "mov x19, #0xdead\n\tmov x20, #0xdead\n\tmov x21, #0xdead\n\t"
+        "mov x22, #0xdead\n\tmov x23, #0xdead\n\tmov x24, #0xdead\n\t"
+        "mov x25, #0xdead\n\tmov x26, #0xdead\n\tmov x27, #0xdead\n\t"
+        "mov x28, #0xdead\n\t"
+        "fmov d8, x19\n\tfmov d9, x19\n\tfmov d10, x19\n\t"
+        "fmov d11, x19\n\tfmov d12, x19\n\tfmov d13, x19\n\t"
+        "fmov d14, x19\n\tfmov d15, x19\n\t"
+        ::: "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27",
+            "x28", "d8", "d9", "d10", "d11", "d12", "d13", "d14", "d15",
+            "memory");
+    switch_to(&c->co, &c->main);
+  }
+}
+
+/* What the asm block below reads and writes, through one pointer. */
+typedef struct {
+  uint64_t want[18];      /* x19-x28, d8-d15 before the switch */
+  uint64_t got[18];       /* the same after it */
+  tctx_t  *from, *to;
+  void   (*fn)(tctx_t *, tctx_t *);
+} regs_t;
+
+/* Each register gets a value of its own, different in each round; the
+ * d registers carry their bits through ldp/stp, not as doubles. */
+static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
+  static clobber_t c;
+  memset(&c, 0, sizeof c);
+  tctx_init_main(&c.main);
+  assert_int_equal(tctx_init(&c.co, clobber_entry, &c), 0);
+  static const char *names[18] = {
+    "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28",
+    "d8", "d9", "d10", "d11", "d12", "d13", "d14", "d15",
+  };
+  static regs_t r;
+  for (int round = 0; round < 3; round++) {
+    memset(&r, 0, sizeof r);
+    for (int i = 0; i < 18; i++)
+      r.want[i] = 0x0101010101010101u * (uint64_t) (i + 1) + (uint64_t) round;
+    r.from = &c.main;
+    r.to = &c.co;
+    r.fn = switch_to;
+    /* Loads every register from want[], switches away and back, then
+     * stores every register into got[], in one asm block so that the
+     * compiler cannot touch them in between: the call is made from
+     * inside it, with everything it may change declared clobbered.  x0
+     * holds &r, kept on the stack across the call. */
+    register regs_t *x0 __asm__("x0") = &r;
+    __asm__ volatile(
+        "ldp x19, x20, [x0, #0]\n\t"
+        "ldp x21, x22, [x0, #16]\n\t"
+        "ldp x23, x24, [x0, #32]\n\t"
+        "ldp x25, x26, [x0, #48]\n\t"
+        "ldp x27, x28, [x0, #64]\n\t"
+        "ldp d8, d9, [x0, #80]\n\t"
+        "ldp d10, d11, [x0, #96]\n\t"
+        "ldp d12, d13, [x0, #112]\n\t"
+        "ldp d14, d15, [x0, #128]\n\t"
+        "str x0, [sp, #-16]!\n\t"
+        "ldr x2, [x0, #304]\n\t"
+        "ldr x1, [x0, #296]\n\t"
+        "ldr x0, [x0, #288]\n\t"
+        "blr x2\n\t"
+        "ldr x0, [sp], #16\n\t"
+        "stp x19, x20, [x0, #144]\n\t"
+        "stp x21, x22, [x0, #160]\n\t"
+        "stp x23, x24, [x0, #176]\n\t"
+        "stp x25, x26, [x0, #192]\n\t"
+        "stp x27, x28, [x0, #208]\n\t"
+        "stp d8, d9, [x0, #224]\n\t"
+        "stp d10, d11, [x0, #240]\n\t"
+        "stp d12, d13, [x0, #256]\n\t"
+        "stp d14, d15, [x0, #272]\n\t"
+        : "+r"(x0)
+        :
+        : "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10",
+          "x11", "x12", "x13", "x14", "x15", "x16", "x17", "x19", "x20",
+          "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28", "x30",
+          "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9",
+          "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18",
+          "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27",
+          "v28", "v29", "v30", "v31", "cc", "memory");
+    for (int i = 0; i < 18; i++)
+      if (r.got[i] != r.want[i])
+        fail_msg("round %d: %s is %#llx after the switch, expected %#llx",
+                 round, names[i], (unsigned long long) r.got[i],
+                 (unsigned long long) r.want[i]);
+  }
+  tctx_destroy(&c.co);
+}
+_Static_assert(offsetof(regs_t, got) == 144 && offsetof(regs_t, from) == 288 &&
+               offsetof(regs_t, to) == 296 && offsetof(regs_t, fn) == 304,
+               "the asm block's offsets into regs_t");
+
 #else
 
 static void test_ctx_switch_preserves_callee_saved_registers(void **state) {
@@ -427,6 +534,55 @@ static void test_ctx_switch_keeps_each_contexts_rounding_mode(void **state) {
 }
 
 
+#ifdef __x86_64__
+/* The port compares the two contexts' control state before it loads any:
+ * a context whose x87 control word alone differs (MXCSR the same) must
+ * still get its own back, and the other context its own. */
+static void x87_entry(void *arg) {
+  entered();
+  fpctx_t *f = arg;
+  set_x87_cw((unsigned short)((get_x87_cw() & ~X87_RC_MASK) | X87_RC_ZERO));
+  for (;;) {
+    switch_to(&f->co, &f->main);
+    f->rounds++;
+    if ((get_x87_cw() & X87_RC_MASK) != X87_RC_ZERO)
+      f->co_bad++;
+  }
+}
+
+static void test_ctx_switch_keeps_an_x87_control_word_that_alone_differs(
+    void **state) {
+  static fpctx_t f;
+  memset(&f, 0, sizeof f);
+  unsigned short saved = get_x87_cw();
+  unsigned mxcsr = get_mxcsr();
+  set_x87_cw((unsigned short)((saved & ~X87_RC_MASK) | X87_RC_DOWN));
+  tctx_init_main(&f.main);
+  assert_int_equal(tctx_init(&f.co, x87_entry, &f), 0);
+  /* The fresh context starts from the default MXCSR: make both equal. */
+  set_mxcsr(0x1F80u);
+  int main_bad = 0;
+  for (int i = 0; i < 1000; i++) {
+    switch_to(&f.main, &f.co);
+    if ((get_x87_cw() & X87_RC_MASK) != X87_RC_DOWN)
+      main_bad++;
+  }
+  set_x87_cw(saved);
+  set_mxcsr(mxcsr);
+  tctx_destroy(&f.co);
+
+  assert_int_equal(f.rounds, 999);
+  assert_int_equal(main_bad, 0);
+  assert_int_equal(f.co_bad, 0);
+}
+#else
+static void test_ctx_switch_keeps_an_x87_control_word_that_alone_differs(
+    void **state) {
+  skip();   /* no x87 unit */
+}
+#endif
+
+
 /* ---- An entry that returns -------------------------------------------- */
 
 static tctx_t ret_main, ret_co;
@@ -472,6 +628,7 @@ int main(void) {
     mm_test(test_ctx_switch_passes_control_around_a_ring_of_contexts),
     mm_test(test_ctx_switch_preserves_callee_saved_registers),
     mm_test(test_ctx_switch_keeps_each_contexts_rounding_mode),
+    mm_test(test_ctx_switch_keeps_an_x87_control_word_that_alone_differs),
     mm_test(test_ctx_entry_that_returns_stops_the_program),
   };
   return mm_run_tests(tests);

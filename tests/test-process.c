@@ -569,6 +569,7 @@ static void fork_while_held(holder_t *h) {
 
 static void test_fork_child_spins_though_parent_threads_held_every_place(
     void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   holder_t h = { .spinner_places = true };
   fork_while_held(&h);
 }
@@ -577,6 +578,7 @@ static void test_fork_child_spins_though_parent_threads_held_every_place(
  * the loop's thread that woke it still held its waiter's mutex. */
 static void test_fork_child_waits_though_a_waker_held_its_waiter(
     void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   holder_t h = { .waiter = mm__waiter_self() };
   assert_non_null(h.waiter);
   fork_while_held(&h);
@@ -611,6 +613,7 @@ static void *run_async_thread(void *arg) {
  * quick calls of both bridges went before. */
 static void test_fork_child_uses_a_new_loop_while_the_parent_is_busy(
     void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   parent_made_a_loop = true;
   busy_t b;
   mm_test_latch_init(&b.in_call);
@@ -705,6 +708,7 @@ static int calls_a_worker_and_a_lane(void *arg) {
  * pool and a lane, with their threads (which the child does not have:
  * its free releases their memory, as Valgrind checks in the child). */
 static void test_fork_child_frees_the_loop_it_inherited(void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   parent_made_a_loop = true;
   test_pid = getpid();
   mm_loop_t *loop;

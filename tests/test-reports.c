@@ -382,6 +382,7 @@ static void child_watches_its_own_loop(void *arg) {
 
 static void test_a_forked_child_frees_a_watched_loop_and_watches_its_own(
     void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   mm_loop_t *loop = watched_loop(20);
   mm_test_child_t *res = malloc(sizeof *res);
   assert_non_null(res);

@@ -2157,6 +2157,7 @@ static void race_cancel_in_child(void *arg) {
 
 static void test_cancel_from_another_thread_racing_the_call_answers_it_once(
     void **state) {
+  mm_test_skip_fork_threads_if_emulated();
   int rounds = mm_test_under_valgrind() ? 30 : MM_TEST_SCALE(300, 50);
 #ifdef MM_TEST_TSAN
   /* TSan does not let a forked child start threads: run here. */

@@ -76,6 +76,7 @@ if grep -q '^#define MM_CONTEXT_UCONTEXT 1' "$config_dir/config.h"; then
 else
   case $(uname -m) in
     x86_64) sources+=(lib/switch-x86_64.S lib/context-asm.c) ;;
+    aarch64) sources+=(lib/switch-aarch64.S lib/context-asm.c) ;;
     *) sources+=(lib/switch-ucontext.c) ;;
   esac
 fi
