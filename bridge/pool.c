@@ -508,13 +508,7 @@ static void *worker_main(void *arg) {
       pthread_cond_wait(&pool->work_cv, &pool->mu);
     } else {
       struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += pool->idle_ms / 1000;
-      ts.tv_nsec += (long) (pool->idle_ms % 1000) * 1000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      mm__cond_deadline(&ts, pool->idle_ms);
       r = pthread_cond_timedwait(&pool->work_cv, &pool->mu, &ts);
     }
     pool->nidle--;
@@ -550,6 +544,11 @@ static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
+  /* work_cv takes the idle deadline: on the monotonic clock. */
+  if (mm__cond_init(&pool->work_cv) != 0) {
+    free(pool);
+    return NULL;
+  }
   pool->loop = loop;
   /* Adaptive: the sections under mu are a few list operations, so a
    * thread that finds it taken spins briefly instead of sleeping in the
@@ -559,7 +558,6 @@ static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
   pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
   pthread_mutex_init(&pool->mu, &ma);
   pthread_mutexattr_destroy(&ma);
-  pthread_cond_init(&pool->work_cv, NULL);
   pthread_cond_init(&pool->exit_cv, NULL);
   snprintf(pool->name, sizeof pool->name, "%s", name != NULL ? name : "");
   if (thread_name != NULL)
