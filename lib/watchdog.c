@@ -92,7 +92,22 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <execinfo.h>
+#ifdef HAVE_EXECINFO_H
+# include <execinfo.h>
+#else
+/* No backtrace() (musl without libexecinfo): a report names the
+ * coroutine and its function, and gives no frames. */
+static int backtrace(void **frames, int n) {
+  (void) frames;
+  (void) n;
+  return 0;
+}
+static char **backtrace_symbols(void *const *frames, int n) {
+  (void) frames;
+  (void) n;
+  return NULL;
+}
+#endif
 #include <inttypes.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -531,9 +546,7 @@ static void *watchdog_main(void *arg) {
   uint64_t watched = 0;       /* the step last seen running */
   uint64_t due = 0;           /* when to look at it next */
   bool reported = false;      /* watched has been reported */
-#ifdef HAVE_PTHREAD_SETNAME_NP
-  pthread_setname_np(pthread_self(), "mm-watchdog");
-#endif
+  mm__thread_name("mm-watchdog");
 
   pthread_mutex_lock(&wd->mu);
   while (!wd->quit) {
