@@ -44,9 +44,14 @@ void mm__bridge_flush(mm_loop_t *loop, void *p) {
   if (mm__list_empty(&b->staged))
     return;
   b->nstaged = 0;
-  int r = mm__pool_submit_list(b->pool, &b->staged);
+  unsigned recheck_ms;
+  int r = mm__pool_submit_list(b->pool, &b->staged, &recheck_ms);
   if (r == 0) {
-    watch_pool(b, 1);
+    /* Only while calls wait without a thread: a call that finds one arms
+     * no timer (a timer at every flush woke the loop once more per call
+     * at sporadic load). */
+    if (recheck_ms != 0)
+      watch_pool(b, recheck_ms);
     return;
   }
   mm__list_t *n;

@@ -109,8 +109,11 @@ void mm__pool_forget(mm__pool_t *pool);
  * no thread could be started for an empty pool. */
 int  mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req);
 /* Queues every request of reqs (linked by link), in order, under one
- * lock; reqs is left empty.  On error reqs is left as it was. */
-int  mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs);
+ * lock; reqs is left empty.  On error reqs is left as it was.  If
+ * recheck_ms is not NULL it is set as mm__pool_recheck's answer: when the
+ * loop must look again because calls wait without a thread (0: never). */
+int  mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
+                          unsigned *recheck_ms);
 /* Removes req if it is still queued; true if it was. */
 bool mm__pool_unqueue(mm__pool_t *pool, mm__sync_req_t *req);
 /* Gives waiting calls the threads that calls grown long have freed, and

@@ -43,10 +43,12 @@ typedef struct lanes_close {
   mm__list_t *link;
   mm__pool_t *pool;
   void *block;
+  bool closed;                /* the worker began the close */
 } lanes_close_t;
 
 static int lanes_close(void *arg) {
   lanes_close_t *l = arg;
+  l->closed = true;
   mm__bridge_t *b = atomic_load_explicit(&l->loop->bridge,
                                          memory_order_acquire);
   mm__bridge_lane_gone(b, l->link, l->pool);
@@ -64,9 +66,14 @@ int mm__lanes_free(mm_loop_t *loop, mm__list_t *link, mm__pool_t *pool,
   /* Waiting for the queue is blocking work: in a coroutine it goes to the
    * pool like any other, on a plain thread it runs here.  A cancelled
    * coroutine gets -ECANCELED and the lane (or set) stays (mm_loop_free
-   * frees it with a warning). */
-  lanes_close_t l = { loop, link, pool, block };
-  return mm_run_sync(lanes_close, &l);
+   * frees it with a warning).  Once a worker has begun the close it
+   * cannot be undone: a cancel or deadline arriving then waits for it
+   * (the call has no on_cancel and is not abandonable), and the answer is
+   * 0 -- never -ETIMEDOUT for a lane that is gone.  closed is read after
+   * the call's delivery, which orders the worker's write before it. */
+  lanes_close_t l = { loop, link, pool, block, false };
+  int r = mm_run_sync(lanes_close, &l);
+  return l.closed ? 0 : r;
 }
 
 int mm_lane_free(mm_lane_t *lane) {

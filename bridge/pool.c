@@ -646,7 +646,26 @@ void mm__pool_forget(mm__pool_t *pool) {
   free(pool);
 }
 
-int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
+/* In how many ms the loop should look at the pool again (its recheck
+ * timer): never (0) while every queued call has a thread on its way -- a
+ * spinning worker, a woken one -- so that calls that find threads arm no
+ * timer; 1 while calls wait that a woken or new thread may take soon, or
+ * that the budget holds back until a probe shows their threads blocked
+ * (time alone makes a call long); SATURATED_CHECK_MS for a pool at its
+ * maximum.  mu held. */
+static unsigned recheck_in(const mm__pool_t *pool) {
+  uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking;
+  if (pool->stopping || pool->queued <= taken)
+    return 0;
+  if (pool->nidle > pool->nwaking || pool->nthreads < pool->max)
+    return 1;
+  return SATURATED_CHECK_MS;
+}
+
+int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
+                         unsigned *recheck_ms) {
+  if (recheck_ms != NULL)
+    *recheck_ms = 0;
   pthread_mutex_lock(&pool->mu);
   if (pool->stopping) {
     pthread_mutex_unlock(&pool->mu);
@@ -682,6 +701,8 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs) {
   pool->calls += (uint64_t) n;
   probe_t p[MAX_PROBES];
   unsigned np = probe_due(pool, p);
+  if (recheck_ms != NULL)
+    *recheck_ms = recheck_in(pool);
   pthread_mutex_unlock(&pool->mu);
   signal_n(pool, wake);
   if (np > 0)
@@ -693,7 +714,7 @@ int mm__pool_submit(mm__pool_t *pool, mm__sync_req_t *req) {
   mm__list_t one;
   mm__list_init(&one);
   mm__list_push_back(&one, &req->link);
-  int r = mm__pool_submit_list(pool, &one);
+  int r = mm__pool_submit_list(pool, &one, NULL);
   if (r != 0)
     mm__list_remove(&req->link);
   return r;
@@ -724,21 +745,16 @@ unsigned mm__pool_recheck(mm__pool_t *pool) {
   unsigned wake = assign(pool, 0, &err);
   probe_t p[MAX_PROBES];
   unsigned np = probe_due(pool, p);
-  uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking;
-  if (!pool->stopping && pool->queued > taken) {
-    /* Calls wait with no thread on its way. */
-    if (pool->nidle > pool->nwaking || pool->nthreads < pool->max) {
-      next = 1;               /* one may be woken or started soon */
-    } else {
-      next = SATURATED_CHECK_MS;
-      const mm__sync_req_t *oldest =
-          container_of(pool->queue.next, mm__sync_req_t, link);
-      waited_ms = (uv_hrtime() - oldest->queued_at) / 1000000u;
-      if (!pool->warned && waited_ms >= QUEUE_WARN_MS) {
-        pool->warned = warn = true;
-        waiting = pool->queued;
-        busy = pool->nthreads;
-      }
+  next = recheck_in(pool);
+  if (next == SATURATED_CHECK_MS) {
+    /* Calls wait for a pool at its maximum. */
+    const mm__sync_req_t *oldest =
+        container_of(pool->queue.next, mm__sync_req_t, link);
+    waited_ms = (uv_hrtime() - oldest->queued_at) / 1000000u;
+    if (!pool->warned && waited_ms >= QUEUE_WARN_MS) {
+      pool->warned = warn = true;
+      waiting = pool->queued;
+      busy = pool->nthreads;
     }
   }
   pthread_mutex_unlock(&pool->mu);

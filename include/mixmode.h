@@ -435,8 +435,9 @@ MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
  * Colour-blind (in a coroutine the wait goes to the pool, as a run_sync
  * call).  Errors: -EINVAL, -EDEADLK (from the lane's own thread, or a
  * loop's thread outside coroutines), -ECANCELED or -ETIMEDOUT (the
- * calling coroutine was cancelled or is past its spawn deadline before a
- * worker took the wait up; the lane is left as it was). */
+ * calling coroutine was cancelled or is past a deadline before a worker
+ * took the wait up; the lane is left as it was).  Once a worker has begun
+ * the wait it finishes and the answer is 0, whatever came meanwhile. */
 MM_EXTERN int mm_lane_free(mm_lane_t *lane);
 
 /* Lane sets: count lanes that share one FIFO queue; a call
@@ -484,8 +485,9 @@ MM_EXTERN int mm_laneset_new(mm_loop_t *loop, const mm_laneset_options_t *o,
  * Colour-blind (in a coroutine the wait goes to the pool).  A set not
  * freed is freed by mm_loop_free, with a warning.  Errors: -EINVAL (NULL),
  * -EDEADLK (from one of the set's own threads, or a loop's thread
- * outside coroutines), -ECANCELED (a cancelled coroutine: the set is
- * left as it was), -ESHUTDOWN (from a coroutine of a loop that stops: the
+ * outside coroutines), -ECANCELED or -ETIMEDOUT (a cancelled coroutine,
+ * or one past a deadline, before a worker took the wait up: the set is
+ * left as it was; once begun, the free finishes and returns 0), -ESHUTDOWN (from a coroutine of a loop that stops: the
  * set is left to mm_loop_free). */
 MM_EXTERN int mm_laneset_free(mm_laneset_t *set);
 

@@ -157,7 +157,7 @@ int  mm__timers_init(mm_loop_t *loop);
 unsigned mm__timers_close(mm_loop_t *loop, uv_close_cb cb);
 void mm__timers_free(mm_loop_t *loop);
 
-/* ---- wait-fd.c: mm_wait_fd's poll handles, one per fd number ------------ */
+/* ---- wait-fd.c: mm_wait_fd's records, one per fd number, and handles ---- */
 /* Closes the loop's poll handles that are not closing already (the user
  * may have closed them with uv_walk); returns how many calls of cb to
  * wait for.  Their data is set to loop for cb.  No wait may be under way. */
@@ -528,6 +528,8 @@ struct mm_loop {
   struct mm__fd_poll **fd_polls;  /* by fd number, NULL where none; grows */
   size_t fd_polls_cap;
   mm__list_t fd_polls_all;    /* every one made: mm__fd_poll.link */
+  mm__list_t fd_sets;         /* the inner epoll sets (the last is in use)
+                                 with their handles: mm__fd_set.link */
 
   /* stack cache, loop thread (or the thread holding mu while undriven) */
   mm__list_t cache;           /* mm_coro_t.link */

@@ -10,8 +10,8 @@
 # what: why", and exits non-zero if any failed:
 #   - pkg-config finds mixmode, with the header's version;
 #   - every example of examples/ compiles and links with -Wall -Wextra
-#     -Werror (those that need SQLite or libpq only where pkg-config finds
-#     them), and hello, run-sync, run-async and long-poll --self-test run;
+#     -Werror (those that need SQLite, libpq or libcurl only where
+#     pkg-config finds them), and hello, run-sync, run-async and long-poll --self-test run;
 #   - tests/header-check.c compiles, links and runs as C99 and as C++11
 #     (g++ -std=c++11), each with -Wall -Wextra -Wpedantic -Werror.  C99
 #     with -D_POSIX_C_SOURCE=200809L: libuv's uv.h, which mixmode.h
@@ -113,6 +113,15 @@ elif build pg-bridge $cflags -Wno-unused-parameter -- "$ex/pg-bridge.c" -- \
   pass "build examples/pg-bridge.c"
 else
   fail "build examples/pg-bridge.c"
+fi
+
+if ! pkg-config --exists libcurl; then
+  echo "SKIP build examples/fetch-many.c: pkg-config finds no libcurl" \
+       "(apt-get install libcurl4-openssl-dev)"
+elif build fetch-many $cflags -- "$ex/fetch-many.c" -- mixmode libcurl; then
+  pass "build examples/fetch-many.c"
+else
+  fail "build examples/fetch-many.c"
 fi
 
 # run NAME ARGS...: runs a program built above, if it was.

@@ -238,6 +238,81 @@ static void test_a_queued_call_under_a_deadline_never_runs(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* mm_lane_free under a deadline that passes while the lane drains: the
+ * close has begun and cannot be undone, so it finishes and says so (0),
+ * never -ETIMEDOUT for a lane that is gone. */
+typedef struct {
+  mm_loop_t *loop;
+  mm_lane_t *lane;
+  call_t     c;              /* the lane's call, held by its gate */
+  int        free_result;
+} lane_close_t;
+
+static int lane_call(void *arg) {
+  lane_close_t *t = arg;
+  mm_sync_options_t o;
+  mm_sync_options_init(&o);
+  o.affinity = MM_AFFINITY_LANE;
+  o.lane = t->lane;
+  return mm_run_sync_ex(gated, &t->c, &o);
+}
+
+/* Opens the gate long after the 5 ms deadline: timers order it. */
+static int open_gate_later(void *arg) {
+  lane_close_t *t = arg;
+  assert_mm_ok(mm_sleep(500));
+  mm_test_latch_add(&t->c.gate, 1);
+  return 0;
+}
+
+/* Holds the loop (and so the deadline's timer) until a worker runs the
+ * close: the deadline finds it running. */
+static int hold_until_closing(void *arg) {
+  lane_close_t *t = arg;
+  mm_stats_t st;
+  assert_mm_ok(mm_yield());               /* the close leaves the loop */
+  do {
+    assert_mm_ok(mm_loop_stats(t->loop, &st));
+    sched_yield();
+  } while (st.sync_running == 0);
+  return 0;
+}
+
+static int free_lane_under_deadline(void *arg) {
+  lane_close_t *t = arg;
+  while (atomic_load(&t->c.fn_runs) == 0)   /* the lane runs its call */
+    assert_mm_ok(mm_sleep(1));
+  mm_coro_t *d, *h;
+  assert_mm_ok(mm_deadline_push(5));
+  assert_mm_ok(mm_spawn(t->loop, open_gate_later, t, &d));
+  assert_mm_ok(mm_spawn(t->loop, hold_until_closing, t, &h));
+  t->free_result = mm_lane_free(t->lane);
+  mm_deadline_pop();
+  assert_mm_ok(mm_join(d));
+  assert_mm_ok(mm_join(h));
+  return 0;
+}
+
+static void test_lane_free_under_a_deadline_that_passes_while_closing(
+    void **state) {
+  lane_close_t t;
+  memset(&t, 0, sizeof t);
+  t.loop = new_loop(0);
+  mm_test_latch_init(&t.c.gate);
+  mm_test_latch_init(&t.c.started);
+  assert_mm_ok(mm_lane_new(t.loop, "closing", &t.lane));
+  mm_coro_t *a, *b;
+  assert_mm_ok(mm_spawn(t.loop, lane_call, &t, &a));
+  assert_mm_ok(mm_spawn(t.loop, free_lane_under_deadline, &t, &b));
+  assert_mm_ok(mm_loop_run(t.loop));
+  assert_int_equal(mm_join(a), 5);
+  assert_mm_ok(mm_join(b));
+  assert_mm_ok(t.free_result);            /* freed, and told so */
+  assert_mm_ok(mm_loop_free(t.loop));
+  mm_test_latch_destroy(&t.c.gate);
+  mm_test_latch_destroy(&t.c.started);
+}
+
 typedef struct {
   bool ran;
   int sleep_result;
@@ -521,6 +596,7 @@ int main(void) {
     mm_test(test_join_under_a_deadline_leaves_the_child_and_its_handle),
     mm_test(test_run_sync_under_a_deadline_is_on_its_own_timeout),
     mm_test(test_a_queued_call_under_a_deadline_never_runs),
+    mm_test(test_lane_free_under_a_deadline_that_passes_while_closing),
     mm_test(test_run_async_and_group_wait_cancel_what_they_wait_for),
     mm_test(test_await_under_a_deadline_runs_on_cancel_and_waits_for_wake),
     mm_test(test_wait_fd_and_tcp_reads_time_out_and_stay_usable),
