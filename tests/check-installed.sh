@@ -11,7 +11,8 @@
 #   - pkg-config finds mixmode, with the header's version;
 #   - every example of examples/ compiles and links with -Wall -Wextra
 #     -Werror (those that need SQLite, libpq or libcurl only where
-#     pkg-config finds them), and hello, run-sync, run-async and long-poll --self-test run;
+#     pkg-config finds them), and hello, run-sync, run-async and long-poll
+#     --self-test run;
 #   - tests/header-check.c compiles, links and runs as C99 and as C++11
 #     (g++ -std=c++11), each with -Wall -Wextra -Wpedantic -Werror.  C99
 #     with -D_POSIX_C_SOURCE=200809L: libuv's uv.h, which mixmode.h

@@ -48,6 +48,7 @@ echo "-version-info $lt: soname $soname"
 [ "$soname" = "libmixmode.so.$major" ] ||
   bad "soname '$soname', expected libmixmode.so.$major from $lt"
 [ -f "$so.$major.$age.$rev" ] ||
-  bad "no $so.$major.$age.$rev: $(ls "$top/.libs/" | grep '^libmixmode\.so' | tr '\n' ' ')"
+  bad "no $so.$major.$age.$rev:" \
+    "$(ls "$top/.libs/" | grep '^libmixmode\.so' | tr '\n' ' ')"
 [ $fail -eq 0 ] && echo "ok: version $hv, library $soname ($lt)"
 exit $fail

@@ -142,7 +142,8 @@ static int check_waits(int64_t max_left_ns) {
   pthread_mutex_unlock(&seen.mu);
   assert_int_equal(lost, 0);
   for (int i = 0; i < n; i++) {
-    if (waits[i].clock != CLOCK_MONOTONIC || waits[i].left_ns > max_left_ns + NS_PER_S ||
+    if (waits[i].clock != CLOCK_MONOTONIC ||
+        waits[i].left_ns > max_left_ns + NS_PER_S ||
         waits[i].left_ns < -NS_PER_S)
       fail_msg("timed wait %d: condition variable clock %d (CLOCK_MONOTONIC "
                "is %d, -1: not made by pthread_cond_init), deadline %.3f s "
@@ -153,7 +154,7 @@ static int check_waits(int64_t max_left_ns) {
   return n;
 }
 
-/* ---- the helpers themselves ----------------------------------------------- */
+/* ---- the helpers themselves ---------------------------------------------- */
 
 static void test_cond_deadline_is_on_the_monotonic_clock(void **state) {
   int64_t before = mono_ns();
