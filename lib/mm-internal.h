@@ -230,24 +230,31 @@ int mm__cond_init(pthread_cond_t *cv);
 /* *ts = now + ms on mm__cond_init's clock: the absolute deadline that
  * pthread_cond_timedwait takes. */
 void mm__cond_deadline(struct timespec *ts, uint64_t ms);
-/* Names the calling thread (at most 15 characters show) in whichever of
- * the forms configure found; where none exists the thread stays unnamed. */
+/* Names the calling thread in whichever of the forms configure found;
+ * where none exists the thread stays unnamed.  The name is cut to 15
+ * characters: glibc refuses a longer one (ERANGE) and leaves the old. */
 #ifdef MM_THREAD_NAME_BSD
 # include <pthread_np.h>
 #endif
-static inline void mm__thread_name(const char *name) {
+static inline void mm__thread_name(const char *full) {
+  char name[16];
+  size_t i = 0;
+  for (; i < sizeof name - 1 && full[i] != '\0'; i++)
+    name[i] = full[i];
+  name[i] = '\0';
 #if defined(MM_THREAD_NAME_GLIBC)
   pthread_setname_np(pthread_self(), name);
 #elif defined(MM_THREAD_NAME_MACOS)
   pthread_setname_np(name);
 #elif defined(MM_THREAD_NAME_NETBSD)
-  pthread_setname_np(pthread_self(), "%s", (void *) (uintptr_t) name);
+  pthread_setname_np(pthread_self(), "%s", (void *) name);
 #elif defined(MM_THREAD_NAME_BSD)
   pthread_set_name_np(pthread_self(), name);
 #else
   (void) name;
 #endif
 }
+
 /* Blocks the calling thread, w's, until w is delivered (0, *status) or
  * the deadline (mm__cond_deadline) passes (-ETIMEDOUT; NULL: none),
  * running posted tasks meanwhile. */
