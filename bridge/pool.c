@@ -59,9 +59,9 @@
  *
  * Lock order: pool->mu alone.  It protects every field below "protected";
  * a request's QUEUED -> RUNNING transition happens under it.  Workers run
- * calls and complete them without it.  It is an adaptive mutex: every
- * section under it is a few list operations, and the loop's batches and
- * the workers meet on it often.
+ * calls and complete them without it.  It is an adaptive mutex where the
+ * C library has one (glibc): every section under it is a few list
+ * operations, and the loop's batches and the workers meet on it often.
  *
  * Counters and their invariants, all protected by mu (checked at each
  * assign() by pool_ok()):
@@ -405,7 +405,6 @@ static void *worker_main(void *arg) {
   worker_t *w = arg;
   mm__pool_t *pool = w->pool;
 
-#ifdef HAVE_PTHREAD_SETNAME_NP
   char name[16];
   if (pool->set) {
     /* "mm-NAME-<id>" in 15 characters: NAME gives way, never the id (the
@@ -420,8 +419,7 @@ static void *worker_main(void *arg) {
     snprintf(name, sizeof name, "mm-lane-%.7s", pool->name);
   else
     snprintf(name, sizeof name, "mm-worker-%u", w->id);
-  pthread_setname_np(pthread_self(), name);
-#endif
+  mm__thread_name(name);
   self_pool = pool;
   mm__tls.serves = pool->loop;  /* mm_loop_free refuses to run here */
 #ifdef SYS_gettid
@@ -508,13 +506,7 @@ static void *worker_main(void *arg) {
       pthread_cond_wait(&pool->work_cv, &pool->mu);
     } else {
       struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += pool->idle_ms / 1000;
-      ts.tv_nsec += (long) (pool->idle_ms % 1000) * 1000000;
-      if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-      }
+      mm__cond_deadline(&ts, pool->idle_ms);
       r = pthread_cond_timedwait(&pool->work_cv, &pool->mu, &ts);
     }
     pool->nidle--;
@@ -550,16 +542,22 @@ static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
+  /* work_cv takes the idle deadline: on the monotonic clock. */
+  if (mm__cond_init(&pool->work_cv) != 0) {
+    free(pool);
+    return NULL;
+  }
   pool->loop = loop;
   /* Adaptive: the sections under mu are a few list operations, so a
    * thread that finds it taken spins briefly instead of sleeping in the
    * kernel. */
   pthread_mutexattr_t ma;
   pthread_mutexattr_init(&ma);
+#if HAVE_DECL_PTHREAD_MUTEX_ADAPTIVE_NP
   pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
   pthread_mutex_init(&pool->mu, &ma);
   pthread_mutexattr_destroy(&ma);
-  pthread_cond_init(&pool->work_cv, NULL);
   pthread_cond_init(&pool->exit_cv, NULL);
   snprintf(pool->name, sizeof pool->name, "%s", name != NULL ? name : "");
   if (thread_name != NULL)

@@ -227,9 +227,7 @@ int mm_loop_run(mm_loop_t *loop) {
 
 static void *background_main(void *arg) {
   mm_loop_t *loop = arg;
-#ifdef HAVE_PTHREAD_SETNAME_NP
-  pthread_setname_np(pthread_self(), "mm-loop");
-#endif
+  mm__thread_name("mm-loop");
   mm__loop_drive(loop);
   pthread_mutex_lock(&loop->mu);
   set_driven(loop, false);

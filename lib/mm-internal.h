@@ -228,9 +228,44 @@ void mm__waiter_serve_begin(mm__waiter_t *w);
 void mm__waiter_serve_end(mm__waiter_t *w);
 struct mm__wait;
 struct timespec;
+/* Every condition variable that is given a deadline (the waiters', the
+ * pools', the watchdog's) is made by mm__cond_init, and every such
+ * deadline comes from mm__cond_deadline: both on CLOCK_MONOTONIC (where
+ * pthread_condattr_setclock exists; CLOCK_REALTIME elsewhere), so that a
+ * step of the wall clock moves no deadline.  mm__cond_init returns 0 or a
+ * positive error number, as pthread_cond_init does. */
+int mm__cond_init(pthread_cond_t *cv);
+/* *ts = now + ms on mm__cond_init's clock: the absolute deadline that
+ * pthread_cond_timedwait takes. */
+void mm__cond_deadline(struct timespec *ts, uint64_t ms);
+/* Names the calling thread in whichever of the forms configure found;
+ * where none exists the thread stays unnamed.  The name is cut to 15
+ * characters: glibc refuses a longer one (ERANGE) and leaves the old. */
+#ifdef MM_THREAD_NAME_BSD
+# include <pthread_np.h>
+#endif
+static inline void mm__thread_name(const char *full) {
+  char name[16];
+  size_t i = 0;
+  for (; i < sizeof name - 1 && full[i] != '\0'; i++)
+    name[i] = full[i];
+  name[i] = '\0';
+#if defined(MM_THREAD_NAME_GLIBC)
+  pthread_setname_np(pthread_self(), name);
+#elif defined(MM_THREAD_NAME_MACOS)
+  pthread_setname_np(name);
+#elif defined(MM_THREAD_NAME_NETBSD)
+  pthread_setname_np(pthread_self(), "%s", (void *) name);
+#elif defined(MM_THREAD_NAME_BSD)
+  pthread_set_name_np(pthread_self(), name);
+#else
+  (void) name;
+#endif
+}
+
 /* Blocks the calling thread, w's, until w is delivered (0, *status) or
- * the CLOCK_REALTIME deadline passes (-ETIMEDOUT; NULL: none), running
- * posted tasks meanwhile. */
+ * the deadline (mm__cond_deadline) passes (-ETIMEDOUT; NULL: none),
+ * running posted tasks meanwhile. */
 int mm__waiter_block(struct mm__wait *w, const struct timespec *deadline,
                      int *status);
 

@@ -82,13 +82,7 @@ int mm__wait_block(mm__wait_t *w) {
 
 int mm__wait_block_for(mm__wait_t *w, uint64_t ms, int *status) {
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += (time_t) (ms / 1000);
-  ts.tv_nsec += (long) (ms % 1000) * 1000000;
-  if (ts.tv_nsec >= 1000000000) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000;
-  }
+  mm__cond_deadline(&ts, ms);
   return mm__waiter_block(w, &ts, status);
 }
 

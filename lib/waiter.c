@@ -53,7 +53,7 @@ static void waiter_atfork_child(void) {
   if (w == NULL)
     return;
   pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
+  mm__cond_init(&w->cv);
   mm__list_init(&w->tasks);
   atomic_store_explicit(&w->task_hint, false, memory_order_relaxed);
 }
@@ -64,6 +64,47 @@ static void waiter_key_init(void) {
   pthread_atfork(NULL, NULL, waiter_atfork_child);
 }
 
+#ifdef HAVE_PTHREAD_CONDATTR_SETCLOCK
+# define COND_CLOCK CLOCK_MONOTONIC
+#else
+/* No way to choose (macOS): a step of the wall clock lengthens or
+ * shortens a wait under way; the loops around the waits recompute what is
+ * left from uv_hrtime(), so none ends late for good or early unnoticed. */
+# define COND_CLOCK CLOCK_REALTIME
+#endif
+
+int mm__cond_init(pthread_cond_t *cv) {
+#ifdef HAVE_PTHREAD_CONDATTR_SETCLOCK
+  pthread_condattr_t ca;
+  int r = pthread_condattr_init(&ca);
+  if (r != 0)
+    return r;
+  r = pthread_condattr_setclock(&ca, COND_CLOCK);
+  if (r == 0)
+    r = pthread_cond_init(cv, &ca);
+  pthread_condattr_destroy(&ca);
+  return r;
+#else
+  return pthread_cond_init(cv, NULL);
+#endif
+}
+
+/* A deadline past ~30 years is cut there: no time_t overflows, and every
+ * caller waits again for what is left after a timed-out wait. */
+#define DEADLINE_MAX_MS ((uint64_t) 1000 * 1000000000)
+
+void mm__cond_deadline(struct timespec *ts, uint64_t ms) {
+  if (ms > DEADLINE_MAX_MS)
+    ms = DEADLINE_MAX_MS;
+  clock_gettime(COND_CLOCK, ts);
+  ts->tv_sec += (time_t) (ms / 1000);
+  ts->tv_nsec += (long) (ms % 1000) * 1000000;
+  if (ts->tv_nsec >= 1000000000) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000;
+  }
+}
+
 mm__waiter_t *mm__waiter_self(void) {
   if (self_waiter != NULL)
     return self_waiter;
@@ -71,8 +112,11 @@ mm__waiter_t *mm__waiter_self(void) {
   mm__waiter_t *w = malloc(sizeof(*w));
   if (w == NULL)
     return NULL;
+  if (mm__cond_init(&w->cv) != 0) {
+    free(w);
+    return NULL;
+  }
   pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
   mm__list_init(&w->tasks);
   atomic_init(&w->refs, 1);
   atomic_init(&w->task_hint, false);
@@ -138,7 +182,8 @@ static bool wait_ready(const void *arg) {
          atomic_load_explicit(&w->thread->task_hint, memory_order_relaxed);
 }
 
-/* Blocks until w is done (or, with a deadline, until then), running
+/* Blocks until w is done (or, with a deadline from mm__cond_deadline,
+ * until then), running
  * posted tasks meanwhile.  Spins a while first (lib/spin.c): the answer
  * may be microseconds away. */
 int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,

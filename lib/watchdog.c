@@ -92,7 +92,22 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <execinfo.h>
+#ifdef HAVE_EXECINFO_H
+# include <execinfo.h>
+#else
+/* No backtrace() (musl without libexecinfo): a report names the
+ * coroutine and its function, and gives no frames. */
+static int backtrace(void **frames, int n) {
+  (void) frames;
+  (void) n;
+  return 0;
+}
+static char **backtrace_symbols(void *const *frames, int n) {
+  (void) frames;
+  (void) n;
+  return NULL;
+}
+#endif
 #include <inttypes.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -531,9 +546,7 @@ static void *watchdog_main(void *arg) {
   uint64_t watched = 0;       /* the step last seen running */
   uint64_t due = 0;           /* when to look at it next */
   bool reported = false;      /* watched has been reported */
-#ifdef HAVE_PTHREAD_SETNAME_NP
-  pthread_setname_np(pthread_self(), "mm-watchdog");
-#endif
+  mm__thread_name("mm-watchdog");
 
   pthread_mutex_lock(&wd->mu);
   while (!wd->quit) {
@@ -562,8 +575,8 @@ static void *watchdog_main(void *arg) {
     uint64_t wake = now + slow_ns;
     if (start != 0 && due < wake)
       wake = due;
-    struct timespec ts = { (time_t) (wake / 1000000000),
-                           (long) (wake % 1000000000) };
+    struct timespec ts;
+    mm__cond_deadline(&ts, wake > now ? (wake - now + 999999) / 1000000 : 0);
     if (!wd->quit)
       pthread_cond_timedwait(&wd->cv, &wd->mu, &ts);
   }
@@ -579,15 +592,7 @@ int mm__watchdog_start(mm_loop_t *loop) {
     return -ENOMEM;
   wd->loop = loop;
   wd->pid = getpid();
-  pthread_condattr_t ca;
-  int r = pthread_condattr_init(&ca);
-  if (r != 0)
-    goto err_free;
-  /* uv_hrtime() is CLOCK_MONOTONIC: the deadlines above are in it. */
-  r = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  if (r == 0)
-    r = pthread_cond_init(&wd->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  int r = mm__cond_init(&wd->cv);
   if (r != 0)
     goto err_free;
   pthread_mutex_init(&wd->mu, NULL);
