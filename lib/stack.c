@@ -35,6 +35,7 @@
 #include "mm-internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -108,14 +109,29 @@ bool mm__stack_guard_is_marker(void) {
          GUARD_MARKER;
 }
 
+/* Whether the marker just installed at p guards: the kernel refuses to
+ * copy from it (EFAULT).  An emulator (qemu-user) may take the advice
+ * and do nothing, answering 0: the first block asks once, with a pipe. */
+static bool marker_guards(const char *p) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0)
+    return false;
+  bool guards = write(fds[1], p, 1) < 0 && errno == EFAULT;
+  close(fds[0]);
+  close(fds[1]);
+  return guards;
+}
+
 /* Makes the len bytes at p a guard: markers if the kernel has them, else
  * PROT_NONE.  0 or -errno.  A first try that fails in any way (EINVAL
  * from a kernel without markers, EPERM from a seccomp filter that does
- * not know the advice) settles on mprotect for good. */
+ * not know the advice, a marker that does not guard) settles on mprotect
+ * for good. */
 static int guard(char *p, size_t len) {
   int kind = atomic_load_explicit(&guard_kind, memory_order_relaxed);
   if (kind != GUARD_MPROTECT) {
-    if (madvise(p, len, MADV_GUARD_INSTALL) == 0) {
+    if (madvise(p, len, MADV_GUARD_INSTALL) == 0 &&
+        (kind == GUARD_MARKER || marker_guards(p))) {
       if (kind == GUARD_UNKNOWN)
         atomic_store_explicit(&guard_kind, GUARD_MARKER,
                               memory_order_relaxed);
