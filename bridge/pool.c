@@ -157,6 +157,8 @@ struct mm__pool {
   unsigned nblocked;          /* workers in a call seen blocked */
   uint64_t last_pop;          /* uv_hrtime() when a call last left queue
                                  for a worker */
+  uint64_t signalled_at;      /* uv_hrtime() when submit last signalled
+                                 idle workers (mm__spin_woken) */
   unsigned blocking;          /* share of recent calls seen blocked */
   mm__spin_t spin;            /* how long the next spin lasts (adaptive) */
   unsigned nstarting;         /* created, not yet in their loop */
@@ -513,7 +515,7 @@ static void *worker_main(void *arg) {
     if (pool->nwaking > 0)
       pool->nwaking--;
     if (r == 0)
-      mm__spin_woken(&pool->spin, parked);
+      mm__spin_woken(&pool->spin, parked, pool->signalled_at);
     if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
@@ -699,6 +701,8 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
     return r;
   }
   pool->calls += (uint64_t) n;
+  if (wake > 0)
+    pool->signalled_at = now;   /* for the woken one's mm__spin_woken */
   probe_t p[MAX_PROBES];
   unsigned np = probe_due(pool, p);
   if (recheck_ms != NULL)

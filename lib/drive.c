@@ -63,10 +63,6 @@ static bool heads_empty(mm_loop_t *loop) {
  * more than the work"). */
 #define POLL_NS 10000
 
-/* A wake-up that came this soon after the loop went to sleep says that
- * answers come quickly: the next time, poll first.  Larger than POLL_NS
- * because the time measured includes the wake-up itself. */
-#define POLL_WORTH_NS 50000
 
 /* Polling only pays when the thread that answers can run meanwhile: not
  * on one CPU. */
@@ -123,13 +119,14 @@ static void on_prepare(uv_prepare_t *h) {
       loop->poll_first = poll_heads(loop);
       continue;
     }
+    loop->sleep_start = uv_hrtime();
+    atomic_store_explicit(&loop->woken_at, 0, memory_order_relaxed);
     atomic_store_explicit(&loop->asleep, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     if (heads_empty(loop))
       break;
     atomic_store_explicit(&loop->asleep, 0, memory_order_relaxed);
   }
-  loop->sleep_start = uv_hrtime();
   mm__loop_update_refs(loop);
 }
 
@@ -142,9 +139,18 @@ static void on_check(uv_check_t *h) {
 static void on_async(uv_async_t *h) {
   mm_loop_t *loop = h->data;
   mm__tls.loop = loop;
-  /* Woken by a post within the polling window: poll first next time. */
-  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
-    loop->poll_first = uv_hrtime() - loop->sleep_start < POLL_WORTH_NS;
+  /* Poll first next time if the post that woke us came within the
+   * polling window: a poll would have caught it, and saved the sleep and
+   * the wake-up.  The poster's own time (remote.c), not ours now: ours
+   * adds the wake-up's latency (tens of us on a VM), and answers that
+   * come 20-40 us after the loop sleeps -- a worker woken from its own
+   * sleep -- made every poll a miss, burning POLL_NS per call. */
+  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed)) {
+    uint64_t at = atomic_load_explicit(&loop->woken_at,
+                                       memory_order_relaxed);
+    loop->poll_first = at != 0 &&
+                       (int64_t) (at - loop->sleep_start) < POLL_NS;
+  }
   mm__loop_drain(loop);
   mm__loop_process_stop(loop);
   /* Run what the drain made ready now rather than in the idle phase of

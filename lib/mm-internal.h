@@ -109,8 +109,10 @@ static inline void mm__cpu_relax(void) {
  * missed lately); mm__spin_wait() then watches ready(arg) until it holds
  * (true) or the limit passes (false), and gives the place back; after a
  * false, mm__spin_missed() halves the next limit, down to 0.  Around a
- * sleep: t = mm__spin_sleep_begin() before, and mm__spin_woken(s, t)
- * after a wake-up (not a timeout): a quick one restores the full limit. */
+ * sleep: t = mm__spin_sleep_begin() before, and mm__spin_woken(s, t, p)
+ * after a wake-up (not a timeout), p being uv_hrtime() when the waker
+ * posted what woke us (0: unknown): one posted soon after t restores the
+ * full limit. */
 typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
@@ -128,7 +130,8 @@ bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
 void     mm__spin_missed(mm__spin_t *s);
 uint64_t mm__spin_sleep_begin(void);
-void     mm__spin_woken(mm__spin_t *s, uint64_t slept_at);
+void     mm__spin_woken(mm__spin_t *s, uint64_t slept_at,
+                        uint64_t posted_at);
 
 /* Records reason (ECANCELED, ETIMEDOUT) in *r unless one is there
  * already: the first cancellation wins.  Relaxed: the reason carries no
@@ -214,6 +217,8 @@ typedef struct mm__waiter {
                              without it by the thread's spin (a stale
                              value only ends or prolongs the spin) */
   mm__spin_t spin;        /* the thread's own */
+  uint64_t posted_at;     /* uv_hrtime() of the last wake or task posted
+                             to it; protected by mu (mm__spin_woken) */
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
@@ -505,6 +510,9 @@ struct mm_loop {
   bool poll_first;            /* loop thread: poll the queues a while
                                  before sleeping (answers came quickly) */
   uint64_t sleep_start;       /* loop thread: uv_hrtime() at asleep = 1 */
+  _Atomic uint64_t woken_at;  /* uv_hrtime() of the first post that found
+                                 the loop asleep (remote.c), 0: none;
+                                 a hint for poll_first, relaxed */
   uv_timer_t uvtimer;         /* drives the timer heap (timer.c) */
   unsigned handles_closed;
 

@@ -38,8 +38,16 @@
  * it drains at its next prepare without any system call from us. */
 static void wake_if_asleep(mm_loop_t *loop) {
   atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed))
+  if (atomic_load_explicit(&loop->asleep, memory_order_relaxed)) {
+    /* When the first post came, for the loop's choice to poll first
+     * (drive.c, on_async).  Relaxed: a hint, nothing is published. */
+    uint64_t none = 0;
+    atomic_compare_exchange_strong_explicit(&loop->woken_at, &none,
+                                            uv_hrtime(),
+                                            memory_order_relaxed,
+                                            memory_order_relaxed);
     uv_async_send(&loop->async);
+  }
 }
 
 static void handle_bits(mm_loop_t *loop, mm_coro_t *c, unsigned bits) {

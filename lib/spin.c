@@ -127,8 +127,12 @@ uint64_t mm__spin_sleep_begin(void) {
   return uv_hrtime();
 }
 
-void mm__spin_woken(mm__spin_t *s, uint64_t slept_at) {
-  /* Woken sooner than a full spin lasts: a spin would have caught it. */
-  if (uv_hrtime() - slept_at < SPIN_MAX_NS)
+void mm__spin_woken(mm__spin_t *s, uint64_t slept_at, uint64_t posted_at) {
+  /* What woke us was posted sooner than a full spin lasts: a spin would
+   * have caught it.  The poster's time, not ours now: ours adds the
+   * wake-up's own latency (tens of us on a VM), which made answers that
+   * come 20-40 us late look quick -- a full spin, a miss, again at every
+   * call. */
+  if (posted_at != 0 && (int64_t) (posted_at - slept_at) < SPIN_MAX_NS)
     s->limit_ns = SPIN_MAX_NS;
 }

@@ -124,7 +124,9 @@ void mm__wait_deliver(mm__wait_t *w, int status) {
    * on the mutex we hold; the reference keeps t alive in between (its
    * thread may return and exit as soon as the mutex is free). */
   mm__waiter_ref(t);
+  uint64_t now = uv_hrtime();
   pthread_mutex_lock(&t->mu);
+  t->posted_at = now;
   w->status = status;
   /* Last access to w: the waiter returns once it sees done, spinning
    * (acquire) or under t->mu. */

@@ -133,6 +133,7 @@ bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t) {
   if (ok) {
     mm__list_push_back(&w->tasks, &t->link);
     atomic_store_explicit(&w->task_hint, true, memory_order_relaxed);
+    w->posted_at = uv_hrtime();
     pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&w->mu);
@@ -223,7 +224,7 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
       }
       continue;
     }
-    mm__spin_woken(&me->spin, slept);
+    mm__spin_woken(&me->spin, slept, me->posted_at);
   }
   pthread_mutex_unlock(&me->mu);
   *status = w->status;

@@ -77,20 +77,25 @@ static void test_spins_that_miss_halve_the_next_then_stop(void **state) {
     assert_true(mm__spin_wait(&any, always, NULL));
 }
 
-static void test_a_quick_wake_up_restores_the_full_spin(void **state) {
+static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
   mm__spin_t s;
   mm__spin_init(&s);
   uint64_t full = s.limit_ns;
+  uint64_t slept = 1000000000;          /* times as the poster gives them */
   s.limit_ns = 0;                       /* stopped spinning */
-  /* Woken long after it slept: it stays stopped. */
-  mm__spin_woken(&s, uv_hrtime() - 10 * full);
+  /* Posted long after it slept (a wake-up's latency does not count: the
+   * poster's time is what is compared): it stays stopped. */
+  mm__spin_woken(&s, slept, slept + full);
+  assert_true(s.limit_ns == 0);
+  mm__spin_woken(&s, slept, 0);         /* unknown: no change */
   assert_true(s.limit_ns == 0);
   assert_false(mm__spin_begin(&s));
-  /* Woken at once: a full spin would have caught it.  "At once" means
-   * within the full spin's time; a preempted test thread may miss that,
-   * so try a few times. */
-  for (int i = 0; i < 100 && s.limit_ns != full; i++)
-    mm__spin_woken(&s, mm__spin_sleep_begin());
+  /* Posted within a full spin's time: a spin would have caught it. */
+  mm__spin_woken(&s, slept, slept + full - 1);
+  assert_true(s.limit_ns == full);
+  /* Posted before the sleep began (the sleeper had not seen it yet). */
+  s.limit_ns = 0;
+  mm__spin_woken(&s, slept, slept - 10);
   assert_true(s.limit_ns == full);
 }
 
@@ -98,7 +103,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_at_most_half_the_cpus_spin_at_once),
     mm_test(test_spins_that_miss_halve_the_next_then_stop),
-    mm_test(test_a_quick_wake_up_restores_the_full_spin),
+    mm_test(test_a_wake_posted_soon_restores_the_full_spin),
   };
   return mm_run_tests(tests);
 }
