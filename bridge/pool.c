@@ -487,6 +487,7 @@ static void *worker_main(void *arg) {
       break;
     /* Before parking, watch the queue for a while: the next call may be
      * microseconds away, and a park plus a wake-up costs more. */
+    uint64_t began = mm__spin_wait_begin();
     if (mm__spin_begin(&pool->spin)) {
       /* The pool's workers share one adaptive limit, under mu: spin
        * with a copy, and count a miss on the shared one. */
@@ -502,7 +503,6 @@ static void *worker_main(void *arg) {
         continue;
     }
     pool->nidle++;
-    uint64_t parked = mm__spin_sleep_begin();
     int r = 0;
     if (pool->lane || pool->nthreads <= pool->min) {
       pthread_cond_wait(&pool->work_cv, &pool->mu);
@@ -515,7 +515,7 @@ static void *worker_main(void *arg) {
     if (pool->nwaking > 0)
       pool->nwaking--;
     if (r == 0)
-      mm__spin_woken(&pool->spin, parked, pool->signalled_at);
+      mm__spin_woken(&pool->spin, began, pool->signalled_at);
     if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;

@@ -156,7 +156,7 @@ err_undo:
     /* pending was counted for a spawn that will not come: undo, and poke
      * the driver in case it waits for pending to drop. */
     atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_relaxed);
-    uv_async_send(&loop->async);
+    mm__loop_ring(loop);
   }
   return r;
 }

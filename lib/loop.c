@@ -272,9 +272,9 @@ int mm_loop_stop(mm_loop_t *loop) {
     mm__loop_process_stop(loop);
     mm__loop_update_refs(loop);
   } else {
-    /* The driver, if any, carries out the stop in on_async; nobody: here,
+    /* The driver, if any, carries out the stop in on_bell; nobody: here,
      * at once (serve_undriven answers every waiting caller). */
-    uv_async_send(&loop->async);
+    mm__loop_ring(loop);
     mm__loop_kick(loop);
   }
   return 0;
@@ -332,7 +332,7 @@ static void report_live_here(mm_loop_t *loop, void *arg) {
 
 /* Closes the loop's handles and runs uv until they are closed. */
 static void close_handles(mm_loop_t *loop) {
-  unsigned closing = close_ours((uv_handle_t *) &loop->async) +
+  unsigned closing = close_ours((uv_handle_t *) &loop->bell) +
                      close_ours((uv_handle_t *) &loop->idle) +
                      close_ours((uv_handle_t *) &loop->prepare) +
                      close_ours((uv_handle_t *) &loop->check);
@@ -344,6 +344,7 @@ static void close_handles(mm_loop_t *loop) {
   do
     uv_run(loop->uv, UV_RUN_NOWAIT);
   while (loop->handles_closed < closing);
+  mm__loop_bell_close(loop);
 }
 
 static void close_uv(mm_loop_t *loop) {
@@ -449,7 +450,7 @@ int mm_loop_free(mm_loop_t *loop) {
   pthread_mutex_unlock(&loop->mu);
 
   if (bg) {
-    uv_async_send(&loop->async);
+    mm__loop_ring(loop);
     pthread_join(loop->bg_thread, NULL);
     pthread_mutex_lock(&loop->mu);
     loop->background = false;
@@ -457,7 +458,7 @@ int mm_loop_free(mm_loop_t *loop) {
     pthread_mutex_unlock(&loop->mu);
   } else if (!loop->borrowed) {
     /* Wait for a mm_loop_run on another thread to see the stop and end. */
-    uv_async_send(&loop->async);
+    mm__loop_ring(loop);
     pthread_mutex_lock(&loop->mu);
     while (atomic_load_explicit(&loop->driven, memory_order_relaxed))
       pthread_cond_wait(&loop->cv, &loop->mu);
@@ -470,7 +471,7 @@ int mm_loop_free(mm_loop_t *loop) {
   mm__loop_drive(loop);
 
   /* Posters still inside push_remote or mm__loop_submit touch
-   * loop->async.  From CLOSING on, a submitter that finds the loop
+   * the loop's bell.  From CLOSING on, a submitter that finds the loop
    * stopping does not poke it; one that counted itself in posting before
    * (seq_cst, Dekker-style with this store) is waited for here. */
   atomic_store_explicit(&loop->state, MM__LOOP_CLOSING, memory_order_seq_cst);

@@ -109,10 +109,10 @@ static inline void mm__cpu_relax(void) {
  * missed lately); mm__spin_wait() then watches ready(arg) until it holds
  * (true) or the limit passes (false), and gives the place back; after a
  * false, mm__spin_missed() halves the next limit, down to 0.  Around a
- * sleep: t = mm__spin_sleep_begin() before, and mm__spin_woken(s, t, p)
- * after a wake-up (not a timeout), p being uv_hrtime() when the waker
- * posted what woke us (0: unknown): one posted soon after t restores the
- * full limit. */
+ * wait: t = mm__spin_wait_begin() as it begins (before any spin), and
+ * mm__spin_woken(s, t, p) after a wake-up from the sleep (not a timeout),
+ * p being uv_hrtime() when the waker posted what woke us (0: unknown):
+ * one posted within a full spin's time of t restores the full limit. */
 typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
@@ -129,8 +129,8 @@ bool     mm__spin_begin(const mm__spin_t *s);
 bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
 void     mm__spin_missed(mm__spin_t *s);
-uint64_t mm__spin_sleep_begin(void);
-void     mm__spin_woken(mm__spin_t *s, uint64_t slept_at,
+uint64_t mm__spin_wait_begin(void);
+void     mm__spin_woken(mm__spin_t *s, uint64_t began,
                         uint64_t posted_at);
 
 /* Records reason (ECANCELED, ETIMEDOUT) in *r unless one is there
@@ -500,13 +500,14 @@ struct mm_loop {
                                  value means inherited across fork */
   mm_loop_options_t opt;
 
-  /* handles; async is ref'd only while the loop has work (drive.c) */
-  uv_async_t async;
+  /* handles; the bell is ref'd only while the loop has work (drive.c) */
+  uv_poll_t bell;             /* other threads wake the loop: drive.c */
+  int bell_r, bell_w;         /* its fds (one eventfd, or a pipe)*/
   uv_idle_t idle;             /* active while coroutines are ready */
   uv_prepare_t prepare;       /* drains posts before libuv blocks */
   uv_check_t check;
   _Atomic int asleep;         /* 1 from the prepare's last check until the
-                                 poll returns: posters must send the async */
+                                 poll returns: posters must ring the bell */
   bool poll_first;            /* loop thread: poll the queues a while
                                  before sleeping (answers came quickly) */
   uint64_t sleep_start;       /* loop thread: uv_hrtime() at asleep = 1 */
@@ -646,10 +647,14 @@ void mm__loop_wake_ready(mm_loop_t *loop);         /* start idle */
  * the posting count). */
 void mm__loop_drain(mm_loop_t *loop);
 void mm__loop_kick(mm_loop_t *loop);
-/* drive.c: the loop's own libuv handles (async, idle, prepare, check);
+/* drive.c: the loop's own libuv handles (bell, idle, prepare, check);
  * runs the loop on this thread until it has nothing left; cancels every
  * live coroutine once the loop is stopping (once). */
 int  mm__loop_handles_init(mm_loop_t *loop);
+/* Wakes the loop's thread: any thread, async-signal-safe (a write). */
+void mm__loop_ring(mm_loop_t *loop);
+/* Closes the bell's fds, once its handle has closed. */
+void mm__loop_bell_close(mm_loop_t *loop);
 void mm__loop_drive(mm_loop_t *loop);
 void mm__loop_process_stop(mm_loop_t *loop);
 bool mm__on_loop_thread(const mm_loop_t *loop);

@@ -16,15 +16,15 @@
  *          which is why remote.next was read before.
  *
  * Only the drain pops, so ABA cannot occur.  A poster touches the loop
- * after its push (the uv_async_send, or a drain under mu when nobody
+ * after its push (its bell rung, or a drain under mu when nobody
  * drives the loop), so loop->posting counts posters in flight, from
  * mm__loop_push to the end of mm__loop_poke, and mm_loop_free waits for
  * it to drop to zero before the loop's memory goes.  The push and the
  * poke are apart so that mm_cancel can push while its handle's block is
  * pinned (handle.c: a pinned section takes no lock) and poke after.
  *
- * Not here: when the loop drains (drive.c: at each prepare, after an
- * async wake-up, and in the drive loop).
+ * Not here: when the loop drains (drive.c: at each prepare, after its
+ * bell rang, and in the drive loop).
  */
 #include "mm-internal.h"
 
@@ -40,13 +40,13 @@ static void wake_if_asleep(mm_loop_t *loop) {
   atomic_thread_fence(memory_order_seq_cst);
   if (atomic_load_explicit(&loop->asleep, memory_order_relaxed)) {
     /* When the first post came, for the loop's choice to poll first
-     * (drive.c, on_async).  Relaxed: a hint, nothing is published. */
+     * (drive.c, on_bell).  Relaxed: a hint, nothing is published. */
     uint64_t none = 0;
     atomic_compare_exchange_strong_explicit(&loop->woken_at, &none,
                                             uv_hrtime(),
                                             memory_order_relaxed,
                                             memory_order_relaxed);
-    uv_async_send(&loop->async);
+    mm__loop_ring(loop);
   }
 }
 
@@ -139,7 +139,7 @@ int mm__loop_submit(mm_loop_t *loop, mm__loop_task_t *t) {
   if (state != MM__LOOP_OPEN) {
     atomic_fetch_sub_explicit(&loop->pending, 1, memory_order_seq_cst);
     if (state != MM__LOOP_CLOSING)  /* a driver may wait for pending */
-      uv_async_send(&loop->async);
+      mm__loop_ring(loop);
     atomic_fetch_sub_explicit(&loop->posting, 1, memory_order_release);
     return -ESHUTDOWN;
   }

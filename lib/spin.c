@@ -123,16 +123,16 @@ void mm__spin_missed(mm__spin_t *s) {
   s->limit_ns = s->limit_ns / 2 >= SPIN_MIN_NS ? s->limit_ns / 2 : 0;
 }
 
-uint64_t mm__spin_sleep_begin(void) {
+uint64_t mm__spin_wait_begin(void) {
   return uv_hrtime();
 }
 
-void mm__spin_woken(mm__spin_t *s, uint64_t slept_at, uint64_t posted_at) {
-  /* What woke us was posted sooner than a full spin lasts: a spin would
-   * have caught it.  The poster's time, not ours now: ours adds the
-   * wake-up's own latency (tens of us on a VM), which made answers that
-   * come 20-40 us late look quick -- a full spin, a miss, again at every
-   * call. */
-  if (posted_at != 0 && (int64_t) (posted_at - slept_at) < SPIN_MAX_NS)
+void mm__spin_woken(mm__spin_t *s, uint64_t began, uint64_t posted_at) {
+  /* What woke us was posted sooner after the wait began than a full spin
+   * lasts: a full spin would have caught it.  From the wait's start, not
+   * the sleep's: answers 60 us away after a 50 us spin looked quick, and
+   * every call spun in full and missed.  The poster's time, not ours
+   * now: ours adds the wake-up's own latency (tens of us on a VM). */
+  if (posted_at != 0 && (int64_t) (posted_at - began) < SPIN_MAX_NS)
     s->limit_ns = SPIN_MAX_NS;
 }

@@ -190,6 +190,7 @@ static bool wait_ready(const void *arg) {
 int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
                      int *status) {
   mm__waiter_t *me = w->thread;
+  uint64_t began = mm__spin_wait_begin();
 
   if (mm__spin_begin(&me->spin)) {
     if (!mm__spin_wait(&me->spin, wait_ready, w))
@@ -213,7 +214,6 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
       pthread_mutex_lock(&me->mu);
       continue;
     }
-    uint64_t slept = mm__spin_sleep_begin();
     if (deadline == NULL) {
       pthread_cond_wait(&me->cv, &me->mu);
     } else if (pthread_cond_timedwait(&me->cv, &me->mu, deadline) ==
@@ -224,7 +224,7 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
       }
       continue;
     }
-    mm__spin_woken(&me->spin, slept, me->posted_at);
+    mm__spin_woken(&me->spin, began, me->posted_at);
   }
   pthread_mutex_unlock(&me->mu);
   *status = w->status;

@@ -81,10 +81,10 @@ static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
   mm__spin_t s;
   mm__spin_init(&s);
   uint64_t full = s.limit_ns;
-  uint64_t slept = 1000000000;          /* times as the poster gives them */
+  uint64_t slept = 1000000000;          /* the wait began (poster's clock) */
   s.limit_ns = 0;                       /* stopped spinning */
-  /* Posted long after it slept (a wake-up's latency does not count: the
-   * poster's time is what is compared): it stays stopped. */
+  /* Posted long after the wait began (a wake-up's latency does not
+   * count: the poster's time is what is compared): it stays stopped. */
   mm__spin_woken(&s, slept, slept + full);
   assert_true(s.limit_ns == 0);
   mm__spin_woken(&s, slept, 0);         /* unknown: no change */
@@ -93,7 +93,7 @@ static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
   /* Posted within a full spin's time: a spin would have caught it. */
   mm__spin_woken(&s, slept, slept + full - 1);
   assert_true(s.limit_ns == full);
-  /* Posted before the sleep began (the sleeper had not seen it yet). */
+  /* Posted before the wait began (the waiter had not seen it yet). */
   s.limit_ns = 0;
   mm__spin_woken(&s, slept, slept - 10);
   assert_true(s.limit_ns == full);
