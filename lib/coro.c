@@ -66,6 +66,7 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
    * through the remote queue. */
   bool local = mm__on_loop_thread(loop);
   bool locked = false;
+  mm_coro_t *c = NULL;
   if (!local) {
     pthread_mutex_lock(&loop->mu);
     locked = true;
@@ -80,6 +81,7 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
       /* Counted before mu is released so that a free cannot finish
        * before the spawn lands; see run_done() in drive.c. */
       atomic_fetch_add_explicit(&loop->pending, 1, memory_order_relaxed);
+      c = mm__coro_spare_take(loop, opt.stack_size);   /* no mmap */
       pthread_mutex_unlock(&loop->mu);
       locked = false;
     }
@@ -89,7 +91,8 @@ static int spawn(mm_loop_t *loop, mm_fn fn, void *arg,
   }
 
   int r = -ENOMEM;
-  mm_coro_t *c = mm__coro_alloc(loop, opt.stack_size, local);
+  if (c == NULL)
+    c = mm__coro_alloc(loop, opt.stack_size, local);
   if (c == NULL)
     goto err_undo;
   c->loop = loop;

@@ -58,6 +58,16 @@ void mm__loop_process_stop(mm_loop_t *loop) {
   mm__cancel_all(loop);
 }
 
+/* What other threads posted, taken in; and the blocks kept for their
+ * spawns refilled once one was taken (stack.c): here, on the loop's
+ * thread and without mu, right after the drain that may have ended the
+ * coroutines whose blocks refill it. */
+static void drain(mm_loop_t *loop) {
+  mm__loop_drain(loop);
+  if (atomic_load_explicit(&loop->spare_wanted, memory_order_relaxed))
+    mm__coro_spare_refill(loop);
+}
+
 static bool heads_empty(mm_loop_t *loop) {
   return atomic_load_explicit(&loop->remote_head, memory_order_relaxed) ==
              NULL &&
@@ -109,7 +119,7 @@ static void on_prepare(uv_prepare_t *h) {
   mm__tls.loop = loop;
   for (unsigned round = 0;; round++) {
     if (!heads_empty(loop)) {
-      mm__loop_drain(loop);
+      drain(loop);
       if (!mm__list_empty(&loop->ready))
         mm__sched_run_ready(loop);
     }
@@ -226,7 +236,7 @@ static void on_bell(uv_poll_t *h, int status, int events) {
     loop->poll_first = at != 0 &&
                        (int64_t) (at - loop->sleep_start) < POLL_NS;
   }
-  mm__loop_drain(loop);
+  drain(loop);
   mm__loop_process_stop(loop);
   /* Run what the drain made ready now rather than in the idle phase of
    * the next loop pass: that would cost one more epoll_wait per wake. */
@@ -250,7 +260,7 @@ void mm__loop_drive(mm_loop_t *loop) {
   mm__tls.loop = loop;
   bool ran = false;
   for (;;) {
-    mm__loop_drain(loop);
+    drain(loop);
     mm__loop_process_stop(loop);
     mm__loop_update_refs(loop);
     if (run_done(loop))

@@ -114,6 +114,7 @@ static int loop_init(mm_loop_t *loop, const mm_loop_options_t *o) {
   mm__list_init(&loop->zombies);
   mm__list_init(&loop->cache);
   mm__timer_init(&loop->cache_timer, mm__coro_cache_on_timer);
+  mm__list_init(&loop->spare);
   mm__list_init(&loop->fd_polls_all);
   mm__list_init(&loop->fd_sets);
   atomic_init(&loop->remote_head, NULL);

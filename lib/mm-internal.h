@@ -564,6 +564,13 @@ struct mm_loop {
   mm__list_t cache;           /* mm_coro_t.link, the latest first */
   size_t ncache;
   mm__timer_t cache_timer;    /* empties blocks cached long (stack.c) */
+  /* spare blocks for spawns from other threads (stack.c); mu */
+  mm__list_t spare;           /* mm_coro_t.link */
+  unsigned nspare;
+  _Atomic bool spare_wanted;  /* a foreign spawn took one: refill;
+                                 written under mu, read without it by
+                                 the loop's prepare (relaxed: a stale
+                                 value only delays a refill by a pass) */
 
   /* remote queue: a Treiber stack of coroutines, see remote.c */
   _Atomic(mm__mpsc_node_t *) remote_head;  /* mm_coro_t.remote */
@@ -731,6 +738,11 @@ void mm__stack_guard_mprotect(void);
 bool mm__stack_guard_is_marker(void);
 void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
+/* Spawns from threads that do not drive the loop take a block kept for
+ * them (mu held; NULL: none, or not the default size), and the loop's
+ * thread refills those from its cache (takes mu). */
+mm_coro_t *mm__coro_spare_take(mm_loop_t *loop, size_t stack_size);
+void mm__coro_spare_refill(mm_loop_t *loop);
 void mm__coro_cache_sweep(mm_loop_t *loop, uint64_t now);   /* uv_now() */
 void mm__coro_cache_on_timer(mm__timer_t *t);
 void mm__cache_free(mm_loop_t *loop);

@@ -335,9 +335,52 @@ void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c) {
   mm__coro_unmap(c);
 }
 
+/* ---- spare blocks for spawns from other threads ---------------------------
+ *
+ * The cache belongs to the loop's thread; a spawn from elsewhere (a
+ * coroutine of another loop calling mm_run_async, a plain thread's
+ * mm_spawn) used to map a block of its own each time: an mmap, a guard
+ * and an munmap per call.  So the loop keeps a few blocks for them under
+ * mu, which such a spawn holds anyway to look at the loop's state: it
+ * takes one, and marks that it did; the loop's thread, before it sleeps
+ * (drive.c, on_prepare), moves blocks from its cache back up to
+ * SPARE_TARGET.  A
+ * loop that is never spawned on from elsewhere never takes mu for this. */
+#define SPARE_TARGET 4
+
+mm_coro_t *mm__coro_spare_take(mm_loop_t *loop, size_t stack_size) {
+  atomic_store_explicit(&loop->spare_wanted, true, memory_order_relaxed);
+  if (stack_size != 0 && stack_size != loop->opt.stack_size)
+    return NULL;
+  mm__list_t *n = mm__list_pop_front(&loop->spare);
+  if (n == NULL)
+    return NULL;
+  loop->nspare--;
+  mm_coro_t *c = container_of(n, mm_coro_t, link);
+  coro_reset(c);
+  return c;
+}
+
+void mm__coro_spare_refill(mm_loop_t *loop) {
+  pthread_mutex_lock(&loop->mu);
+  while (loop->nspare < SPARE_TARGET) {
+    mm__list_t *n = mm__list_pop_front(&loop->cache);
+    if (n == NULL)
+      break;
+    loop->ncache--;
+    mm__list_push_back(&loop->spare, n);
+    loop->nspare++;
+  }
+  atomic_store_explicit(&loop->spare_wanted, false, memory_order_relaxed);
+  pthread_mutex_unlock(&loop->mu);
+}
+
 void mm__cache_free(mm_loop_t *loop) {
   mm__list_t *n;
   while ((n = mm__list_pop_front(&loop->cache)) != NULL)
     mm__coro_unmap(container_of(n, mm_coro_t, link));
   loop->ncache = 0;
+  while ((n = mm__list_pop_front(&loop->spare)) != NULL)
+    mm__coro_unmap(container_of(n, mm_coro_t, link));
+  loop->nspare = 0;
 }
