@@ -144,7 +144,7 @@ mm__bridge_t *mm__bridge_of(mm_loop_t *loop) {
   mm__bridge_t *b = atomic_load_explicit(&loop->bridge, memory_order_acquire);
   if (b != NULL)
     return b;
-  b = calloc(1, sizeof(*b));
+  b = mm__aligned_zalloc(sizeof(*b));
   if (b == NULL)
     return NULL;
   b->pool = mm__pool_new(loop, "", loop->opt.pool_min_threads,

@@ -143,7 +143,9 @@ typedef struct mm__bridge {
   mm__list_t lanesets;        /* mm_laneset_t.link; protected by mu */
   uint64_t lanes_gone_calls;  /* calls the lanes and sets already freed
                                  took; protected by mu */
-  _Atomic uint64_t async_calls;
+  /* Added to by every thread that calls mm_run_async: a line of its own,
+   * apart from staged, which the loop's thread writes at every call. */
+  _Alignas(MM__CACHE_LINE) _Atomic uint64_t async_calls;
 } mm__bridge_t;
 
 /* NULL: out of memory, or the loop is stopping (mm__bridge_error). */

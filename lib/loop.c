@@ -141,7 +141,7 @@ int mm_loop_new(mm_loop_t **out, const mm_loop_options_t *o) {
   if (out == NULL)
     return -EINVAL;
   *out = NULL;
-  mm_loop_t *loop = calloc(1, sizeof(*loop));
+  mm_loop_t *loop = mm__aligned_zalloc(sizeof(*loop));
   if (loop == NULL)
     return -ENOMEM;
   int r = uv_loop_init(&loop->own_uv);
@@ -170,7 +170,7 @@ int mm_loop_from_uv(mm_loop_t **out, uv_loop_t *uv,
   *out = NULL;
   if (uv == NULL)
     return -EINVAL;
-  mm_loop_t *loop = calloc(1, sizeof(*loop));
+  mm_loop_t *loop = mm__aligned_zalloc(sizeof(*loop));
   if (loop == NULL)
     return -ENOMEM;
   loop->uv = uv;

@@ -102,6 +102,13 @@ static inline void mm__cpu_relax(void) {
 #endif
 }
 
+/* What two threads that write apart should not share (x86-64 and the
+ * usual aarch64 cores: 64 bytes), and a zeroed block aligned to it for
+ * structs that set _Alignas(MM__CACHE_LINE) on a member (malloc only
+ * promises 16); freed with free().  NULL if out of memory. */
+#define MM__CACHE_LINE 64
+void *mm__aligned_zalloc(size_t size);
+
 /* Spinning before sleeping (spin.c).  The owner of an mm__spin_t (one
  * thread, or whoever holds the lock it lives under) keeps its adaptive
  * limit.  To spin: mm__spin_begin(s) claims one of the process's spinner
@@ -572,7 +579,12 @@ struct mm_loop {
                                  the loop's prepare (relaxed: a stale
                                  value only delays a refill by a pass) */
 
-  /* remote queue: a Treiber stack of coroutines, see remote.c */
+  /* remote queue: a Treiber stack of coroutines, see remote.c.  Its four
+   * words are written by every posting thread: a cache line of their own
+   * (mm__aligned_zalloc), so that posts do not take from the loop's
+   * thread the line holding what it writes at every pass (the cache's
+   * count above), nor the reverse. */
+  _Alignas(MM__CACHE_LINE)
   _Atomic(mm__mpsc_node_t *) remote_head;  /* mm_coro_t.remote */
   _Atomic uint64_t pending;   /* foreign spawns accepted, not yet admitted;
                                  incremented under mu */
@@ -580,7 +592,7 @@ struct mm_loop {
   _Atomic(mm__mpsc_node_t *) tasks;  /* mm__loop_task_t.node */
 
   /* life cycle; protected by mu */
-  pthread_mutex_t mu;
+  _Alignas(MM__CACHE_LINE) pthread_mutex_t mu;
   pthread_cond_t cv;          /* signalled when driven turns false */
   _Atomic bool driven;        /* some thread drives the loop; written
                                  under mu; always true when borrowed */

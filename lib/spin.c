@@ -17,6 +17,8 @@
 #include "mm-internal.h"
 
 #include <sched.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,6 +47,14 @@ unsigned mm__cpu_count(void) {
     atomic_store_explicit(&n, v, memory_order_relaxed);
   }
   return v;
+}
+
+void *mm__aligned_zalloc(size_t size) {
+  size_t n = (size + MM__CACHE_LINE - 1) / MM__CACHE_LINE * MM__CACHE_LINE;
+  void *p = aligned_alloc(MM__CACHE_LINE, n);
+  if (p != NULL)
+    memset(p, 0, n);
+  return p;
 }
 
 static void atfork_child(void) {
