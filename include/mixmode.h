@@ -776,13 +776,15 @@ MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
  * timeout_ms has passed (0: no timeout).  Colour-blind.
  *
  * In a coroutine: the coroutine suspends while its loop polls fd, and the
- * other coroutines run meanwhile; an fd ready already answers at once,
- * without suspending.  fd may be closed, and its number reused, between
- * two waits, but not while a coroutine waits on it (libuv may abort, or
- * the wait may never see it).  fd's flags (O_NONBLOCK) are left as they
- * are.  The loop keeps a small handle per fd number it has waited on, so
- * that waiting on the same fd again allocates nothing; they go with
- * mm_loop_free.
+ * other coroutines run meanwhile; an fd ready already answers at the
+ * loop's next poll (where the loop has no epoll: at once, without
+ * suspending).  A wait that suspends costs one system call besides the
+ * loop's own poll (and one collect shared by the fds ready together).
+ * fd may be closed, and its number reused, between two waits, but not
+ * while a coroutine waits on it (the wait may never see it).  fd's flags
+ * (O_NONBLOCK) are left as they are.  The loop keeps a small record per
+ * fd number it has waited on, so that waiting on the same fd again
+ * allocates nothing; they go with mm_loop_free.
  * On a plain thread (a pool worker or a lane included): poll(2), resumed
  * after a signal with the time left.
  *
