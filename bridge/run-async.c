@@ -95,8 +95,11 @@ static void async_start(mm__loop_task_t *t, mm_loop_t *loop, bool shutdown) {
 /* The calling thread's wait: warns once if the loop has not taken the
  * request after NOT_RUNNING_WARN_MS, gives up at the deadline if the loop
  * still has not, else waits for K, which carries the same deadline. */
-static int async_wait(async_req_t *q) {
-  bool warned = false;
+static int async_wait(async_req_t *q, bool driven) {
+  /* A loop driven when the call was made runs it: no warning to time,
+   * and so no timer in the kernel for each sleep of a call that has
+   * none (a timed futex wait arms and cancels one). */
+  bool warned = driven;
   uint64_t deadline = q->deadline;
   for (;;) {
     uint64_t ms = UINT64_MAX;
@@ -229,9 +232,12 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
    * coroutine (and of the coroutines it spawns): MM_AFFINITY_CALLER. */
   mm__waiter_t *self = q->w.thread;
   mm__waiter_serve_begin(self);
+  /* Read while the loop surely exists: before the task is handed over. */
+  bool driven = !loop->borrowed &&
+                atomic_load_explicit(&loop->driven, memory_order_relaxed);
   r = mm__loop_submit(loop, &q->task);
   if (r == 0) {
-    r = async_wait(q);   /* -ESHUTDOWN for a stop: decided by the loop */
+    r = async_wait(q, driven);   /* -ESHUTDOWN for a stop: the loop's */
   } else if (timed) {
     /* The inbox never had it: both references are ours. */
     atomic_store_explicit(&q->refs, 1, memory_order_relaxed);
