@@ -494,9 +494,9 @@ static void *worker_main(void *arg) {
       pool->nspinning++;
       mm__spin_t spin = pool->spin;
       pthread_mutex_unlock(&pool->mu);
-      bool came = mm__spin_wait(&spin, calls_queued, pool);
+      int got = mm__spin_wait(&spin, calls_queued, pool);
       pthread_mutex_lock(&pool->mu);
-      if (!came)
+      if (got != MM__SPIN_CAME)
         mm__spin_missed(&pool->spin);
       pool->nspinning--;
       if (!mm__list_empty(&pool->queue) || pool->stopping)

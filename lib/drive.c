@@ -95,14 +95,18 @@ static bool poll_cpus_ok(void) {
 static bool poll_heads(mm_loop_t *loop) {
   uint64_t t0 = uv_hrtime();
   uint64_t dt = 0;
+  bool gave_away = false;
   while (heads_empty(loop) && dt < POLL_NS) {
     for (int i = 0; i < 32; i++)
       mm__cpu_relax();
-    if (dt >= POLL_YIELD_NS)
-      sched_yield();
+    if (dt >= POLL_YIELD_NS && mm__yield_cpu())
+      gave_away = true;
     dt = uv_hrtime() - t0;
   }
-  return !heads_empty(loop);
+  /* What came only once the poll gave its CPU away came late (spin.c,
+   * mm__spin_wait): its poster needed this CPU.  It is run all the same
+   * (the prepare drains it); the next time the loop sleeps instead. */
+  return !heads_empty(loop) && !gave_away;
 }
 
 /* Passes of poll-and-run one prepare makes at most before libuv gets its

@@ -114,8 +114,8 @@ void *mm__aligned_zalloc(size_t size);
  * limit.  To spin: mm__spin_begin(s) claims one of the process's spinner
  * places (false: sleep at once -- also when s's limit is 0, spins having
  * missed lately); mm__spin_wait() then watches ready(arg) until it holds
- * (true) or the limit passes (false), and gives the place back; after a
- * false, mm__spin_missed() halves the next limit, down to 0.  Around a
+ * or the limit passes, and gives the place back; after a miss or a late
+ * arrival, mm__spin_missed() halves the next limit, down to 0.  Around a
  * wait: t = mm__spin_wait_begin() as it begins (before any spin), and
  * mm__spin_woken(s, t, p) after a wake-up from the sleep (not a timeout),
  * p being uv_hrtime() when the waker posted what woke us (0: unknown):
@@ -133,7 +133,13 @@ void mm__backoff(unsigned *round);
 unsigned mm__cpu_count(void);
 void     mm__spin_init(mm__spin_t *s);
 bool     mm__spin_begin(const mm__spin_t *s);
-bool     mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
+/* Yields the CPU; true if another thread took it meanwhile (the CPUs are
+ * busy: a spin then delays whoever it waits for). */
+bool     mm__yield_cpu(void);
+/* mm__spin_wait's answers: nothing came; it came; it came only after the
+ * spin gave its CPU away (count it as a miss: spin.c). */
+enum { MM__SPIN_MISSED, MM__SPIN_CAME, MM__SPIN_CAME_LATE };
+int      mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
 void     mm__spin_missed(mm__spin_t *s);
 uint64_t mm__spin_wait_begin(void);

@@ -33,6 +33,11 @@
 /* Past this much spinning, each turn also yields the CPU. */
 #define SPIN_YIELD_NS 3000
 
+/* A sched_yield that took this long gave the CPU to another thread (two
+ * context switches); one that found nobody waiting returns in well under
+ * a microsecond. */
+#define YIELDED_AWAY_NS 5000
+
 /* Threads spinning now.  Relaxed: the count orders nothing, it only
  * bounds how many threads spin. */
 static _Atomic unsigned spinners;
@@ -95,20 +100,35 @@ bool mm__spin_begin(const mm__spin_t *s) {
 #define BACKOFF_YIELDS 16
 #define BACKOFF_SLEEP_NS 20000
 
-bool mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
-                   const void *arg) {
+bool mm__yield_cpu(void) {
+  uint64_t t0 = uv_hrtime();
+  sched_yield();
+  return uv_hrtime() - t0 >= YIELDED_AWAY_NS;
+}
+
+/* An answer that came only after one of the spin's yields gave its CPU
+ * away came late: the CPUs are busy (another process), the thread that
+ * answers needed this spinner's CPU, and the spin delayed the answer it
+ * waited for.  The caller counts it as a miss (mm__spin_missed): spins
+ * shorten until they no longer yield, then stop, until a wake-up shows
+ * again that answers come quickly.  A yield that comes straight back (no
+ * other thread wanted the CPU) says nothing. */
+int mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
+                  const void *arg) {
   uint64_t limit = s->limit_ns;
   uint64_t t0 = uv_hrtime(), dt = 0;
-  bool came;
+  bool came, gave_away = false;
   while (!(came = ready(arg)) && dt < limit) {
     for (int i = 0; i < 16; i++)
       mm__cpu_relax();
-    if (dt >= SPIN_YIELD_NS)
-      sched_yield();
+    if (dt >= SPIN_YIELD_NS && mm__yield_cpu())
+      gave_away = true;
     dt = uv_hrtime() - t0;
   }
   atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
-  return came;
+  if (!came)
+    return MM__SPIN_MISSED;
+  return gave_away ? MM__SPIN_CAME_LATE : MM__SPIN_CAME;
 }
 
 void mm__backoff(unsigned *round) {

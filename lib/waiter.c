@@ -193,9 +193,11 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
   uint64_t began = mm__spin_wait_begin();
 
   if (mm__spin_begin(&me->spin)) {
-    if (!mm__spin_wait(&me->spin, wait_ready, w))
+    int got = mm__spin_wait(&me->spin, wait_ready, w);
+    if (got != MM__SPIN_CAME)
       mm__spin_missed(&me->spin);
-    else if (atomic_load_explicit(&w->done, memory_order_acquire)) {
+    if (got != MM__SPIN_MISSED &&
+        atomic_load_explicit(&w->done, memory_order_acquire)) {
       *status = w->status;
       return 0;
     }

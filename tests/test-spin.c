@@ -4,6 +4,7 @@
  * pools run here, so this program's spinner places are all free. */
 #include "config.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -34,7 +35,7 @@ static void test_at_most_half_the_cpus_spin_at_once(void **state) {
     assert_false(mm__spin_begin(&s));   /* no place left (none on 1 CPU) */
     /* Each wait gives its place back, whatever it finds. */
     for (unsigned i = 0; i < max; i++)
-      assert_true(mm__spin_wait(&s, always, NULL));
+      assert_int_equal(mm__spin_wait(&s, always, NULL), MM__SPIN_CAME);
   }
 }
 
@@ -50,7 +51,7 @@ static void test_spins_that_miss_halve_the_next_then_stop(void **state) {
   while (mm__spin_begin(&s)) {
     assert_true(++spins <= 20);
     uint64_t t0 = uv_hrtime();
-    assert_false(mm__spin_wait(&s, never, NULL));
+    assert_int_equal(mm__spin_wait(&s, never, NULL), MM__SPIN_MISSED);
     mm__spin_missed(&s);
     /* It lasted its limit (a clock read later at most: no upper bound
      * is checked, a preempted thread may come back late). */
@@ -74,7 +75,7 @@ static void test_spins_that_miss_halve_the_next_then_stop(void **state) {
   mm__spin_t any;
   mm__spin_init(&any);
   for (unsigned i = 0; i < half_the_cpus(); i++)
-    assert_true(mm__spin_wait(&any, always, NULL));
+    assert_int_equal(mm__spin_wait(&any, always, NULL), MM__SPIN_CAME);
 }
 
 static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
@@ -99,11 +100,44 @@ static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
   assert_true(s.limit_ns == full);
 }
 
+/* The program's sched_yield: as if another thread took the CPU for a
+ * while (it sleeps 20 us), counted, so that a spin's yields are seen. */
+static atomic_int yields;
+
+int sched_yield(void) {
+  atomic_fetch_add(&yields, 1);
+  struct timespec ts = { 0, 20000 };
+  nanosleep(&ts, NULL);
+  return 0;
+}
+
+static bool yielded(const void *arg) {
+  (void) arg;
+  return atomic_load(&yields) > 0;
+}
+
+static void test_an_answer_after_the_cpu_was_given_away_came_late(
+    void **state) {
+  if (half_the_cpus() == 0)
+    skip();
+  mm__spin_t s;
+  mm__spin_init(&s);
+  s.limit_ns = 1000000000;              /* it ends by the answer */
+  atomic_store(&yields, 0);
+  assert_true(mm__spin_begin(&s));
+  /* Ready only once the spin has yielded, and the yield gave the CPU
+   * away: the answer needed this CPU. */
+  assert_int_equal(mm__spin_wait(&s, yielded, NULL), MM__SPIN_CAME_LATE);
+  assert_true(atomic_load(&yields) >= 1);
+  assert_true(mm__yield_cpu());         /* 20 us away: seen as given */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_at_most_half_the_cpus_spin_at_once),
     mm_test(test_spins_that_miss_halve_the_next_then_stop),
     mm_test(test_a_wake_posted_soon_restores_the_full_spin),
+    mm_test(test_an_answer_after_the_cpu_was_given_away_came_late),
   };
   return mm_run_tests(tests);
 }
