@@ -2,18 +2,18 @@
 # examples/sqlite-server, black-box, driven by examples/http-load:
 #   - an item and a search answer;
 #   - while 4 slow queries run (the server says so), item requests keep
-#     answering, each within a generous bound;
-#   - /slow?timeout=300 answers 504 within 400 ms, and the server's CPU
-#     time then stops growing (the interrupted query really stopped);
-#   - slow queries with a 1 ms deadline all answer 504 at once;
+#     answering;
+#   - /slow?timeout=300 answers 504, and no slow query runs after it (the
+#     interrupted query really stopped: the server's own counter);
+#   - slow queries with a 1 ms deadline all answer 504;
 #   - examples/threaded-fanout's jobs, from 4 pthreads through
 #     mm_run_async, all get their 10 + 10 answers;
 #   - /stats has the counters;
 #   - SIGTERM, with a slow query running and no timeout on it, ends the
-#     server promptly with status 0 and its temporary database removed.
+#     server with status 0 and its temporary database removed.
 # Every step waits for what it needs (the "port N" line, responses, the
-# server's own counters); the one fixed wait is the 500 ms over which the
-# CPU time is measured.  Skipped, saying why, without SQLite.
+# server's own counters); nothing is timed (how fast it answers is the
+# demo's to print: scripts/demo.sh).  Skipped, saying why, without SQLite.
 if [ -n "${MM_TEST_EMULATOR:-}" ]; then
   # Its servers and clients are several processes talking over TCP;
   # a cross build's emulator runs only single programs here.
@@ -49,14 +49,6 @@ fail() {
   exit 1
 }
 
-# The server's CPU time so far, in ms (utime + stime of /proc/PID/stat).
-cpu_ms() {
-  local hz
-  hz=$(getconf CLK_TCK)
-  awk -v hz="$hz" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / hz) }' \
-    "/proc/$pid/stat"
-}
-
 # The value of a counter of /stats.
 stat_of() {
   "$load" --port "$port" --get /stats | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"
@@ -90,7 +82,7 @@ out=$("$load" --port "$port" --get '/search?q=opal%20pine') ||
 
 # Items keep answering while 4 slow queries occupy 4 of the 8 lanes.
 out=$("$load" --port "$port" --conns 2 --requests 300 --slow 4 \
-      --slow-timeout 3000 --max-ms 1000) ||
+      --slow-timeout 3000) ||
   fail "items with 4 slow queries in flight: $out"
 echo "$out"
 echo "$out" | grep -q 'slow_running_at_end=4$' ||
@@ -98,26 +90,19 @@ echo "$out" | grep -q 'slow_running_at_end=4$' ||
 echo "$out" | grep -q 'slow_504=4 ' ||
   fail "the 4 slow queries did not all answer 504: $out"
 
-# A slow query with a 300 ms timeout: 504 within 400 ms, then no more CPU.
+# A slow query with a 300 ms timeout: 504, and then no slow query runs
+# (the server counts a query running until its statement has returned).
 out=$("$load" --port "$port" --get '/slow?timeout=300' --expect 504) ||
   fail "GET /slow?timeout=300: $out"
 echo "$out"
-ms=$(echo "$out" | sed -n 's/^ms //p')
-awk -v ms="$ms" 'BEGIN { exit !(ms < 400) }' ||
-  fail "the 504 took $ms ms, not under 400"
 [ "$(stat_of slow_running)" = 0 ] || fail "a slow query still runs"
-before=$(cpu_ms)
-sleep 0.5                       # the window over which CPU is measured
-after=$(cpu_ms)
-echo "server CPU over the 500 ms after the 504: $((after - before)) ms"
-[ $((after - before)) -lt 100 ] ||
-  fail "the server used $((after - before)) ms of CPU in 500 ms after the 504"
 
 # Deadlines that pass around the query's start (queued, starting, just
-# started): every one answers 504 at once -- an interrupt that came before
-# the statement ran is not lost.
+# started): every one answers 504 -- an interrupt that came before the
+# statement ran is not lost (a lost one would run for tens of seconds, and
+# the server's count of running queries says so below).
 out=$("$load" --port "$port" --conns 2 --requests 200 \
-      --path '/slow?timeout=1' --expect 504 --max-ms 400) ||
+      --path '/slow?timeout=1' --expect 504) ||
   fail "200 slow queries with a 1 ms timeout: $out"
 echo "$out"
 [ "$(stat_of slow_running)" = 0 ] || fail "a slow query still runs"
