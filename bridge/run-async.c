@@ -198,14 +198,10 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   /* A plain thread's deadline (mm_deadline_push) acts as a timeout of
    * the call: the earlier of the two. */
   uint64_t timeout_ms = o != NULL ? o->timeout_ms : 0;
-  uint64_t left;
-  if (mm__deadline_ms_left(&mm__tls.deadlines, &left)) {
-    if (left == 0)
-      return -ETIMEDOUT;
-    if (timeout_ms == 0 || left < timeout_ms)
-      timeout_ms = left;
-    so.timeout_ms = timeout_ms;
-  }
+  int r = mm__thread_timeout(&timeout_ms);
+  if (r != 0)
+    return r;
+  so.timeout_ms = timeout_ms;
   async_req_t local;
   async_req_t *q = &local;
   bool timed = timeout_ms != 0;
@@ -222,7 +218,7 @@ int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
   q->on_heap = timed;
   atomic_init(&q->taken, Q_QUEUED);
   atomic_init(&q->refs, 2);
-  int r = mm__wait_init(&q->w);
+  r = mm__wait_init(&q->w);
   if (r != 0) {
     if (timed)
       free(q);

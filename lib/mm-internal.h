@@ -816,6 +816,9 @@ bool mm__deadline_passed(const mm__deadlines_t *ds);
 /* Whether a deadline of ds applies now (one pushed, not held); then *ms
  * is what is left of the earliest, rounded up, 0 once it has passed. */
 bool mm__deadline_ms_left(const mm__deadlines_t *ds, uint64_t *ms);
+/* A plain thread's wait with *timeout_ms (0: none): its deadline, if one
+ * applies, shortens it to what is left; -ETIMEDOUT if that has passed. */
+int mm__thread_timeout(uint64_t *timeout_ms);
 /* Suspends the deadlines of the calling context around a wait that must
  * finish whatever the time (a cancelled child waited for). */
 void mm__deadline_hold(void);

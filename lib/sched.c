@@ -442,6 +442,17 @@ bool mm__deadline_ms_left(const mm__deadlines_t *ds, uint64_t *ms) {
   return true;
 }
 
+int mm__thread_timeout(uint64_t *timeout_ms) {
+  uint64_t left;
+  if (!mm__deadline_ms_left(&mm__tls.deadlines, &left))
+    return 0;
+  if (left == 0)
+    return -ETIMEDOUT;
+  if (*timeout_ms == 0 || left < *timeout_ms)
+    *timeout_ms = left;
+  return 0;
+}
+
 int mm__coro_stop_reason(const mm_coro_t *c) {
   int reason = mm__coro_cancel_reason(c);
   if (reason == 0 && mm__deadline_passed(&c->deadlines))

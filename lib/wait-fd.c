@@ -535,12 +535,6 @@ int mm_wait_fd(int fd, int events, uint64_t timeout_ms) {
     return -EDEADLK;
   /* A plain thread's deadline (mm_deadline_push) shortens the timeout;
    * either way the answer at the end is -ETIMEDOUT. */
-  uint64_t left;
-  if (mm__deadline_ms_left(&mm__tls.deadlines, &left)) {
-    if (left == 0)
-      return -ETIMEDOUT;
-    if (timeout_ms == 0 || left < timeout_ms)
-      timeout_ms = left;
-  }
-  return wait_thread(fd, events, timeout_ms);
+  int r = mm__thread_timeout(&timeout_ms);
+  return r != 0 ? r : wait_thread(fd, events, timeout_ms);
 }
