@@ -1,6 +1,7 @@
-/* What every benchmark shares: the clock, warm-ups, the SCALE argument,
- * and medians over RUNS runs.  Header-only: each benchmark is one
- * translation unit. */
+/* What every benchmark shares: the clock and the process's CPU time,
+ * fatal errors, warm-ups, the SCALE argument, and medians over RUNS runs.
+ * Header-only: each benchmark is one translation unit, and defines
+ * BENCH_NAME ("bench/cpu") before it includes this. */
 #ifndef MM_BENCH_H
 #define MM_BENCH_H
 
@@ -9,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <time.h>
 
 enum { RUNS = 5 };
@@ -17,6 +19,23 @@ static inline uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+/* CPU time of the whole process so far, user + sys of every thread, in
+ * ns. */
+static inline uint64_t cpu_ns(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ((uint64_t) ru.ru_utime.tv_sec + (uint64_t) ru.ru_stime.tv_sec) *
+             1000000000u +
+         ((uint64_t) ru.ru_utime.tv_usec + (uint64_t) ru.ru_stime.tv_usec) *
+             1000u;
+}
+
+/* Reports what failed (err: a negative errno or libuv error) and exits. */
+static inline void die(const char *what, int err) {
+  fprintf(stderr, BENCH_NAME ": %s: %s\n", what, mm_strerror(err));
+  exit(EXIT_FAILURE);
 }
 
 /* Iterations run untimed before a measurement. */

@@ -44,6 +44,7 @@
  * Only <mixmode.h>, <uv.h> and libc, as a user has them.
  */
 #define _GNU_SOURCE
+#define BENCH_NAME "bench/conns"
 #include "bench.h"
 
 #include <arpa/inet.h>
@@ -81,11 +82,6 @@ struct server {
   size_t stack_size;         /* mixmode: 0 = the loop's default */
   int to_parent;             /* write end: ports, then one byte at n */
 };
-
-static void die(const char *what, int err) {
-  fprintf(stderr, "bench/conns: %s: %s\n", what, mm_strerror(err));
-  exit(EXIT_FAILURE);
-}
 
 static void write_all(int fd, const void *p, size_t len) {
   const char *s = p;

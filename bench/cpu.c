@@ -63,6 +63,7 @@
  * Only <mixmode.h>, <uv.h> and libc: what a user of the library gets.
  */
 #define _GNU_SOURCE
+#define BENCH_NAME "bench/cpu"
 #include "bench.h"
 
 #include <errno.h>
@@ -83,7 +84,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "floor.h"
+
 enum { WIDTH = 64, MAX_LOOPS = 4, SP_WARM = 50 };
+_Static_assert((int) WIDTH <= (int) FLOOR_CALLERS, "a floor request per caller");
 
 static uint64_t rt_iters = 5000;        /* back to back, 1 and 5 */
 static uint64_t tp_iters = 60000;       /* 64 outstanding, run_sync */
@@ -94,11 +98,6 @@ static uint64_t lp_iters = 30000;       /* several loops: calls per loop */
 
 static const uint64_t sp_period_ns = 200000;
 static const uint64_t idle_ms = 100;
-
-static void die(const char *what, int err) {
-  fprintf(stderr, "bench/cpu: %s: %s\n", what, mm_strerror(err));
-  exit(EXIT_FAILURE);
-}
 
 /* The work: nothing.  noinline so that the call is really made. */
 __attribute__((noinline)) static int noop(void *arg) {
@@ -117,15 +116,6 @@ struct win {
   uint64_t t;                 /* CLOCK_MONOTONIC, ns */
   uint64_t cpu;               /* user + sys of every thread, ns */
 };
-
-static uint64_t cpu_ns(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ((uint64_t) ru.ru_utime.tv_sec + (uint64_t) ru.ru_stime.tv_sec) *
-         1000000000u +
-         ((uint64_t) ru.ru_utime.tv_usec + (uint64_t) ru.ru_stime.tv_usec) *
-         1000u;
-}
 
 static struct win win_now(void) {
   return (struct win) { .t = now_ns(), .cpu = cpu_ns() };
@@ -479,99 +469,6 @@ static struct meas measure_loops(mm_loop_t **loops, int n, uint64_t iters) {
 }
 
 /* ---- run_async, and the floor ------------------------------------------- */
-
-/* The floor of bench/run-sync, for up to WIDTH callers: a raw uv loop on
- * a thread of its own, woken by a uv_async_t.  Each caller has one
- * request, kept here for the program's life: the callback signals a
- * condition variable after unlocking, when the caller may already have
- * gone on, so the condition variables must outlive every callback (they
- * are destroyed after the loop's thread is joined). */
-struct floor_req {
-  struct floor_req *next;
-  pthread_cond_t cv;
-  bool done;
-};
-
-struct floor {
-  uv_loop_t uv;
-  uv_async_t async;
-  pthread_t thread;
-  pthread_mutex_t mu;
-  struct floor_req *head;     /* requests posted, not yet answered */
-  bool stop;
-  struct floor_req req[WIDTH];
-};
-
-static void floor_cb(uv_async_t *h) {
-  struct floor *f = h->data;
-  pthread_cond_t *wake[WIDTH];
-  int n = 0;
-  pthread_mutex_lock(&f->mu);
-  for (struct floor_req *r = f->head; r != NULL; r = r->next) {
-    r->done = true;
-    wake[n++] = &r->cv;       /* at most one request per caller */
-  }
-  f->head = NULL;
-  bool stop = f->stop;
-  pthread_mutex_unlock(&f->mu);
-  for (int i = 0; i < n; i++)
-    pthread_cond_signal(wake[i]);
-  if (stop)
-    uv_close((uv_handle_t *) h, NULL);
-}
-
-static void *floor_main(void *arg) {
-  struct floor *f = arg;
-  int err = uv_run(&f->uv, UV_RUN_DEFAULT);
-  if (err < 0)
-    die("uv_run (floor)", err);
-  return NULL;
-}
-
-static void floor_start(struct floor *f) {
-  int err;
-  memset(f, 0, sizeof *f);
-  pthread_mutex_init(&f->mu, NULL);
-  for (int i = 0; i < WIDTH; i++)
-    pthread_cond_init(&f->req[i].cv, NULL);
-  if ((err = uv_loop_init(&f->uv)) < 0)
-    die("uv_loop_init", err);
-  if ((err = uv_async_init(&f->uv, &f->async, floor_cb)) < 0)
-    die("uv_async_init", err);
-  f->async.data = f;
-  if ((err = pthread_create(&f->thread, NULL, floor_main, f)) != 0)
-    die("pthread_create", -err);
-}
-
-static void floor_stop(struct floor *f) {
-  int err;
-  pthread_mutex_lock(&f->mu);
-  f->stop = true;
-  pthread_mutex_unlock(&f->mu);
-  if ((err = uv_async_send(&f->async)) < 0)
-    die("uv_async_send", err);
-  pthread_join(f->thread, NULL);
-  if ((err = uv_loop_close(&f->uv)) < 0)
-    die("uv_loop_close (floor)", err);
-  for (int i = 0; i < WIDTH; i++)
-    pthread_cond_destroy(&f->req[i].cv);
-  pthread_mutex_destroy(&f->mu);
-}
-
-static void floor_call(struct floor *f, struct floor_req *q) {
-  int err;
-  pthread_mutex_lock(&f->mu);
-  q->done = false;
-  q->next = f->head;
-  f->head = q;
-  pthread_mutex_unlock(&f->mu);
-  if ((err = uv_async_send(&f->async)) < 0)
-    die("uv_async_send", err);
-  pthread_mutex_lock(&f->mu);
-  while (!q->done)
-    pthread_cond_wait(&q->cv, &f->mu);
-  pthread_mutex_unlock(&f->mu);
-}
 
 /* A plain thread's call: to mixmode's loop if it is set, else to the
  * floor with request q. */

@@ -44,6 +44,7 @@
  * Only <mixmode.h> and libc: this is what a user of the library gets.
  */
 #define _GNU_SOURCE
+#define BENCH_NAME "bench/switch"
 #include "bench.h"
 
 #include <errno.h>
@@ -58,21 +59,6 @@
 static uint64_t yield_iters = 1000000;    /* per coroutine */
 static uint64_t spawn_iters = 200000;
 static uint64_t swap_iters = 100000;      /* round trips */
-
-static void die(const char *what, int err) {
-  fprintf(stderr, "bench/switch: %s: %s\n", what, mm_strerror(err));
-  exit(EXIT_FAILURE);
-}
-
-/* CPU time of the whole process so far, user + sys, in ns. */
-static uint64_t cpu_ns(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ((uint64_t) ru.ru_utime.tv_sec + (uint64_t) ru.ru_stime.tv_sec) *
-             1000000000u +
-         ((uint64_t) ru.ru_utime.tv_usec + (uint64_t) ru.ru_stime.tv_usec) *
-             1000u;
-}
 
 /* One measurement: wall time and CPU time per operation. */
 struct sample {
