@@ -18,22 +18,12 @@ fi
 server=$b/examples/sqlite-server
 load=$b/examples/http-load
 fanout=$b/examples/threaded-fanout
-tmp=$(mktemp -d)
-pid=
-watchdog=
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/server-lib.sh"
+server_setup
 
 # A server that hangs is killed after 60 s, so that its clients see their
 # connections close and the demo fails instead of hanging.
-( trap 'kill $s 2>/dev/null; exit 0' TERM
-  sleep 60 & s=$!
-  wait $s && kill -KILL "$(cat "$tmp/pid")" 2>/dev/null ) &
-watchdog=$!
+server_watchdog 60
 
 steps=19
 step=0
@@ -70,12 +60,9 @@ start_server() {
   rm -f "$tmp/out"
   mkfifo "$tmp/out"
   TMPDIR=$tmp "$server" --port 0 "$@" >"$tmp/out" 2>"$tmp/err" &
-  pid=$!
-  echo "$pid" >"$tmp/pid"
+  server_started $!
   exec 3<"$tmp/out"
-  local word
-  read -r word port <&3 && [ "$word" = port ] ||
-    fail "sqlite-server did not start"
+  server_port
 }
 
 stop_server() {

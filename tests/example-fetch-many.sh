@@ -30,15 +30,8 @@ if [ "${have_curl:-no}" != yes ]; then
 fi
 
 prog=${top_builddir:-.}/examples/fetch-many
-tmp=$(mktemp -d)
-pid=
-watchdog=
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "${srcdir:-.}/scripts/server-lib.sh"
+server_setup
 
 fail() {
   echo "FAIL: $*"
@@ -68,16 +61,10 @@ fi
 # the server), stdout through a fifo for its "port N" line.
 mkfifo "$tmp/in" "$tmp/out"
 "${vg[@]}" "$prog" --serve --delay 100 <"$tmp/in" >"$tmp/out" 2>"$tmp/err" &
-pid=$!
-# A hung server fails the test instead of hanging it.
-( trap 'kill $s 2>/dev/null; exit 0' TERM
-  sleep 120 & s=$!
-  wait $s && kill -KILL "$pid" 2>/dev/null ) &
-watchdog=$!
+server_started $!
+server_watchdog 120           # a hung server fails the test, not hangs it
 exec 4>"$tmp/in" 3<"$tmp/out"
-read -r word port <&3 || fail "the server ended before printing its port"
-[ "$word" = port ] && [ "$port" -gt 0 ] 2>/dev/null ||
-  fail "first line is '$word $port', not 'port N'"
+server_port
 echo "server $pid on port $port"
 
 # Both batches whole.

@@ -32,15 +32,8 @@ b=${top_builddir:-.}
 server=$b/examples/sqlite-server
 load=$b/examples/http-load
 fanout=$b/examples/threaded-fanout
-tmp=$(mktemp -d)
-pid=
-watchdog=
-cleanup() {
-  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-  [ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "${srcdir:-.}/scripts/server-lib.sh"
+server_setup
 
 fail() {
   echo "FAIL: $*"
@@ -57,17 +50,10 @@ stat_of() {
 # Start the server and wait for its "port N" line.
 mkfifo "$tmp/out"
 TMPDIR=$tmp "$server" --port 0 --lanes 8 >"$tmp/out" 2>"$tmp/err" &
-pid=$!
-# A hung server fails the test instead of hanging it (its clients then
-# see the connection close).  The trap ends the sleep with the watchdog.
-( trap 'kill $s 2>/dev/null; exit 0' TERM
-  sleep 120 & s=$!
-  wait $s && kill -KILL "$pid" 2>/dev/null ) &
-watchdog=$!
+server_started $!
+server_watchdog 120           # a hung server fails the test, not hangs it
 exec 3<"$tmp/out"
-read -r word port <&3 || fail "the server ended before printing its port"
-[ "$word" = port ] && [ "$port" -gt 0 ] 2>/dev/null ||
-  fail "first line is '$word $port', not 'port N'"
+server_port
 echo "server $pid on port $port"
 
 # An item and a search.
