@@ -86,6 +86,17 @@
 #endif
 
 
+/* A new loop, with the default options except pool_max_threads (0: the
+ * default); the test fails if it cannot be made. */
+static inline mm_loop_t *mm_test_loop_new(unsigned pool_max_threads) {
+  mm_loop_options_t o;
+  mm_loop_options_init(&o);
+  o.pool_max_threads = pool_max_threads;
+  mm_loop_t *loop = NULL;
+  assert_mm_ok(mm_loop_new(&loop, &o));
+  return loop;
+}
+
 /* ---- One coroutine ---------------------------------------------------- */
 
 /* Spawns fn(arg) on loop, runs the loop on this thread until no coroutine

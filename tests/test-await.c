@@ -8,12 +8,6 @@
  */
 #include "helpers.h"
 
-static mm_loop_t *new_loop(void) {
-  mm_loop_t *loop;
-  assert_mm_ok(mm_loop_new(&loop, NULL));
-  return loop;
-}
-
 /* ---- the status is never lost ------------------------------------------ */
 
 typedef struct {
@@ -46,7 +40,7 @@ static void *wake_each_round(void *arg) {
 /* The thread's wake lands before, while or after the coroutine parks. */
 static void test_wakes_from_another_thread_are_each_returned_once(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   pingpong_t p = { .rounds = mm_test_under_valgrind() ? 300 : 5000 };
   mm_test_latch_init(&p.ready);
   assert_mm_ok(mm_spawn(loop, await_each_round, &p, &p.coro));
@@ -70,7 +64,7 @@ static int wake_self_then_await(void *arg) {
 
 static void test_a_wake_before_the_await_is_kept_and_a_second_is_ebusy(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   int second = 0;
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, wake_self_then_await, &second, &c));
@@ -100,7 +94,7 @@ static int wake_the_sleeper(void *arg) {
 }
 
 static void test_a_kept_wake_never_completes_another_wait(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   kept_t k = { 0 };
   mm_coro_t *w;
   assert_mm_ok(mm_spawn(loop, sleep_then_await, &k, &k.sleeper));
@@ -154,7 +148,7 @@ static int cancel_then_wake(void *arg) {
 
 static void test_cancel_runs_on_cancel_once_and_the_wait_goes_on(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cancel_t c = { 0 };
   mm_coro_t *k;
   assert_mm_ok(mm_spawn(loop, await_cancellable, &c, &c.coro));
@@ -178,7 +172,7 @@ static int cancel_self_then_await(void *arg) {
 
 static void test_a_pending_cancellation_runs_on_cancel_at_once(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cancel_t c = { .wake_in_on_cancel = true };
   assert_mm_ok(mm_spawn(loop, cancel_self_then_await, &c, &c.coro));
   assert_mm_ok(mm_loop_run(loop));
@@ -197,7 +191,7 @@ static int await_under_spawn_deadline(void *arg) {
 
 static void test_a_spawn_deadline_runs_on_cancel_and_the_wake_ends_it(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cancel_t c = { .wake_in_on_cancel = true };
   mm_spawn_options_t so;
   mm_spawn_options_init(&so);
@@ -228,7 +222,7 @@ static int say_then_await(void *arg) {
 }
 
 static void test_loop_free_ends_an_await_through_on_cancel(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(loop));
   free_t f = { .c = { .wake_in_on_cancel = true } };
   cancel_t *cp = &f.c;
@@ -287,7 +281,7 @@ static int sleep_with_uv_timer(void *arg) {
 }
 
 static void test_a_uv_timer_wrapped_with_await_and_cancelled(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   uint64_t short_ms = 1, long_ms = 600000;
   mm_coro_t *a, *b;
   assert_mm_ok(mm_spawn(loop, sleep_with_uv_timer, &short_ms, &a));
@@ -336,7 +330,7 @@ static int cancel_self_then_stat(void *arg) {
 }
 
 static void test_uv_fs_stat_wrapped_with_await(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *a, *b, *c;
   assert_mm_ok(mm_spawn(loop, stat_path, "/", &a));
   assert_mm_ok(mm_spawn(loop, stat_path, "/no/such/path", &b));
@@ -381,7 +375,7 @@ static int resolve_localhost(void *arg) {
 }
 
 static void test_uv_getaddrinfo_wrapped_with_await(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_run_one(loop, resolve_localhost, NULL);
   assert_mm_ok(mm_loop_free(loop));
 }
@@ -417,7 +411,7 @@ static void test_bad_input_and_wrong_places(void **state) {
   assert_mm_ok(mm_loop_free(borrowed));
   assert_int_equal(uv_loop_close(&uv), 0);
   /* A stale handle: joined. */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *gone;
   assert_mm_ok(mm_spawn(loop, return_zero, NULL, &gone));
   assert_mm_ok(mm_loop_run(loop));
@@ -444,7 +438,7 @@ static int wake_self_twice(void *arg) {
 }
 
 static void test_a_wake_left_at_the_end_is_dropped(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   for (int i = 0; i < 10; i++) {
     mm_test_run_one(loop, wake_self_and_end, NULL);
     mm_test_run_one(loop, wake_self_twice, NULL);

@@ -50,18 +50,11 @@ static int sleep_forever(void *arg) {
   return s->result;
 }
 
-static mm_loop_t *new_loop(void) {
-  mm_loop_t *loop = NULL;
-  if (mm_loop_new(&loop, NULL) != 0)
-    fail_msg("mm_loop_new failed");
-  return loop;
-}
-
 
 /* ---- Spawn and join --------------------------------------------------- */
 
 static void test_spawn_runs_fn_with_its_arg(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   ran_t r = { 0 };
   mm_coro_t *c = NULL;
   assert_mm_ok(mm_spawn(loop, mark_ran, &r, &c));
@@ -75,7 +68,7 @@ static void test_spawn_runs_fn_with_its_arg(void **state) {
 static void test_join_returns_the_value_fn_returned(void **state) {
   static const int values[] = { 0, 42, -EIO, -ECANCELED, 1 << 30, -1 };
   enum { N = sizeof values / sizeof values[0] };
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c[N];
   for (int i = 0; i < N; i++)
     assert_mm_ok(mm_spawn(loop, i % 2 ? yield_then_return_arg : return_arg,
@@ -89,7 +82,7 @@ static void test_join_returns_the_value_fn_returned(void **state) {
 static void test_join_of_ended_coroutine_does_not_wait(void **state) {
   /* From a plain thread: the loop has returned, nobody runs it, so a join
    * that waited would hang (and the watchdog would say so). */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)42, &c));
   assert_mm_ok(mm_loop_run(loop));
@@ -126,7 +119,7 @@ static int join_after_child_ended(void *arg) {
 
 static void test_join_in_a_coroutine_of_an_ended_coroutine_returns_its_status(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   late_joiner_t j;
   memset(&j, 0, sizeof j);
   j.loop = loop;
@@ -154,7 +147,7 @@ static int sleep_a_little_then_return_3(void *arg) {
 
 static void test_join_from_a_plain_thread_blocks_until_the_coroutine_ends(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   slow_t s = { 0 };
   mm_coro_t *c;
   assert_mm_ok(mm_loop_start(loop));
@@ -204,7 +197,7 @@ static int trio_a(void *arg) {
 
 static void test_join_in_a_coroutine_suspends_only_that_coroutine(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   trio_t t;
   memset(&t, 0, sizeof t);
   t.loop = loop;
@@ -239,10 +232,10 @@ static int join_on_other_loop(void *arg) {
 }
 
 static void test_join_of_a_coroutine_of_another_loop(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cross_t x;
   memset(&x, 0, sizeof x);
-  x.other = new_loop();
+  x.other = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(x.other));
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, join_on_other_loop, &x, &c));
@@ -255,7 +248,7 @@ static void test_join_of_a_coroutine_of_another_loop(void **state) {
 }
 
 static void test_detach_lets_the_coroutine_run_to_its_end(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   ran_t r = { 0 };
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, mark_ran, &r, &c));
@@ -266,7 +259,7 @@ static void test_detach_lets_the_coroutine_run_to_its_end(void **state) {
 }
 
 static void test_spawn_without_a_handle_detaches(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   ran_t r = { 0 };
   assert_mm_ok(mm_spawn(loop, mark_ran, &r, NULL));
   assert_mm_ok(mm_spawn_ex(loop, mark_ran, &r, NULL, NULL));
@@ -317,7 +310,7 @@ static void *spawn_and_join_many(void *arg) {
 }
 
 static void test_spawn_and_join_from_four_threads_at_once(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   pthread_barrier_t barrier;
   spawner_t s[THREADS];
   pthread_t t[THREADS];
@@ -348,7 +341,7 @@ static void *run_loop_thread(void *arg) {
 
 static void test_spawn_from_another_thread_wakes_a_running_loop(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_latch_t entered;
   sleeper_t keeper = { 0 };
   mm_coro_t *kc;
@@ -408,7 +401,7 @@ static int sleep_then_check_stickiness(void *arg) {
 
 static void test_cancel_of_a_sleeping_coroutine_returns_ecanceled_from_sleep(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_latch_t entered;
   cancelee_t ce;
   mm_coro_t *c;
@@ -430,7 +423,7 @@ static void test_cancel_of_a_sleeping_coroutine_returns_ecanceled_from_sleep(
 
 static void test_cancellation_is_sticky_for_every_later_suspension(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_latch_t entered;
   cancelee_t ce;
   mm_coro_t *c;
@@ -466,7 +459,7 @@ static int cancel_target(void *arg) {
 }
 
 static void test_cancel_from_another_coroutine(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cancelee_t ce;
   canceller_t k = { NULL, 1 };
   mm_coro_t *c, *kc;
@@ -485,7 +478,7 @@ static void test_cancel_from_another_coroutine(void **state) {
 }
 
 static void test_cancel_before_first_run_means_it_never_runs(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   ran_t r = { 0 };
   mm_coro_t *c, *d;
   assert_mm_ok(mm_spawn(loop, mark_ran, &r, &c));
@@ -500,7 +493,7 @@ static void test_cancel_before_first_run_means_it_never_runs(void **state) {
 }
 
 static void test_cancel_of_an_ended_coroutine_does_nothing(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)8, &c));
   assert_mm_ok(mm_loop_run(loop));
@@ -515,7 +508,7 @@ static void test_cancel_of_an_ended_coroutine_does_nothing(void **state) {
  * refused and never reaches the new coroutine. */
 static void test_stale_handle_is_refused_and_never_acts_on_a_new_coroutine(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *a, *b;
   assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)3, &a));
   assert_mm_ok(mm_loop_run(loop));
@@ -537,7 +530,7 @@ static void test_stale_handle_is_refused_and_never_acts_on_a_new_coroutine(
 static void test_handles_of_ended_detached_and_unmapped_coroutines_are_stale(
     void **state) {
   enum { N = 200 };
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *h[N];
   for (int i = 0; i < N; i++)
     assert_mm_ok(mm_spawn(loop, return_arg, (void *)(intptr_t)i, &h[i]));
@@ -711,7 +704,7 @@ static int join_detached_a(void *arg) {
 }
 
 static void test_a_detached_handle_in_a_join_cycle_gets_einval(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   detached_ring_t d = { NULL, NULL, 0 };
   mm_coro_t *a;
   assert_mm_ok(mm_spawn(loop, join_b, &d, &a));
@@ -739,7 +732,7 @@ static int join_self(void *arg) {
 
 static void test_a_coroutine_joining_itself_gets_edeadlk_or_einval(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   self_join_t j = { 0, 0 };
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, join_self, &j, &c));
@@ -761,7 +754,7 @@ static int call_join_my_coroutine(void *arg) {
 
 static void test_a_call_joining_the_coroutine_it_runs_for_gets_edeadlk(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, call_join_my_coroutine, NULL, &c));
   assert_mm_ok(mm_loop_run(loop));
@@ -828,7 +821,7 @@ static void test_an_abandonable_call_may_join_its_coroutine(void **state) {
 
 static void test_cancelled_is_false_until_a_cancel(void **state) {
   assert_false(mm_cancelled());   /* plain thread */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   cancelee_t ce;
   memset(&ce, 0, sizeof ce);
   ce.loop = loop;
@@ -866,7 +859,7 @@ static int join_a_sleeper(void *arg) {
 
 static void test_coroutine_cancelled_while_joining_cancels_the_joined_one(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_latch_t entered;
   joiner_t j;
   mm_coro_t *c;
@@ -894,7 +887,7 @@ static void test_coroutine_cancelled_while_joining_cancels_the_joined_one(
 /* ---- Timeouts --------------------------------------------------------- */
 
 static void test_spawn_timeout_cancels_with_etimedout(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   sleeper_t s = { 0 };
   mm_spawn_options_t o;
   mm_coro_t *c;
@@ -913,7 +906,7 @@ static void test_spawn_timeout_cancels_with_etimedout(void **state) {
 
 static void test_spawn_timeout_on_a_started_loop_answers_a_blocked_joiner(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   sleeper_t s = { 0 };
   mm_spawn_options_t o;
   mm_coro_t *c;
@@ -929,7 +922,7 @@ static void test_spawn_timeout_on_a_started_loop_answers_a_blocked_joiner(
 static void test_spawn_timeout_not_reached_changes_nothing(void **state) {
   /* The deadline timer must not keep mm_loop_run from returning (the
    * watchdog would fire long before it). */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_spawn_options_t o;
   mm_coro_t *c;
   mm_spawn_options_init(&o);
@@ -944,7 +937,7 @@ static void test_spawn_timeout_not_reached_changes_nothing(void **state) {
 static void test_spawn_timeout_before_first_run_means_it_never_runs(
     void **state) {
   /* The loop runs only after the deadline has passed. */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   ran_t r = { 0 };
   mm_spawn_options_t o;
   mm_coro_t *c;
@@ -978,7 +971,7 @@ static int record_name(void *arg) {
 }
 
 static void test_spawn_ex_copies_the_name(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   char buf[32];
   namer_t n;
   memset(&n, 0, sizeof n);
@@ -998,7 +991,7 @@ static void test_spawn_ex_copies_the_name(void **state) {
 }
 
 static void test_coroutine_without_a_name_is_named_empty(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   namer_t n;
   memset(&n, 0, sizeof n);
   mm_coro_t *c;
@@ -1013,7 +1006,7 @@ static void test_coroutine_without_a_name_is_named_empty(void **state) {
 static void test_current_is_the_coroutine_inside_one_and_null_outside(
     void **state) {
   assert_null(mm_current());
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   namer_t n[2];
   mm_coro_t *c[2];
   memset(n, 0, sizeof n);
@@ -1065,7 +1058,7 @@ static int tap_and_yield(void *arg) {
 }
 
 static void test_yield_lets_the_other_ready_coroutines_run(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   taps_t taps;
   memset(&taps, 0, sizeof taps);
   tapper_t t[3] = { { &taps, 'a' }, { &taps, 'b' }, { &taps, 'c' } };
@@ -1099,7 +1092,7 @@ static int tap_now(void *arg) {
 }
 
 static void test_sleep_in_a_coroutine_lets_others_run_meanwhile(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   taps_t taps;
   memset(&taps, 0, sizeof taps);
   napper_t n = { &taps, 0, 1 };
@@ -1148,7 +1141,7 @@ static int keep_rounding_mode(void *arg) {
 static void test_rounding_mode_is_kept_per_coroutine_across_switches(
     void **state) {
   static const int modes[3] = { FE_UPWARD, FE_DOWNWARD, FE_TONEAREST };
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   fpco_t f[3];
   memset(f, 0, sizeof f);
   for (int i = 0; i < 3; i++) {
@@ -1172,7 +1165,7 @@ static void test_rounding_mode_is_kept_per_coroutine_across_switches(
 }
 
 static void test_rounding_mode_is_kept_on_a_started_loop(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   fpco_t f[2];
   mm_coro_t *c[2];
   memset(f, 0, sizeof f);
@@ -1231,7 +1224,7 @@ static int chain_link(void *arg) {
 }
 
 static void test_10000_live_coroutines_wait_at_once(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   chain_t ch;
   memset(&ch, 0, sizeof ch);
   ch.handles = calloc(MANY, sizeof *ch.handles);
@@ -1260,7 +1253,7 @@ static void test_10000_live_coroutines_wait_at_once(void **state) {
 /* The same number asleep in timers at once, on a started loop, released
  * by cancelling each from this thread. */
 static void test_10000_sleeping_coroutines_are_each_cancelled(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_latch_t entered;
   mm_test_latch_init(&entered);
   sleeper_t *s = calloc(MANY, sizeof *s);
@@ -1326,7 +1319,7 @@ static int recurse_deep(void *arg) {
 }
 
 static void test_deep_recursion_inside_the_stack_limit(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   deep_t d[2];
   memset(d, 0, sizeof d);
   mm_spawn_options_t o;
@@ -1366,7 +1359,7 @@ static void test_loop_stack_size_option_sets_its_coroutines_default(
 }
 
 static void test_small_stacks_hold_modest_frames(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   deep_t d[8];
   mm_coro_t *c[8];
   memset(d, 0, sizeof d);

@@ -17,15 +17,6 @@
 
 #define LONG_MS 60000
 
-static mm_loop_t *new_loop(unsigned max_threads) {
-  mm_loop_options_t o;
-  mm_loop_options_init(&o);
-  o.pool_max_threads = max_threads;
-  mm_loop_t *loop;
-  assert_mm_ok(mm_loop_new(&loop, &o));
-  return loop;
-}
-
 /* ---- the stack of deadlines ---------------------------------------------- */
 
 static int nest(void *arg) {
@@ -62,7 +53,7 @@ static int nest(void *arg) {
 
 static void test_deadlines_nest_the_earliest_applies_and_pop_carries_on(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_chan_t *ch;
   assert_mm_ok(mm_chan_new(&ch, 1));
   mm_test_run_one(loop, nest, ch);
@@ -85,7 +76,7 @@ static int parent_with_deadline(void *arg) {
 }
 
 static void test_spawned_children_do_not_inherit_a_deadline(void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_run_one(loop, parent_with_deadline, NULL);
   assert_mm_ok(mm_loop_free(loop));
 }
@@ -111,7 +102,7 @@ static int join_under_deadline(void *arg) {
 
 static void test_join_under_a_deadline_leaves_the_child_and_its_handle(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_chan_t *ch;
   assert_mm_ok(mm_chan_new(&ch, 1));
   mm_coro_t *h;
@@ -178,7 +169,7 @@ static int hold_until_started(void *arg) {
 
 static void test_run_sync_under_a_deadline_is_on_its_own_timeout(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   memset(&c, 0, sizeof c);
   mm_test_latch_init(&c.gate);
@@ -216,7 +207,7 @@ static int queued_under_deadline(void *arg) {
 }
 
 static void test_a_queued_call_under_a_deadline_never_runs(void **state) {
-  mm_loop_t *loop = new_loop(1);
+  mm_loop_t *loop = mm_test_loop_new(1);
   call_t holder, c;
   memset(&holder, 0, sizeof holder);
   memset(&c, 0, sizeof c);
@@ -297,7 +288,7 @@ static void test_lane_free_under_a_deadline_that_passes_while_closing(
     void **state) {
   lane_close_t t;
   memset(&t, 0, sizeof t);
-  t.loop = new_loop(0);
+  t.loop = mm_test_loop_new(0);
   mm_test_latch_init(&t.c.gate);
   mm_test_latch_init(&t.c.started);
   assert_mm_ok(mm_lane_new(t.loop, "closing", &t.lane));
@@ -350,10 +341,10 @@ static int run_async_and_group_under_deadline(void *arg) {
 
 static void test_run_async_and_group_wait_cancel_what_they_wait_for(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   waits_t w;
   memset(&w, 0, sizeof w);
-  w.other = new_loop(0);
+  w.other = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(w.other));
   mm_test_run_one(loop, run_async_and_group_under_deadline, &w);
   assert_status(w.async_result, -ETIMEDOUT);
@@ -391,7 +382,7 @@ static int await_under_deadline(void *arg) {
 
 static void test_await_under_a_deadline_runs_on_cancel_and_waits_for_wake(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   awaiting_t a = { 0 };
   mm_test_run_one(loop, await_under_deadline, &a);
   assert_int_equal(a.on_cancels, 1);
@@ -435,7 +426,7 @@ static int fd_and_tcp_under_deadline(void *arg) {
 
 static void test_wait_fd_and_tcp_reads_time_out_and_stay_usable(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_run_one(loop, fd_and_tcp_under_deadline, NULL);
   assert_mm_ok(mm_loop_free(loop));
 }
@@ -453,7 +444,7 @@ static void test_a_plain_thread_s_waits_honour_its_deadline(void **state) {
   void *item;
   int fds[2];
   assert_int_equal(pipe(fds), 0);
-  mm_loop_t *idle = new_loop(0);           /* never started */
+  mm_loop_t *idle = mm_test_loop_new(0);           /* never started */
   atomic_int runs = 0;
 
   assert_mm_ok(mm_deadline_push(LONG_MS));
@@ -480,7 +471,7 @@ static void test_a_plain_thread_s_waits_honour_its_deadline(void **state) {
  * wait cancels the children and waits for them. */
 static void test_a_plain_thread_s_join_and_group_wait_honour_its_deadline(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(loop));
   mm_chan_t *ch;
   assert_mm_ok(mm_chan_new(&ch, 1));

@@ -53,14 +53,6 @@ static int threads_left(const char *prefix) {
   return n;
 }
 
-static mm_loop_t *new_loop(void) {
-  mm_loop_t *loop = NULL;
-  int r = mm_loop_new(&loop, NULL);
-  if (r != 0)
-    fail_msg("mm_loop_new returned %d (%s)", r, mm_strerror(r));
-  return loop;
-}
-
 static mm_sync_options_t on_set(mm_laneset_t *set) {
   mm_sync_options_t o;
   mm_sync_options_init(&o);
@@ -180,7 +172,7 @@ static int call_twenty_times(void *arg) {
 
 static void test_each_lane_opens_and_closes_its_state_on_its_own_thread(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   mm_laneset_options_t o = set_options("own", 3, &h);
@@ -215,7 +207,7 @@ static void test_each_lane_opens_and_closes_its_state_on_its_own_thread(
 }
 
 static void test_laneset_threads_are_named_mm_name_1_to_count(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   mm_laneset_options_t o = set_options("db", 3, &h);
@@ -237,7 +229,7 @@ static void test_laneset_threads_are_named_mm_name_1_to_count(void **state) {
 
 static void test_long_laneset_names_are_shortened_keeping_the_index(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   mm_laneset_options_t o = set_options("a-very-long-set-name", 2, &h);
@@ -272,7 +264,7 @@ static void test_long_laneset_names_are_shortened_keeping_the_index(
 
 static void test_a_failing_open_fails_new_after_closing_the_opened_lanes(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   h.fail_ticket = 2;
@@ -308,7 +300,7 @@ static int open_fails_at_once(void **state, void *arg) {
 }
 
 static void test_a_set_whose_only_open_fails_leaves_no_thread(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_laneset_options_t o;
   mm_laneset_options_init(&o);
   o.name = "only";
@@ -373,7 +365,7 @@ static int quick_caller(void *arg) {
  * can only finish on the other lane, never queued behind it. */
 static void test_a_call_goes_to_the_first_idle_lane_not_behind_a_slow_one(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   dispatch_t d;
   memset(&d, 0, sizeof d);
   mm_test_latch_init(&d.held);
@@ -456,7 +448,7 @@ static mm_stats_t stats_when_queued(mm_loop_t *loop, uint64_t want) {
 
 static void test_stats_count_laneset_calls_and_those_waiting_for_a_lane(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   queue_t q;
   memset(&q, 0, sizeof q);
   mm_test_latch_init(&q.running);
@@ -516,7 +508,7 @@ static int cancel_queued_then_open(void *arg) {
 }
 
 static void test_cancel_of_a_queued_laneset_call_removes_it(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   queue_t q;
   memset(&q, 0, sizeof q);
   mm_test_latch_init(&q.running);
@@ -554,7 +546,7 @@ static int free_set(void *arg) {
  * then is the holder let go, so the free must wait for all three. */
 static void test_laneset_free_waits_for_queued_calls_then_closes(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   queue_t q;
   memset(&q, 0, sizeof q);
   mm_test_latch_init(&q.running);
@@ -599,7 +591,7 @@ static int free_in_coroutine(void *arg) {
 
 static void test_laneset_free_in_a_coroutine_waits_on_the_pool(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   mm_laneset_options_t o = set_options("coro", 2, &h);
@@ -631,7 +623,7 @@ static int new_in_coroutine(void *arg) {
 
 static void test_laneset_new_in_a_coroutine_makes_a_usable_set(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   new_in_coro_t n = { loop, &h, NULL, -1 };
@@ -652,7 +644,7 @@ static void test_laneset_new_in_a_coroutine_makes_a_usable_set(
 
 static void test_a_laneset_never_freed_is_freed_by_loop_free_with_a_warning(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   hooks_t h;
   hooks_init(&h);
   mm_laneset_options_t o = set_options("left", 2, &h);
@@ -699,7 +691,7 @@ static int state_elsewhere(void *arg) {
 
 static void test_lane_state_is_null_outside_a_laneset_call(void **state) {
   assert_mm_ok(state_is_null(NULL));           /* a plain thread */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   elsewhere_t e;
   memset(&e, 0, sizeof e);
   assert_mm_ok(mm_lane_new(loop, "plain", &e.lane));
@@ -727,7 +719,7 @@ static void test_lane_state_is_null_outside_a_laneset_call(void **state) {
 
 static void test_laneset_new_and_free_with_bad_arguments_return_einval(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_laneset_options_t o;
   mm_laneset_options_init(&o);
   o.name = "bad";
@@ -774,7 +766,7 @@ static void test_run_sync_with_laneset_affinity_and_no_set_returns_einval(
   mm_sync_options_init(&o);
   o.affinity = MM_AFFINITY_LANESET;
   n.plain = mm_run_sync_ex(count_runs, &n, &o);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, call_without_set, &n, &c));
   assert_mm_ok(mm_loop_run(loop));
@@ -787,7 +779,7 @@ static void test_run_sync_with_laneset_affinity_and_no_set_returns_einval(
 
 static void test_laneset_new_after_the_loop_stopped_returns_eshutdown(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_laneset_options_t o;
   mm_laneset_options_init(&o);
   o.name = "late";
@@ -847,7 +839,7 @@ static int free_loop(void *arg) {
 /* A lane's thread is one the loop waits for when it is freed. */
 static void test_loop_free_from_a_laneset_call_returns_edeadlk(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_laneset_options_t o;
   mm_laneset_options_init(&o);
   o.name = "loopfree";

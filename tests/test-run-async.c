@@ -12,15 +12,8 @@
 
 #define FOREVER_MS 1000000u
 
-static mm_loop_t *new_loop(void) {
-  mm_loop_t *loop = NULL;
-  if (mm_loop_new(&loop, NULL) != 0)
-    fail_msg("mm_loop_new failed");
-  return loop;
-}
-
 static mm_loop_t *new_started_loop(void) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(loop));
   return loop;
 }
@@ -184,7 +177,7 @@ static void test_run_async_in_a_coroutine_of_the_same_loop_stays_on_its_thread(
 static void test_run_async_in_a_coroutine_on_a_run_loop_stays_on_its_thread(
     void **state) {
   /* The same through mm_loop_run on the test's thread. */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   nested_t n;
   memset(&n, 0, sizeof n);
   n.target = loop;
@@ -438,7 +431,7 @@ static void test_run_async_on_a_stopped_loop_returns_eshutdown(void **state) {
   assert_mm_err(mm_run_async(started, count_ran, &ran), -ESHUTDOWN);
   assert_mm_err(mm_run_async(started, count_ran, &ran), -ESHUTDOWN);
 
-  mm_loop_t *idle = new_loop();
+  mm_loop_t *idle = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_stop(idle));
   assert_mm_err(mm_run_async(idle, count_ran, &ran), -ESHUTDOWN);
   assert_int_equal(atomic_load(&ran), 0);
@@ -646,11 +639,11 @@ static void stop_answers_blocked_caller(mm_loop_t *loop) {
 }
 
 static void test_loop_stop_answers_a_caller_of_a_loop_never_run(void **state) {
-  stop_answers_blocked_caller(new_loop());
+  stop_answers_blocked_caller(mm_test_loop_new(0));
 }
 
 static void test_loop_stop_answers_a_caller_between_two_runs(void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, return_arg, NULL, &c));
   assert_mm_ok(mm_loop_run(loop));
@@ -670,7 +663,7 @@ static void test_loop_stop_racing_callers_of_a_loop_nobody_runs(void **state) {
   mm_loop_t *other = new_started_loop();
   int rounds = scaled(200, 20);
   for (int round = 0; round < rounds; round++) {
-    mm_loop_t *loop = new_loop();
+    mm_loop_t *loop = mm_test_loop_new(0);
     waiting_caller_t b[THREADS];
     pthread_t t[THREADS];
     for (int i = 0; i < THREADS; i++) {
@@ -714,7 +707,7 @@ static void test_run_async_on_a_loop_not_running_warns_then_completes_once_run(
   mm_test_log_init(&watch.log);
   mm_test_latch_init(&watch.warned);
   mm_set_log(watch_for_not_run, &watch);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiting_caller_t w = { loop, 0, 0 };
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, call_loop_not_running, &w), 0);
@@ -760,7 +753,7 @@ static void *call_bounded(void *arg) {
 
 static void test_run_async_timeout_bounds_the_wait_for_a_loop_not_started(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   bounded_t b = { .loop = loop, .timeout_ms = 20 };
   call_bounded(&b);
   assert_status(b.result, -ETIMEDOUT);
@@ -776,7 +769,7 @@ static void test_run_async_timeout_bounds_the_wait_for_a_loop_not_started(
 
 static void test_run_async_timeout_left_in_an_inbox_is_freed_with_the_loop(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   bounded_t b = { .loop = loop, .timeout_ms = 1 };
   call_bounded(&b);
   assert_status(b.result, -ETIMEDOUT);
@@ -808,7 +801,7 @@ static void test_run_async_timeout_racing_the_loop_s_start_answers_once(
   int rounds = mm_test_under_valgrind() ? 30 : 300;
   int values = 0, timeouts = 0;
   for (int i = 0; i < rounds; i++) {
-    mm_loop_t *loop = new_loop();
+    mm_loop_t *loop = mm_test_loop_new(0);
     bounded_t b = { .loop = loop, .timeout_ms = 1 + i % 3 };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, call_bounded_sleeper, &b), 0);

@@ -142,15 +142,6 @@ static void run_call(mm_loop_t *loop, call_t *c) {
   assert_mm_ok(mm_join(h));
 }
 
-static mm_loop_t *new_loop(unsigned max_threads) {
-  mm_loop_options_t o;
-  mm_loop_options_init(&o);
-  o.pool_max_threads = max_threads;
-  mm_loop_t *loop;
-  assert_mm_ok(mm_loop_new(&loop, &o));
-  return loop;
-}
-
 /* The call was asked to stop once, on the loop's thread, in time. */
 static void assert_interrupted_once(call_t *c) {
   assert_int_equal(atomic_load(&c->fn_runs), 1);
@@ -163,7 +154,7 @@ static void assert_interrupted_once(call_t *c) {
 
 static void test_cancel_of_a_running_call_asks_it_to_stop_and_waits(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.cancel = true;
@@ -178,7 +169,7 @@ static void test_cancel_of_a_running_call_asks_it_to_stop_and_waits(
 
 static void test_cancel_of_a_running_abandonable_call_returns_at_once(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.cancel = true;
@@ -200,7 +191,7 @@ static void test_cancel_of_a_running_abandonable_call_returns_at_once(
  * to cleanup on fn's thread before the call returns. */
 static void test_deadline_of_a_running_call_stops_it_and_returns_etimedout(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.timeout_ms = 1;
@@ -217,7 +208,7 @@ static void test_deadline_of_a_running_call_stops_it_and_returns_etimedout(
 
 static void test_deadline_of_a_running_abandonable_call_returns_at_once(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.timeout_ms = 1;
@@ -237,7 +228,7 @@ static void test_deadline_of_a_running_abandonable_call_returns_at_once(
  * stop once; the deadline decides the return. */
 static void test_cancel_then_deadline_asks_once_and_returns_etimedout(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.cancel = true;
@@ -254,7 +245,7 @@ static void test_cancel_then_deadline_asks_once_and_returns_etimedout(
 }
 
 static void test_deadline_of_a_running_lane_call_stops_it(void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.timeout_ms = 1;
@@ -270,7 +261,7 @@ static void test_deadline_of_a_running_lane_call_stops_it(void **state) {
 }
 
 static void test_cancel_of_a_running_laneset_call_stops_it(void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   c.cancel = true;
@@ -324,7 +315,7 @@ static int caller_then_release(void *arg) {
 }
 
 static void check_queued_call_removed(bool abandon, bool by_deadline) {
-  mm_loop_t *loop = new_loop(1);
+  mm_loop_t *loop = mm_test_loop_new(1);
   call_t c;
   queued_t q = { .c = &c };
   call_init(&c);
@@ -376,7 +367,7 @@ static void test_queued_abandonable_call_past_its_deadline_is_cleaned_up(
 /* A call made while the coroutine's cancellation is pending is accepted,
  * then cancelled at once: cleanup owns arg. */
 static void test_call_made_while_cancelled_is_cleaned_up(void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   for (int abandon = 0; abandon < 2; abandon++) {
     call_t c;
     call_init(&c);
@@ -400,7 +391,7 @@ static int sleep_past_deadline_then_call(void *arg) {
 
 static void test_call_made_past_the_spawn_deadline_is_cleaned_up(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   mm_spawn_options_t so;
@@ -434,7 +425,7 @@ static int call_with_bad_affinity(void *arg) {
 }
 
 static void test_a_refused_call_never_cleans_up(void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   call_t c;
   call_init(&c);
   mm_test_run_one(loop, call_with_bad_affinity, &c);
@@ -525,7 +516,7 @@ static int race_canceller(void *arg) {
 
 static void test_on_cancel_races_fn_s_end_and_cleanup_stays_exact(
     void **state) {
-  mm_loop_t *loop = new_loop(0);
+  mm_loop_t *loop = mm_test_loop_new(0);
   int rounds = mm_test_under_valgrind() ? 200 : 3000;
   unsigned seed = 12345;
   int asked[4] = { 0 }, cleaned = 0, values = 0;

@@ -78,13 +78,6 @@ int ioctl(int fd, unsigned long req, ...) {
   return NEXT("ioctl", int (*)(int, unsigned long, ...))(fd, req, arg);
 }
 
-static mm_loop_t *new_loop(void) {
-  mm_loop_t *loop = NULL;
-  if (mm_loop_new(&loop, NULL) != 0)
-    fail_msg("mm_loop_new failed");
-  return loop;
-}
-
 
 /* ---- mm_loop_current --------------------------------------------------- */
 
@@ -111,7 +104,7 @@ static int record_current_in_lane_call(void *arg) {
 }
 
 static void test_loop_current_in_a_coroutine_is_its_loop(void **state) {
-  mm_loop_t *a = new_loop(), *b = new_loop();
+  mm_loop_t *a = mm_test_loop_new(0), *b = mm_test_loop_new(0);
   current_t ca = { 0 }, cb = { 0 };
   mm_test_run_one(a, record_current, &ca);
   mm_test_run_one(b, record_current, &cb);
@@ -135,7 +128,7 @@ static int call_on_pool_and_lane(void *arg) {
 
 static void test_loop_current_in_a_blocking_call_is_its_coroutines_loop(
     void **state) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   current_t c = { 0 };
   assert_mm_ok(mm_lane_new(loop, "current", &c.lane));
   mm_test_run_one(loop, call_on_pool_and_lane, &c);
@@ -156,7 +149,7 @@ static int record_current_in_caller_call(void *arg) {
 static void test_loop_current_in_a_call_on_the_caller_thread_is_the_loop(
     void **state) {
   /* The call runs on this very thread, blocked in mm_run_async. */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(loop));
   current_t c = { 0 };
   assert_mm_ok(mm_run_async(loop, record_current_in_caller_call, &c));
@@ -196,7 +189,7 @@ static void test_loop_current_in_a_raw_callback_is_null(void **state) {
 /* ---- mm_wait_fd: helpers ------------------------------------------------- */
 
 static mm_loop_t *started_loop(void) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   assert_mm_ok(mm_loop_start(loop));
   return loop;
 }
@@ -291,7 +284,7 @@ static int partner(void *arg) {
  * it waits; both statuses must be 0. */
 static void wait_with_partner(waiter_t *w, int action, int fd,
                               partner_t *pp) {
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   partner_t p = { w, fd, action, 0 };
   mm_coro_t *a, *b;
   assert_mm_ok(mm_spawn(loop, wait_once, w, &a));
@@ -352,7 +345,7 @@ static void test_wait_fd_on_a_ready_fd_answers_at_once(void **state) {
   int s[2];
   make_socketpair(s);
   assert_int_equal(write(s[1], "x", 1), 1);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = s[0], .events = MM_READABLE | MM_WRITABLE };
   mm_test_run_one(loop, wait_ready_at_once, &w);
   assert_status(w.result, MM_READABLE | MM_WRITABLE);
@@ -415,7 +408,7 @@ static void test_wait_fd_many_times_on_the_same_pipes(void **state) {
                    : MM_TEST_SCALE(1000, 200);
   pong_t ping = { b[0], a[1], rounds, 0 };
   pong_t pong = { a[0], b[1], rounds, 0 };
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_coro_t *x, *y;
   assert_mm_ok(mm_spawn(loop, pong_back, &pong, &y));
   assert_mm_ok(mm_spawn(loop, ping_pong, &ping, &x));
@@ -445,7 +438,7 @@ static void test_wait_fd_again_on_the_same_fd_costs_no_syscall_pair(
   int rounds = MM_TEST_SCALE(1000, 200);
   pong_t ping = { b[0], a[1], rounds, 0 };
   pong_t pong = { a[0], b[1], rounds, 0 };
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   atomic_store(&backend_fd, uv_backend_fd(mm_loop_uv(loop)));
   mm_coro_t *x, *y;
   assert_mm_ok(mm_spawn(loop, pong_back, &pong, &y));
@@ -518,7 +511,7 @@ static void test_wait_fd_in_a_borrowed_loop_leaves_uv_loop_closable(
 static void test_wait_fd_times_out_in_a_coroutine(void **state) {
   int p[2];
   make_pipe(p);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = p[0], .events = MM_READABLE, .timeout_ms = 5 };
   mm_test_run_one(loop, wait_once, &w);
   assert_status(w.result, -ETIMEDOUT);
@@ -542,7 +535,7 @@ static void test_wait_fd_past_the_spawn_deadline_returns_etimedout(
     void **state) {
   int p[2];
   make_pipe(p);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = p[0], .events = MM_READABLE };
   mm_spawn_options_t o;
   memset(&o, 0, sizeof o);
@@ -593,7 +586,7 @@ static void test_wait_fd_reports_a_hang_up_that_came_before_the_wait(
   int p[2];
   make_pipe(p);
   close(p[1]);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = p[0], .events = MM_READABLE | MM_WRITABLE };
   mm_test_run_one(loop, wait_once, &w);
   assert_status(w.result, MM_READABLE | MM_WRITABLE);
@@ -641,7 +634,7 @@ static void test_wait_fd_in_a_blocking_call_polls_on_the_worker(
   int p[2];
   make_pipe(p);
   assert_int_equal(write(p[1], "x", 1), 1);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = p[0], .events = MM_READABLE, .timeout_ms = 1000 };
   mm_test_run_one(loop, call_that_waits, &w);
   assert_status(w.result, MM_READABLE);
@@ -692,7 +685,7 @@ static void raw_wait(void *arg) {
 
 static void test_wait_fd_refuses_bad_input_everywhere(void **state) {
   /* In a coroutine. */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   bad_t b;
   memset(&b, 0, sizeof b);
   mm_test_run_one(loop, try_bad_inputs, &b);
@@ -736,7 +729,7 @@ static void test_wait_fd_after_a_cancel_returns_ecanceled_at_once(
     void **state) {
   int s[2];
   make_socketpair(s);         /* writable: it would answer at once */
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = s[0], .events = MM_WRITABLE };
   mm_coro_t *c;
   assert_mm_ok(mm_spawn(loop, wait_after_cancel, &w, &c));
@@ -824,7 +817,7 @@ static void test_wait_fd_after_its_fd_was_closed_and_its_number_reused(
   r.old_dup = dup(p[0]);
   r.regular_path = "/proc/self/exe";
   assert_true(r.old_dup >= 0);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   mm_test_run_one(loop, reuse_number, &r);
   assert_mm_ok(mm_loop_free(loop));
   assert_status(r.first, MM_READABLE);
@@ -926,7 +919,7 @@ static int stop_the_loop(void *arg) {
 static void test_wait_fd_is_cancelled_by_the_loops_stop(void **state) {
   int p[2];
   make_pipe(p);
-  mm_loop_t *loop = new_loop();
+  mm_loop_t *loop = mm_test_loop_new(0);
   waiter_t w = { .fd = p[0], .events = MM_READABLE };
   mm_coro_t *a, *b;
   assert_mm_ok(mm_spawn(loop, wait_once, &w, &a));
