@@ -99,17 +99,6 @@ static uint64_t lp_iters = 30000;       /* several loops: calls per loop */
 static const uint64_t sp_period_ns = 200000;
 static const uint64_t idle_ms = 100;
 
-/* The work: nothing.  noinline so that the call is really made. */
-__attribute__((noinline)) static int noop(void *arg) {
-  (void) arg;
-  __asm__ volatile("" ::: "memory");
-  return 0;
-}
-
-static void uv_noop(uv_work_t *req) {
-  (void) noop(req);
-}
-
 /* ---- windows: wall time and the whole process's CPU --------------------- */
 
 struct win {

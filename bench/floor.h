@@ -1,6 +1,7 @@
-/* The hand-off floor that mm_run_async is measured against (bench/run-sync
- * and bench/cpu): a plain thread posts a request to a raw uv loop's thread
- * and waits for its answer -- what any thread-to-loop call costs at
+/* What bench/run-sync and bench/cpu measure the bridges with: the work of
+ * every call (nothing), and the hand-off floor that mm_run_async is
+ * measured against -- a plain thread posts a request to a raw uv loop's
+ * thread and waits for its answer, what any thread-to-loop call costs at
  * least.  Included after bench.h (die). */
 #ifndef MM_BENCH_FLOOR_H
 #define MM_BENCH_FLOOR_H
@@ -11,6 +12,18 @@
 #include <uv.h>
 
 enum { FLOOR_CALLERS = 64 };
+
+/* The work of the calls measured against libuv's: nothing.  noinline so
+ * that the call is really made. */
+__attribute__((noinline, unused)) static int noop(void *arg) {
+  (void) arg;
+  __asm__ volatile("" ::: "memory");
+  return 0;
+}
+
+static inline void uv_noop(uv_work_t *req) {
+  (void) noop(req);
+}
 
 /* The floor: a raw uv loop on a thread of its own, woken by a uv_async_t,
  * for up to FLOOR_CALLERS caller threads.  Each caller has one request,

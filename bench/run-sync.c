@@ -85,17 +85,6 @@ static uint64_t bl_iters = 640;         /* blocking calls in all, (f) */
 static uint64_t as_iters = 5000;        /* round trips, (d) */
 static uint64_t mt_iters = 2000;        /* round trips per thread, (e) */
 
-/* The work: nothing.  noinline so that the call is really made. */
-__attribute__((noinline)) static int noop(void *arg) {
-  (void) arg;
-  __asm__ volatile("" ::: "memory");
-  return 0;
-}
-
-static void uv_noop(uv_work_t *req) {
-  (void) noop(req);
-}
-
 /* The work of (f): a call that blocks for 1 ms, like a query. */
 static int sleep_1ms(void *arg) {
   (void) arg;

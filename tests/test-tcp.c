@@ -513,6 +513,17 @@ static void test_tcp_cancel_and_close_end_waiting_calls(void **state) {
  * closes the connection and the write returns -ECANCELED. */
 enum { HUGE_WRITE = 32 * 1024 * 1024 };   /* beyond any socket buffers */
 
+/* A connected pair on loopback: a listener, a client connected to it and
+ * the listener's end of the connection. */
+static int pair_open(mm_tcp_t **srv, mm_tcp_t **client, mm_tcp_t **conn) {
+  int r = mm_tcp_listen(srv, "127.0.0.1", 0, 0);
+  if (r == 0)
+    r = mm_tcp_connect(client, "127.0.0.1", mm_tcp_port(*srv));
+  if (r == 0)
+    r = mm_tcp_accept(*srv, conn);
+  return r;
+}
+
 typedef struct {
   mm_tcp_t *srv, *client, *conn;
   mm_coro_t *writer;
@@ -523,12 +534,7 @@ typedef struct {
 
 static int stuck_setup(void *arg) {
   stuck_t *s = arg;
-  int r = mm_tcp_listen(&s->srv, "127.0.0.1", 0, 0);
-  if (r == 0)
-    r = mm_tcp_connect(&s->client, "127.0.0.1", mm_tcp_port(s->srv));
-  if (r == 0)
-    r = mm_tcp_accept(s->srv, &s->conn);
-  return r;
+  return pair_open(&s->srv, &s->client, &s->conn);
 }
 
 static int stuck_write(void *arg) {
@@ -589,12 +595,7 @@ static const char queued_tail[] = "TAIL";
 
 static int queued_setup(void *arg) {
   queued_t *q = arg;
-  int r = mm_tcp_listen(&q->srv, "127.0.0.1", 0, 0);
-  if (r == 0)
-    r = mm_tcp_connect(&q->client, "127.0.0.1", mm_tcp_port(q->srv));
-  if (r == 0)
-    r = mm_tcp_accept(q->srv, &q->conn);
-  return r;
+  return pair_open(&q->srv, &q->client, &q->conn);
 }
 
 static int queued_big(void *arg) {
@@ -694,12 +695,7 @@ typedef struct {
 
 static int quick_setup(void *arg) {
   quick_t *q = arg;
-  int r = mm_tcp_listen(&q->srv, "127.0.0.1", 0, 0);
-  if (r == 0)
-    r = mm_tcp_connect(&q->client, "127.0.0.1", mm_tcp_port(q->srv));
-  if (r == 0)
-    r = mm_tcp_accept(q->srv, &q->conn);
-  return r;
+  return pair_open(&q->srv, &q->client, &q->conn);
 }
 
 static int quick_writer(void *arg) {
@@ -762,12 +758,7 @@ typedef struct {
 
 static int pending_setup(void *arg) {
   pending_t *p = arg;
-  int r = mm_tcp_listen(&p->srv, "127.0.0.1", 0, 0);
-  if (r == 0)
-    r = mm_tcp_connect(&p->client, "127.0.0.1", mm_tcp_port(p->srv));
-  if (r == 0)
-    r = mm_tcp_accept(p->srv, &p->conn);
-  return r;
+  return pair_open(&p->srv, &p->client, &p->conn);
 }
 
 static int pending_writer(void *arg) {
