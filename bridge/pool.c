@@ -77,7 +77,8 @@
  *   running     popped a call and not yet back under mu after it (exactly
  *               the workers whose call_start is not 0).
  *   nspinning   watching queued_hint before parking, mu released.
- *   nidle       blocked on work_cv.
+ *   nidle       asleep on work_bell (or about to be: counted under mu
+ *               before the sleep).
  *   nwaking     signals sent (or about to be, after unlocking) to idle
  *               workers for queued calls, not yet taken by a waking one;
  *               nwaking <= nidle.  Awake workers: nthreads - (nidle -
@@ -105,6 +106,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,7 +136,6 @@ typedef struct worker {
 
 struct mm__pool {
   pthread_mutex_t mu;
-  pthread_cond_t work_cv;     /* idle workers wait here */
   pthread_cond_t exit_cv;     /* a worker exited, or a set's one ran
                                  its open */
   char name[32];
@@ -151,7 +152,7 @@ struct mm__pool {
   uint64_t running;
   uint64_t calls;             /* accepted by submit, ever */
   unsigned nthreads;          /* started and not exited */
-  unsigned nidle;             /* waiting on work_cv */
+  unsigned nidle;             /* asleep on work_bell */
   unsigned nwaking;           /* of those, signalled and not yet awake */
   unsigned nspinning;         /* looking at the queue before parking */
   unsigned nblocked;          /* workers in a call seen blocked */
@@ -171,6 +172,9 @@ struct mm__pool {
   /* queued, readable without mu for the spin before parking; written
    * under mu (relaxed: a stale value only ends or prolongs a spin) */
   _Atomic uint64_t queued_hint;
+  /* Idle workers sleep on it (mm__futex_wait); signal_n and
+   * mm__pool_free change it before they wake them. */
+  _Atomic uint32_t work_bell;
 };
 
 /* A call that has run this long is probed: does its thread block? */
@@ -276,7 +280,7 @@ static unsigned budget_room(const mm__pool_t *pool, unsigned awake) {
  * caller itself, when it is a worker about to look for work), within
  * budget_room().  One thread starts at a time; once running it calls this
  * again for the next.  mu held.  Returns how many times the caller must
- * signal work_cv once it has released mu; *err is set only when an empty
+ * wake work_bell's sleepers once it has released mu; *err is set only when an empty
  * pool cannot start a thread. */
 static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   mm__assert(pool_ok(pool));
@@ -299,9 +303,15 @@ static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   return n;
 }
 
+/* Wakes n idle workers (assign() counted them in nwaking).  The bell
+ * changes first: a worker that read it under mu before sleeping (it was
+ * counted idle then, so before the assign() that chose it) finds it
+ * changed and does not sleep, or is asleep and woken. */
 static void signal_n(mm__pool_t *pool, unsigned n) {
-  while (n-- > 0)
-    pthread_cond_signal(&pool->work_cv);
+  if (n == 0)
+    return;
+  atomic_fetch_add_explicit(&pool->work_bell, 1, memory_order_seq_cst);
+  mm__futex_wake(&pool->work_bell, (int) n);
 }
 
 /* A call to ask the kernel about: its worker and which of its calls. */
@@ -502,21 +512,27 @@ static void *worker_main(void *arg) {
       if (!mm__list_empty(&pool->queue) || pool->stopping)
         continue;
     }
+    /* Asleep on the bell, not a condition variable: no mutex to take
+     * back marked contended, so waking costs one system call, not two
+     * (lib/futex.c).  Relaxed: mu orders this read before any assign()
+     * that counts this worker woken. */
     pool->nidle++;
-    int r = 0;
-    if (pool->lane || pool->nthreads <= pool->min) {
-      pthread_cond_wait(&pool->work_cv, &pool->mu);
-    } else {
-      struct timespec ts;
+    uint32_t seq = atomic_load_explicit(&pool->work_bell,
+                                        memory_order_relaxed);
+    struct timespec ts, *deadline = NULL;
+    if (!pool->lane && pool->nthreads > pool->min) {
       mm__cond_deadline(&ts, pool->idle_ms);
-      r = pthread_cond_timedwait(&pool->work_cv, &pool->mu, &ts);
+      deadline = &ts;
     }
+    pthread_mutex_unlock(&pool->mu);
+    int r = mm__futex_wait(&pool->work_bell, seq, deadline);
+    pthread_mutex_lock(&pool->mu);
     pool->nidle--;
     if (pool->nwaking > 0)
       pool->nwaking--;
     if (r == 0)
       mm__spin_woken(&pool->spin, began, pool->signalled_at);
-    if (r == ETIMEDOUT && mm__list_empty(&pool->queue) &&
+    if (r == -ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
   }
@@ -544,11 +560,6 @@ static mm__pool_t *pool_alloc(mm_loop_t *loop, const char *name,
   mm__pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL)
     return NULL;
-  /* work_cv takes the idle deadline: on the monotonic clock. */
-  if (mm__cond_init(&pool->work_cv) != 0) {
-    free(pool);
-    return NULL;
-  }
   pool->loop = loop;
   /* Adaptive: the sections under mu are a few list operations, so a
    * thread that finds it taken spins briefly instead of sleeping in the
@@ -627,13 +638,13 @@ void *mm__pool_lane_state(void) {
 void mm__pool_free(mm__pool_t *pool) {
   pthread_mutex_lock(&pool->mu);
   pool->stopping = true;
-  pthread_cond_broadcast(&pool->work_cv);
+  atomic_fetch_add_explicit(&pool->work_bell, 1, memory_order_seq_cst);
+  mm__futex_wake(&pool->work_bell, INT_MAX);
   while (pool->nthreads > 0)
     pthread_cond_wait(&pool->exit_cv, &pool->mu);
   reap(pool);
   pthread_mutex_unlock(&pool->mu);
   pthread_mutex_destroy(&pool->mu);
-  pthread_cond_destroy(&pool->work_cv);
   pthread_cond_destroy(&pool->exit_cv);
   free(pool);
 }

@@ -220,8 +220,15 @@ typedef struct mm__task {
  * exit.  mu protects tasks and the done flags of the waits blocked on it. */
 typedef struct mm__waiter {
   pthread_mutex_t mu;
-  pthread_cond_t cv;
   mm__list_t tasks;   /* mm__task_t, FIFO; protected by mu */
+  /* The thread sleeps on bell (mm__futex_wait); a waker makes what it
+   * sleeps for true (a wait's done, task_hint), then adds 1 to bell
+   * (seq_cst) and, if sleeping (seq_cst), wakes it: the sleeper stores
+   * sleeping before it reads bell, so either the waker sees it asleep or
+   * the sleeper sees the new bell (and what came with it).  sleeping is
+   * written by the thread only; a stale true costs one needless wake. */
+  _Atomic uint32_t bell;
+  _Atomic bool sleeping;
   unsigned serving;   /* protected by mu: > 0 while the thread blocks in
                          mm_run_async and so serves its coroutines' calls */
   _Atomic unsigned refs;  /* the thread's own, plus one per coroutine
@@ -230,13 +237,17 @@ typedef struct mm__waiter {
                              without it by the thread's spin (a stale
                              value only ends or prolongs the spin) */
   mm__spin_t spin;        /* the thread's own */
-  uint64_t posted_at;     /* uv_hrtime() of the last wake or task posted
-                             to it; protected by mu (mm__spin_woken) */
+  _Atomic uint64_t posted_at; /* uv_hrtime() of the last wake or task
+                             posted to it (mm__spin_woken); relaxed: a stale
+                             value only misjudges one spin */
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */
 void mm__waiter_ref(mm__waiter_t *w);
 void mm__waiter_unref(mm__waiter_t *w);
+/* After making true what w's thread waits for (a wait's done, a task):
+ * wakes the thread if it sleeps (see mm__waiter_t). */
+void mm__waiter_ring(mm__waiter_t *w);
 /* Posts t only if the thread is serving (blocked in mm_run_async). */
 bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t);
 /* Takes t out if it is still queued (then it never runs). */
@@ -256,6 +267,14 @@ int mm__cond_init(pthread_cond_t *cv);
 /* *ts = now + ms on mm__cond_init's clock: the absolute deadline that
  * pthread_cond_timedwait takes. */
 void mm__cond_deadline(struct timespec *ts, uint64_t ms);
+/* Sleeping on a word (futex.c): returns when *word no longer holds seq,
+ * when woken, at the deadline (mm__cond_deadline's clock; -ETIMEDOUT;
+ * NULL: none), or spuriously (0); the caller checks its condition again.
+ * The waker changes the word (seq_cst) before mm__futex_wake, which
+ * wakes up to n of its sleepers. */
+int mm__futex_wait(_Atomic uint32_t *word, uint32_t seq,
+                   const struct timespec *deadline);
+void mm__futex_wake(_Atomic uint32_t *word, int n);
 /* Names the calling thread in whichever of the forms configure found;
  * where none exists the thread stays unnamed.  The name is cut to 15
  * characters: glibc refuses a longer one (ERANGE) and leaves the old. */

@@ -17,8 +17,8 @@
  * Rules.
  * 1. Only the winner of the claim acts on the ending: it writes the status
  *    and calls mm__wait_deliver(), its last access to the wait (for a
- *    thread, done is set under the waiter's mutex and the thread cannot
- *    return before that mutex is released; for a coroutine the wake makes
+ *    thread, the store of done, after which it touches only the thread's
+ *    waiter, whose reference it holds; for a coroutine the wake makes
  *    it ready, and it cannot run -- and pop the wait -- before its loop
  *    resumes it, after the winner is done).
  * 2. The loser touches nothing more: not the wait, not what the winner may
@@ -45,8 +45,8 @@
  * a party that finds the word taken (acquire) sees what the winner wrote
  * before claiming.  Delivery to a coroutine of another thread goes through
  * the loop's remote queue (release push, acquire drain: remote.c); delivery
- * to a thread through its waiter's mutex and a release store of done that
- * a spinning waiter reads with acquire (waiter.c).
+ * to a thread through a release store of done that the waiter reads with
+ * acquire, then its bell (waiter.c, mm__waiter_t).
  */
 #include "mm-internal.h"
 
@@ -120,19 +120,13 @@ void mm__wait_deliver(mm__wait_t *w, int status) {
   }
 
   mm__waiter_t *t = w->thread;
-  /* Signal after unlocking, so that the woken thread does not block again
-   * on the mutex we hold; the reference keeps t alive in between (its
-   * thread may return and exit as soon as the mutex is free). */
+  /* The reference keeps t alive after done is set: its thread may return
+   * and exit as soon as it sees done. */
   mm__waiter_ref(t);
-  uint64_t now = uv_hrtime();
-  pthread_mutex_lock(&t->mu);
-  t->posted_at = now;
   w->status = status;
-  /* Last access to w: the waiter returns once it sees done, spinning
-   * (acquire) or under t->mu. */
+  /* Last access to w: the waiter returns once it sees done (acquire). */
   atomic_store_explicit(&w->done, true, memory_order_release);
-  pthread_mutex_unlock(&t->mu);
-  pthread_cond_signal(&t->cv);
+  mm__waiter_ring(t);
   mm__waiter_unref(t);
 }
 

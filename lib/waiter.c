@@ -36,7 +36,6 @@ void mm__waiter_unref(mm__waiter_t *w) {
   if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) != 1)
     return;
   pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
   free(w);
 }
 
@@ -53,9 +52,9 @@ static void waiter_atfork_child(void) {
   if (w == NULL)
     return;
   pthread_mutex_init(&w->mu, NULL);
-  mm__cond_init(&w->cv);
   mm__list_init(&w->tasks);
   atomic_store_explicit(&w->task_hint, false, memory_order_relaxed);
+  atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
 }
 
 /* Once, before the first waiter exists. */
@@ -112,11 +111,10 @@ mm__waiter_t *mm__waiter_self(void) {
   mm__waiter_t *w = malloc(sizeof(*w));
   if (w == NULL)
     return NULL;
-  if (mm__cond_init(&w->cv) != 0) {
-    free(w);
-    return NULL;
-  }
   pthread_mutex_init(&w->mu, NULL);
+  atomic_init(&w->bell, 0);
+  atomic_init(&w->sleeping, false);
+  atomic_init(&w->posted_at, 0);
   mm__list_init(&w->tasks);
   atomic_init(&w->refs, 1);
   atomic_init(&w->task_hint, false);
@@ -127,16 +125,27 @@ mm__waiter_t *mm__waiter_self(void) {
   return w;
 }
 
+void mm__waiter_ring(mm__waiter_t *w) {
+  atomic_store_explicit(&w->posted_at, uv_hrtime(), memory_order_relaxed);
+  /* seq_cst, both: Dekker with the sleeper's store of sleeping and its
+   * read of bell (see mm__waiter_t). */
+  atomic_fetch_add_explicit(&w->bell, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&w->sleeping, memory_order_seq_cst))
+    mm__futex_wake(&w->bell, 1);
+}
+
 bool mm__waiter_post_serving(mm__waiter_t *w, mm__task_t *t) {
   pthread_mutex_lock(&w->mu);
   bool ok = w->serving > 0;
   if (ok) {
     mm__list_push_back(&w->tasks, &t->link);
     atomic_store_explicit(&w->task_hint, true, memory_order_relaxed);
-    w->posted_at = uv_hrtime();
-    pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&w->mu);
+  /* After unlocking, so that the woken thread does not run into mu; the
+   * poster's coroutine holds a reference to w (its caller). */
+  if (ok)
+    mm__waiter_ring(w);
   return ok;
 }
 
@@ -202,33 +211,40 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
       return 0;
     }
   }
-  pthread_mutex_lock(&me->mu);
   for (;;) {
-    if (atomic_load_explicit(&w->done, memory_order_relaxed))
+    if (atomic_load_explicit(&w->done, memory_order_acquire))
       break;
-    mm__list_t *n = mm__list_pop_front(&me->tasks);
-    if (n != NULL) {
+    if (atomic_load_explicit(&me->task_hint, memory_order_relaxed)) {
+      pthread_mutex_lock(&me->mu);
+      mm__list_t *n = mm__list_pop_front(&me->tasks);
       if (mm__list_empty(&me->tasks))
         atomic_store_explicit(&me->task_hint, false, memory_order_relaxed);
       pthread_mutex_unlock(&me->mu);
-      mm__task_t *t = container_of(n, mm__task_t, link);
-      t->run(t);
-      pthread_mutex_lock(&me->mu);
-      continue;
-    }
-    if (deadline == NULL) {
-      pthread_cond_wait(&me->cv, &me->mu);
-    } else if (pthread_cond_timedwait(&me->cv, &me->mu, deadline) ==
-               ETIMEDOUT) {
-      if (!atomic_load_explicit(&w->done, memory_order_relaxed)) {
-        pthread_mutex_unlock(&me->mu);
-        return -ETIMEDOUT;
+      if (n != NULL) {
+        mm__task_t *t = container_of(n, mm__task_t, link);
+        t->run(t);
       }
       continue;
     }
-    mm__spin_woken(&me->spin, began, me->posted_at);
+    /* Announce the sleep, then read bell, then look once more: a waker
+     * that made done or task_hint true after our look above either sees
+     * sleeping and wakes us, or rang before our read of bell, and then
+     * the look below sees what it made true (see mm__waiter_t). */
+    atomic_store_explicit(&me->sleeping, true, memory_order_seq_cst);
+    uint32_t seq = atomic_load_explicit(&me->bell, memory_order_seq_cst);
+    int r = 0;
+    if (!atomic_load_explicit(&w->done, memory_order_acquire) &&
+        !atomic_load_explicit(&me->task_hint, memory_order_relaxed))
+      r = mm__futex_wait(&me->bell, seq, deadline);
+    atomic_store_explicit(&me->sleeping, false, memory_order_relaxed);
+    if (r == -ETIMEDOUT) {
+      if (atomic_load_explicit(&w->done, memory_order_acquire))
+        break;
+      return -ETIMEDOUT;
+    }
+    mm__spin_woken(&me->spin, began,
+                   atomic_load_explicit(&me->posted_at, memory_order_relaxed));
   }
-  pthread_mutex_unlock(&me->mu);
   *status = w->status;
   return 0;
 }

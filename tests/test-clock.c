@@ -1,10 +1,14 @@
 /* White-box: every deadline the library hands pthread_cond_timedwait is on
- * CLOCK_MONOTONIC, on a condition variable made for that clock, so that a
- * step of the wall clock moves none of them.
+ * CLOCK_MONOTONIC, on a condition variable made for that clock, and so is
+ * every deadline it hands mm__futex_wait (lib/futex.c: the futex system
+ * call's absolute CLOCK_MONOTONIC wait, or a condition variable of
+ * mm__cond_init where there is none), so that a step of the wall clock
+ * moves none of them.
  *
  * Shown without touching the wall clock: the program is linked with
- * --wrap=pthread_cond_init,--wrap=pthread_cond_timedwait, and libmm.la is
- * a static archive, so the library's own calls come to the wrappers below.
+ * --wrap=pthread_cond_init,--wrap=pthread_cond_timedwait and
+ * --wrap=mm__futex_wait, and libmm.la is a static archive, so the
+ * library's own calls come to the wrappers below.
  * They note each condition variable's clock (from its attributes) and,
  * for each timed wait, the deadline against CLOCK_MONOTONIC's time at the
  * call, then call the real functions.  A deadline taken from the wall
@@ -15,7 +19,11 @@
  * step watchdog's period -- and ends the wait by waking it, not by time. */
 #include "config.h"
 
+#include <sched.h>
+#include <stdio.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "mm-internal.h"
@@ -24,6 +32,8 @@
 #define NS_PER_S INT64_C(1000000000)
 
 int __real_pthread_cond_init(pthread_cond_t *cv, const pthread_condattr_t *a);
+int __real_mm__futex_wait(_Atomic uint32_t *word, uint32_t seq,
+                          const struct timespec *deadline);
 int __real_pthread_cond_timedwait(pthread_cond_t *cv, pthread_mutex_t *mu,
                                   const struct timespec *abstime);
 
@@ -83,6 +93,17 @@ int __wrap_pthread_cond_init(pthread_cond_t *cv, const pthread_condattr_t *a) {
   return 0;
 }
 
+/* Notes a timed wait that is about to start. */
+static void note_wait(clockid_t clock, int64_t left_ns) {
+  pthread_mutex_lock(&seen.mu);
+  if (seen.nwaits < MAX_WAITS)
+    seen.waits[seen.nwaits++] = (wait_seen_t) { clock, left_ns };
+  else
+    seen.lost++;
+  pthread_cond_broadcast(&seen.cv);
+  pthread_mutex_unlock(&seen.mu);
+}
+
 int __wrap_pthread_cond_timedwait(pthread_cond_t *cv, pthread_mutex_t *mu,
                                   const struct timespec *abstime) {
   /* The per-test watchdog of helpers.h is the test's own, not ours. */
@@ -94,13 +115,19 @@ int __wrap_pthread_cond_timedwait(pthread_cond_t *cv, pthread_mutex_t *mu,
   for (int i = 0; i < seen.nconds; i++)
     if (seen.conds[i].cv == cv)
       clock = seen.conds[i].clock;
-  if (seen.nwaits < MAX_WAITS)
-    seen.waits[seen.nwaits++] = (wait_seen_t) { clock, ts_ns(abstime) - now };
-  else
-    seen.lost++;
-  pthread_cond_broadcast(&seen.cv);
   pthread_mutex_unlock(&seen.mu);
+  note_wait(clock, ts_ns(abstime) - now);
   return __real_pthread_cond_timedwait(cv, mu, abstime);
+}
+
+/* A sleep on a word: its deadline is on CLOCK_MONOTONIC by construction
+ * (test_futex_deadline_is_on_the_monotonic_clock shows it); what is noted
+ * is how far ahead on that clock each deadline lies. */
+int __wrap_mm__futex_wait(_Atomic uint32_t *word, uint32_t seq,
+                          const struct timespec *deadline) {
+  if (deadline != NULL)
+    note_wait(CLOCK_MONOTONIC, ts_ns(deadline) - mono_ns());
+  return __real_mm__futex_wait(word, seq, deadline);
 }
 
 static int reset_seen(void **state) {
@@ -200,6 +227,70 @@ static void test_cond_init_makes_a_monotonic_condvar(void **state) {
   assert_int_equal(check_waits(0), 1);
 }
 
+/* mm__futex_wait: a word that no longer holds seq returns at once; a
+ * deadline already passed on the monotonic clock ends the sleep. */
+static void test_futex_returns_at_once_when_it_must(void **state) {
+  _Atomic uint32_t word = 5;
+  assert_int_equal(mm__futex_wait(&word, 4, NULL), 0);
+  struct timespec ts;
+  mm__cond_deadline(&ts, 0);
+  assert_int_equal(mm__futex_wait(&word, 5, &ts), -ETIMEDOUT);
+  assert_true(check_waits(0) >= 1);    /* 2 where emulated: its condvar's */
+}
+
+typedef struct {
+  _Atomic uint32_t word;
+  _Atomic pid_t tid;
+  int r;
+} sleeper_t;
+
+static void *sleep_an_hour(void *arg) {
+  sleeper_t *s = arg;
+  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
+  struct timespec ts;
+  mm__cond_deadline(&ts, HOUR_MS);
+  do
+    s->r = mm__futex_wait(&s->word, 0, &ts);
+  while (s->r == 0 && atomic_load(&s->word) == 0);   /* spurious */
+  return NULL;
+}
+
+/* The kernel's state of thread tid: 'S' while it sleeps. */
+static char task_state(pid_t tid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *paren = strrchr(buf, ')');
+  return paren != NULL ? paren[2] : 0;
+}
+
+/* A deadline an hour ahead on CLOCK_MONOTONIC is an hour ahead to the
+ * sleep: were it read on the wall clock, it would lie decades in the past
+ * and the sleep would end at once with -ETIMEDOUT.  The sleeper is woken
+ * only once the kernel shows it asleep, and must say it was woken. */
+static void test_futex_deadline_is_on_the_monotonic_clock(void **state) {
+  sleeper_t s = { .r = 1 };
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, sleep_an_hour, &s), 0);
+  wait_for_far_wait((int64_t) (HOUR_MS - 60 * 1000) * 1000000);
+  pid_t tid;
+  while ((tid = atomic_load(&s.tid)) == 0)
+    sched_yield();
+  unsigned round = 0;
+  while (task_state(tid) != 'S')
+    mm__backoff(&round);
+  atomic_store(&s.word, 1);
+  mm__futex_wake(&s.word, 1);
+  pthread_join(t, NULL);
+  assert_int_equal(s.r, 0);
+  assert_true(check_waits((int64_t) HOUR_MS * 1000000) >= 1);
+}
+
 /* ---- the library's timed waits ------------------------------------------ */
 
 typedef struct {
@@ -283,6 +374,8 @@ int main(void) {
     clock_test(test_cond_deadline_of_zero_is_now),
     clock_test(test_cond_deadline_of_forever_is_far_and_valid),
     clock_test(test_cond_init_makes_a_monotonic_condvar),
+    clock_test(test_futex_returns_at_once_when_it_must),
+    clock_test(test_futex_deadline_is_on_the_monotonic_clock),
     clock_test(test_plain_thread_deadline_waits_on_the_monotonic_clock),
     clock_test(test_idle_worker_waits_on_the_monotonic_clock),
     clock_test(test_slow_step_watchdog_waits_on_the_monotonic_clock),

@@ -72,6 +72,13 @@ add chan-free-waits-coro-and-thread chan "-DFREE_WAITS -DSTRICT_FREE -DNW=2" \
 add chan-free-waits-unfair-rejected chan "-DLIVE -DFREE_WAITS" live \
   "rejects:acceptance cycle"
 
+add bell bell "" safety holds
+add bell-spurious-three-wakers bell "-DSPURIOUS -DNW=3" safety holds
+add bell-reordered-rejected bell "-DREORDERED" safety \
+  "rejects:assertion violated ((wakers_done==2)&&finished)"
+add bell-no-recheck-rejected bell "-DNO_RECHECK" safety \
+  "rejects:assertion violated ((wakers_done==2)&&finished)"
+
 add run-sync runsync "-DDEADLINE -DSTOP" safety holds
 add run-sync-cancel-only runsync "" safety holds
 add run-sync-abandon runsync "-DABANDON -DDEADLINE -DSTOP" safety holds

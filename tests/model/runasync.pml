@@ -20,7 +20,8 @@
  *
  * The wait of Q moves once: PENDING -> WOKEN by K's end (finish) or by the
  * stop's -ESHUTDOWN for a request still in the inbox.  The winner's wake
- * (done, under the waiter's mutex) is its last access to Q.
+ * (its release store of done; then only the ref-held waiter is rung:
+ * bell.pml) is its last access to Q.
  *
  * -DTHREAD_DEADLINE: the calling thread enforces the timeout itself, as
  * DESIGN.md promises for a loop that has not started ("bounds the calling
