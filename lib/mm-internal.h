@@ -772,6 +772,8 @@ mm_coro_t *mm__coro_alloc(mm_loop_t *loop, size_t stack_size, bool cached);
 /* Tests: make guards by mprotect from now on, as on kernels before 6.13;
  * and whether guards are page-table markers (known after a first block). */
 void mm__stack_guard_mprotect(void);
+/* Tests: forget which guards work, as a new process has (white box). */
+void mm__stack_guard_unknown(void);
 bool mm__stack_guard_is_marker(void);
 void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);

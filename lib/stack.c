@@ -104,6 +104,10 @@ void mm__stack_guard_mprotect(void) {
   atomic_store_explicit(&guard_kind, GUARD_MPROTECT, memory_order_relaxed);
 }
 
+void mm__stack_guard_unknown(void) {
+  atomic_store_explicit(&guard_kind, GUARD_UNKNOWN, memory_order_relaxed);
+}
+
 bool mm__stack_guard_is_marker(void) {
   return atomic_load_explicit(&guard_kind, memory_order_relaxed) ==
          GUARD_MARKER;
@@ -111,11 +115,13 @@ bool mm__stack_guard_is_marker(void) {
 
 /* Whether the marker just installed at p guards: the kernel refuses to
  * copy from it (EFAULT).  An emulator (qemu-user) may take the advice
- * and do nothing, answering 0: the first block asks once, with a pipe. */
-static bool marker_guards(const char *p) {
+ * and do nothing, answering 0: the first block asks once, with a pipe.
+ * 1: it guards, 0: it does not, -1: cannot tell now (no descriptor free:
+ * a server making its first coroutine at its descriptor limit). */
+static int marker_guards(const char *p) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0)
-    return false;
+    return -1;
   bool guards = write(fds[1], p, 1) < 0 && errno == EFAULT;
   close(fds[0]);
   close(fds[1]);
@@ -126,19 +132,26 @@ static bool marker_guards(const char *p) {
  * PROT_NONE.  0 or -errno.  A first try that fails in any way (EINVAL
  * from a kernel without markers, EPERM from a seccomp filter that does
  * not know the advice, a marker that does not guard) settles on mprotect
- * for good. */
+ * for good.  A marker that cannot be checked now is backed by mprotect
+ * for this block only, and the next block asks again: settling on
+ * mprotect for want of a descriptor would cost every later coroutine a
+ * mapping more. */
 static int guard(char *p, size_t len) {
   int kind = atomic_load_explicit(&guard_kind, memory_order_relaxed);
   if (kind != GUARD_MPROTECT) {
-    if (madvise(p, len, MADV_GUARD_INSTALL) == 0 &&
-        (kind == GUARD_MARKER || marker_guards(p))) {
-      if (kind == GUARD_UNKNOWN)
-        atomic_store_explicit(&guard_kind, GUARD_MARKER,
-                              memory_order_relaxed);
-      return 0;
-    }
-    if (kind == GUARD_MARKER)
+    if (madvise(p, len, MADV_GUARD_INSTALL) == 0) {
+      int works = kind == GUARD_MARKER ? 1 : marker_guards(p);
+      if (works == 1) {
+        if (kind == GUARD_UNKNOWN)
+          atomic_store_explicit(&guard_kind, GUARD_MARKER,
+                                memory_order_relaxed);
+        return 0;
+      }
+      if (works < 0)
+        return mprotect(p, len, PROT_NONE) == 0 ? 0 : -errno;
+    } else if (kind == GUARD_MARKER) {
       return -errno;
+    }
     atomic_store_explicit(&guard_kind, GUARD_MPROTECT, memory_order_relaxed);
   }
   return mprotect(p, len, PROT_NONE) == 0 ? 0 : -errno;

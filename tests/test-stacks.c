@@ -5,7 +5,10 @@
  * in test-process (the fault handler) and test-coro. */
 #include "config.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "helpers.h"
 #include "mm-internal.h"
@@ -175,6 +178,63 @@ static void test_running_out_of_mappings_names_vm_max_map_count(
              child.out);
 }
 
+/* ---- the first guard, made with no descriptor free ------------------------ */
+
+/* A new process (guards not yet tried) whose descriptor table is full
+ * when its first coroutine's stack is made -- a server spawning its first
+ * connection's coroutine at its descriptor limit: the library cannot ask
+ * the kernel (through a pipe) whether its marker guards, which says
+ * nothing about the markers.  Prints whether the guards it settled on are
+ * markers once a descriptor is free again. */
+static void first_guard_at_the_descriptor_limit(void *arg) {
+  (void) arg;
+  mm__stack_guard_unknown();
+  mm_loop_t *loop;
+  if (mm_loop_new(&loop, NULL) != 0)
+    _exit(3);
+  struct rlimit rl = { 256, 256 };
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    _exit(4);
+  int fd, last = -1;
+  while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    last = fd;
+  if (errno != EMFILE)
+    _exit(5);
+  int r1 = mm_spawn(loop, never_runs, NULL, NULL);
+  for (fd = 3; fd <= last; fd++)
+    if (fd != STDOUT_FILENO && fd != STDERR_FILENO)
+      close(fd);                 /* the loop's too: it is not used again */
+  int r2 = mm_spawn(loop, never_runs, NULL, NULL);
+  printf("spawns %d %d, marker guards %d\n", r1, r2,
+         mm__stack_guard_is_marker());
+  fflush(stdout);
+  _exit(0);
+}
+
+static void test_first_guard_made_at_the_descriptor_limit_is_a_marker(
+    void **state) {
+  /* This process's own guards: markers if the kernel has them. */
+  mm_loop_t *loop;
+  assert_mm_ok(mm_loop_new(&loop, NULL));
+  assert_mm_ok(mm_spawn(loop, never_runs, NULL, NULL));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(mm_loop_free(loop));
+  if (!mm__stack_guard_is_marker()) {
+    print_message("no page-table guards here (MADV_GUARD_INSTALL, Linux "
+                  "6.13; not under an emulator): nothing to keep\n");
+    skip();
+  }
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(first_guard_at_the_descriptor_limit, NULL,
+                                &child), 0);
+  if (!child.exited || child.code != 0)
+    fail_msg("child %s %d; output:\n%s",
+             child.exited ? "exited with" : "was killed by signal",
+             child.code, child.out);
+  if (strstr(child.out, "spawns 0 0, marker guards 1\n") == NULL)
+    fail_msg("the guards should stay markers; child said:\n%s", child.out);
+}
+
 /* ---- cached stacks give their pages back ------------------------------ */
 
 enum { DEEP = 64, TOUCHED = 128 * 1024 };
@@ -306,6 +366,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     mm_test(test_more_live_coroutines_than_two_mappings_each_allow),
     mm_test(test_running_out_of_mappings_names_vm_max_map_count),
+    mm_test(test_first_guard_made_at_the_descriptor_limit_is_a_marker),
     mm_test(test_cached_stacks_idle_past_the_warm_ones_are_emptied),
     mm_test(test_a_loop_empties_idle_cached_stacks_by_itself),
   };
