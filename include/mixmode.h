@@ -684,7 +684,12 @@ MM_EXTERN ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len);
 /* Writes all of buf: 0 once it is written, or a negative error:
  * -ECANCELED / -ETIMEDOUT when the coroutine was cancelled or is past its
  * spawn deadline before the write went out (the connection is closed;
- * close c still), -ECANCELED also when c is closed meanwhile. */
+ * close c still), -ECANCELED also when c is closed meanwhile; -EPIPE or
+ * -ECONNRESET when the peer has gone.  SIGPIPE: the write is libuv's
+ * write(2), which also raises SIGPIPE on a connection the peer closed,
+ * and that kills by default; the library leaves the signal alone (no
+ * MSG_NOSIGNAL through libuv, and its disposition is the program's), so
+ * a program that writes to sockets ignores it: signal(SIGPIPE, SIG_IGN). */
 MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
 
 /* Closes c (a connection or a listener) and frees it; whoever waits in it
