@@ -42,13 +42,15 @@
  * (saying so) if that is not enough.
  *
  * What it does not do: keep-alive, request bodies, noticing that a parked
- * client went away before its answer (the write then fails, harmlessly).
+ * client went away before its answer (the write then fails, harmlessly:
+ * SIGPIPE is ignored).
  */
 #define _GNU_SOURCE             /* memmem */
 #include <mixmode.h>
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -413,6 +415,10 @@ int main(int argc, char **argv) {
   }
   if (opt.self_test > 0)
     fit_fd_limit();
+  /* A client that left before its answer must cost a failed write, not
+   * the server: mm_tcp_write writes with write(2), which raises SIGPIPE
+   * on a connection the peer has reset, and that kills by default. */
+  signal(SIGPIPE, SIG_IGN);
 
   int r = mm_loop_new(&loop, NULL);
   if (r == 0)

@@ -148,8 +148,8 @@ MM_EXTERN int mm_loop_new(mm_loop_t **loop, const mm_loop_options_t *o);
 /* Creates a loop on an existing libuv loop that the user keeps running with
  * uv_run().  mm_loop_free() then closes the handles it added and runs uv
  * until they are closed, so that uv_loop_close(uv) succeeds afterwards.
- * Call it on the thread that runs uv.  Errors: -EINVAL, -ENOMEM, -EAGAIN
- * (as mm_loop_new). */
+ * Call it on the thread that runs uv.  Errors: -EINVAL (loop or uv NULL,
+ * bad options), -ENOMEM, -EAGAIN (as mm_loop_new). */
 MM_EXTERN int mm_loop_from_uv(mm_loop_t **loop, uv_loop_t *uv,
                               const mm_loop_options_t *o);
 
@@ -159,14 +159,16 @@ MM_EXTERN uv_loop_t *mm_loop_uv(mm_loop_t *loop);
 /* Runs the loop on the calling thread until no coroutine is left and no
  * request is pending, or until mm_loop_stop().  May be called again later.
  * Returns 0.  Errors: -EINVAL (NULL, borrowed loop), -EBUSY (already
- * running on some thread, or started), -ESHUTDOWN (stopped), -EDEADLK
- * (called from a coroutine or from inside another loop's run), -ECHILD
- * (a loop inherited across fork(), see mm_loop_free). */
+ * running on some thread, or started, or called from inside its own run),
+ * -ESHUTDOWN (stopped), -EDEADLK (called from a coroutine or from inside
+ * another loop's run), -ECHILD (a loop inherited across fork(), see
+ * mm_loop_free). */
 MM_EXTERN int mm_loop_run(mm_loop_t *loop);
 
 /* Runs the loop on a new background thread until it is stopped or freed.
- * Errors: -EINVAL, -EBUSY (already running), -ESHUTDOWN, -EAGAIN (thread
- * creation failed), -ECHILD (inherited across fork()). */
+ * Errors: -EINVAL (NULL, borrowed loop), -EBUSY (already running),
+ * -ESHUTDOWN, -EAGAIN (thread creation failed), -ECHILD (inherited across
+ * fork()). */
 MM_EXTERN int mm_loop_start(mm_loop_t *loop);
 
 /* Stops the loop: final.  Any thread; asynchronous.  New requests (spawns)
@@ -183,13 +185,16 @@ MM_EXTERN int mm_loop_stop(mm_loop_t *loop);
  * does), joins the threads it started, and releases everything.  It logs a
  * warning for each coroutine still alive when it is called (id, name,
  * state as mm_loop_dump gives it, age in ms) and for each coroutine handle
- * never joined.  Not from the loop's own thread while it runs (-EBUSY; the
- * loop is left untouched), nor from a thread the loop would wait for --
- * its workers, lanes and sensitive thread, or any thread running a
- * blocking call for one of its coroutines (-EDEADLK; the loop is left
- * usable).
+ * never joined.  Not from the loop's own thread while it runs or from one
+ * of its coroutines, nor, for a borrowed loop, from another thread than
+ * the one that runs uv (-EBUSY; the loop is left untouched), nor from a
+ * thread the loop would wait for -- its workers, lanes and sensitive
+ * thread, or any thread running a blocking call for one of its
+ * coroutines (-EDEADLK; the loop is left usable).
  * Handles of the loop's coroutines are invalid afterwards.
- * Errors: -EINVAL, -EBUSY, -EDEADLK.
+ * Errors: -EINVAL (NULL), -EBUSY, -EDEADLK (both as above), and for an
+ * inherited loop (below) libuv's error if uv_loop_fork fails on its own
+ * uv loop (nothing freed).
  *
  * In a child process forked after the loop was made, the loop is the
  * parent's: every call on it (run, start, stop, spawn, run_async, lanes,
@@ -228,7 +233,8 @@ MM_EXTERN void mm_spawn_options_init(mm_spawn_options_t *o);
  * -ECANCELED (or -ETIMEDOUT).
  * Errors: -EINVAL (NULL loop or fn, bad options), -ESHUTDOWN (loop stopped
  * or being freed), -ENOMEM (no memory or no mapping for a stack: see
- * stack_size in mm_loop_options_t). */
+ * stack_size in mm_loop_options_t), -ECHILD (a loop inherited across
+ * fork(), see mm_loop_free). */
 MM_EXTERN int mm_spawn(mm_loop_t *loop, mm_fn fn, void *arg, mm_coro_t **coro);
 MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                           const mm_spawn_options_t *o, mm_coro_t **coro);
@@ -242,7 +248,11 @@ MM_EXTERN int mm_spawn_ex(mm_loop_t *loop, mm_fn fn, void *arg,
  * and waited for, then -ECANCELED is returned (-ETIMEDOUT if the joining
  * coroutine is past its own spawn deadline).
  * Errors: -EINVAL (NULL, a detached or already joined handle: stale
- * handles are always recognised), -EDEADLK (a coroutine joining itself
+ * handles are always recognised; or another caller is joining it),
+ * -ENOMEM (a plain thread's waiter could not be allocated: the join could
+ * not wait, and the handle was given up as by mm_detach), -ECHILD (the
+ * coroutine's loop was inherited across fork()), -EDEADLK (a coroutine
+ * joining itself
  * or one that waits for it through a chain of joins, even across loops --
  * of two joins that close a ring at once at least one gets it --, a
  * blocking call joining the coroutine it runs for, or a call on a loop's
@@ -256,7 +266,9 @@ MM_EXTERN int mm_join(mm_coro_t *coro);
  * except -ECANCELED after a cancellation that was asked for (the loop's
  * stop or free, an mm_cancel before the detach).  The same holds for a
  * coroutine spawned without a handle.  Any thread.
- * Errors: -EINVAL (NULL, already detached or joined: a stale handle). */
+ * Errors: -EINVAL (NULL, already detached or joined: a stale handle; or
+ * another caller is joining it), -ECHILD (the coroutine's loop was
+ * inherited across fork()). */
 MM_EXTERN int mm_detach(mm_coro_t *coro);
 
 /* Requests cancellation.  Any thread.  The coroutine's current suspension
@@ -265,7 +277,8 @@ MM_EXTERN int mm_detach(mm_coro_t *coro);
  * first); mm_cancelled() turns true.  Cancelling a coroutine
  * that has ended, or twice, does nothing.  Errors: -EINVAL (NULL, or a
  * stale handle: joined, or detached and ended; it never acts on a later
- * coroutine). */
+ * coroutine), -ECHILD (the coroutine's loop was inherited across
+ * fork()). */
 MM_EXTERN int mm_cancel(mm_coro_t *coro);
 
 /* The calling coroutine, or NULL on a plain thread / outside coroutines.
@@ -279,14 +292,17 @@ MM_EXTERN const char *mm_coro_name(const mm_coro_t *coro);
 
 /* Lets the other ready coroutines of the loop run, then continues.
  * In a coroutine: 0, or -ECANCELED once cancelled, -ETIMEDOUT once past
- * its spawn deadline.  On a plain thread: sched_yield(), 0.  On a loop's
- * thread outside coroutines: -EDEADLK. */
+ * its spawn deadline or a deadline of mm_deadline_push.  On a plain
+ * thread: sched_yield(), 0.  On a loop's thread outside coroutines:
+ * -EDEADLK. */
 MM_EXTERN int mm_yield(void);
 
 /* Waits ms milliseconds.  Colour-blind.  Returns 0, -ECANCELED or
  * -ETIMEDOUT (the coroutine was cancelled or is past its spawn deadline,
- * meanwhile or before the call), -EDEADLK (on a loop's thread outside a
- * coroutine). */
+ * meanwhile or before the call; -ETIMEDOUT also past a deadline of
+ * mm_deadline_push, on a plain thread too), -EDEADLK (on a loop's thread
+ * outside a coroutine), -ENOMEM (in a coroutine: no memory for the loop's
+ * timer). */
 MM_EXTERN int mm_sleep(uint64_t ms);
 
 /* In a coroutine: whether its cancellation was requested.  Elsewhere:
@@ -397,7 +413,10 @@ MM_EXTERN void mm_sync_options_init(mm_sync_options_t *o);
  * affinity, MM_AFFINITY_LANE without lane, MM_AFFINITY_LANESET without
  * laneset), -EDEADLK (on a loop's thread outside a coroutine),
  * -ECANCELED, -ETIMEDOUT, -ESHUTDOWN (the loop, the lane or the set is
- * shutting down), -ENOMEM, -EAGAIN (no worker thread could be started). */
+ * shutting down), -ENOMEM (the loop's bridge state at its first call, a
+ * plain thread's waiter for a lane call, an abandon_on_cancel call's
+ * request), -EAGAIN (no worker thread, or the loop's sensitive thread,
+ * could be started). */
 MM_EXTERN int mm_run_sync(mm_fn fn, void *arg);
 MM_EXTERN int mm_run_sync_ex(mm_fn fn, void *arg, const mm_sync_options_t *o);
 
@@ -433,8 +452,9 @@ MM_EXTERN void mm_async_options_init(mm_async_options_t *o);
  * stopping, was stopped or freed while the call waited: every waiting
  * caller is answered), -ETIMEDOUT (timeout_ms passed, or a calling
  * coroutine is past its spawn deadline), -ECANCELED (a calling coroutine
- * was cancelled), -ENOMEM.  A calling coroutine's cancellation or
- * deadline cancels fn's coroutine and waits for it, as mm_join does. */
+ * was cancelled), -ENOMEM, -ECHILD (a loop inherited across fork(), see
+ * mm_loop_free).  A calling coroutine's cancellation or deadline cancels
+ * fn's coroutine and waits for it, as mm_join does. */
 MM_EXTERN int mm_run_async(mm_loop_t *loop, mm_fn fn, void *arg);
 MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
                               const mm_async_options_t *o);
@@ -442,15 +462,19 @@ MM_EXTERN int mm_run_async_ex(mm_loop_t *loop, mm_fn fn, void *arg,
 /* A lane: one thread of its own that runs the calls sent to it
  * (MM_AFFINITY_LANE) one at a time, in order -- for resources that must
  * stay on one thread.  The thread is named "mm-lane-NAME".
- * Errors: -EINVAL, -ESHUTDOWN (loop stopping), -ENOMEM, -EAGAIN. */
+ * Errors: -EINVAL (loop or lane NULL), -ESHUTDOWN (loop stopping),
+ * -ENOMEM, -EAGAIN (the lane's thread could not be started), -ECHILD (a
+ * loop inherited across fork()). */
 MM_EXTERN int mm_lane_new(mm_loop_t *loop, const char *name, mm_lane_t **lane);
 
 /* Waits for the lane's queued calls to finish, then ends its thread.
  * Colour-blind (in a coroutine the wait goes to the pool, as a run_sync
- * call).  Errors: -EINVAL, -EDEADLK (from the lane's own thread, or a
- * loop's thread outside coroutines), -ECANCELED or -ETIMEDOUT (the
+ * call).  Errors: -EINVAL (NULL), -EDEADLK (from the lane's own thread,
+ * or a loop's thread outside coroutines), -ECANCELED or -ETIMEDOUT (the
  * calling coroutine was cancelled or is past a deadline before a worker
- * took the wait up; the lane is left as it was).  Once a worker has begun
+ * took the wait up; the lane is left as it was), and from a coroutine:
+ * -ESHUTDOWN (its loop stops: the lane is left to mm_loop_free), -EAGAIN
+ * (no worker could be started for the wait).  Once a worker has begun
  * the wait it finishes and the answer is 0, whatever came meanwhile. */
 MM_EXTERN int mm_lane_free(mm_lane_t *lane);
 
@@ -490,7 +514,9 @@ MM_EXTERN void mm_laneset_options_init(mm_laneset_options_t *o);
  * Errors: -EINVAL (loop, o or set NULL,
  * count 0), -ESHUTDOWN (the loop is stopping or stopped), -ENOMEM,
  * -EAGAIN (a thread could not be started), -ECHILD (a loop inherited
- * across fork()), or the failing open's value.  *set is NULL on error. */
+ * across fork()), -ECANCELED / -ETIMEDOUT (a coroutine cancelled or past
+ * its spawn deadline before a worker took the wait up), or the failing
+ * open's value.  *set is NULL on error. */
 MM_EXTERN int mm_laneset_new(mm_loop_t *loop, const mm_laneset_options_t *o,
                              mm_laneset_t **set);
 
@@ -501,8 +527,9 @@ MM_EXTERN int mm_laneset_new(mm_loop_t *loop, const mm_laneset_options_t *o,
  * -EDEADLK (from one of the set's own threads, or a loop's thread
  * outside coroutines), -ECANCELED or -ETIMEDOUT (a cancelled coroutine,
  * or one past a deadline, before a worker took the wait up: the set is
- * left as it was; once begun, the free finishes and returns 0), -ESHUTDOWN (from a coroutine of a loop that stops: the
- * set is left to mm_loop_free). */
+ * left as it was; once begun, the free finishes and returns 0), and from
+ * a coroutine: -ESHUTDOWN (its loop stops: the set is left to
+ * mm_loop_free), -EAGAIN (no worker could be started for the wait). */
 MM_EXTERN int mm_laneset_free(mm_laneset_t *set);
 
 /* Inside a call running on a lane of a set: the state that lane's open
@@ -530,15 +557,15 @@ MM_EXTERN void *mm_local_get(const void *key);
 typedef struct mm_group mm_group_t;
 
 /* Any thread.  Errors: -EINVAL (NULL), -ESHUTDOWN (loop stopping),
- * -ENOMEM. */
+ * -ENOMEM, -ECHILD (a loop inherited across fork()). */
 MM_EXTERN int mm_group_new(mm_loop_t *loop, mm_group_t **g);
 
 /* Spawns fn(arg) as a child: from the group's own children (and the
  * blocking calls they make) until mm_group_wait returns; from anyone else
  * only before mm_group_wait is called (-EBUSY after: the wait may return
  * and free g meanwhile).  -ECANCELED once the group is cancelled (by
- * mm_group_cancel, a failure, or its waiter's cancellation); the errors
- * of mm_spawn otherwise. */
+ * mm_group_cancel, a failure, or its waiter's cancellation); -EINVAL (g
+ * or fn NULL), -ENOMEM; the errors of mm_spawn otherwise. */
 MM_EXTERN int mm_group_spawn(mm_group_t *g, mm_fn fn, void *arg);
 
 /* mm_group_spawn with spawn options (o may be NULL): the child's name,
@@ -549,7 +576,8 @@ MM_EXTERN int mm_group_spawn_ex(mm_group_t *g, mm_fn fn, void *arg,
                                 const mm_spawn_options_t *o);
 
 /* Cancels every child still running; later spawns are refused.  Any
- * thread.  The children's statuses after it are not failures. */
+ * thread.  The children's statuses after it are not failures.  -EINVAL
+ * for NULL. */
 MM_EXTERN int mm_group_cancel(mm_group_t *g);
 
 /* Waits for every child (colour-blind, like mm_join), then frees g.  The
@@ -561,7 +589,7 @@ MM_EXTERN int mm_group_cancel(mm_group_t *g);
  * run for such a coroutine that waits for a group).  On a
  * loop's thread outside a coroutine, in a child of g, or in a coroutine a
  * child waits for (a grandchild joined by its parent): -EDEADLK, and
- * nothing is freed. */
+ * nothing is freed.  -EINVAL for NULL. */
 MM_EXTERN int mm_group_wait(mm_group_t *g);
 
 
@@ -586,13 +614,15 @@ MM_EXTERN int mm_chan_new(mm_chan_t **ch, size_t capacity);
  * waiting receiver if there is one.  -EPIPE once the channel is closed
  * (also for a sender waiting when it closes: the item was not sent).
  * -ECANCELED / -ETIMEDOUT: the waiting coroutine was cancelled or is past
- * its spawn deadline (above).  -EDEADLK on a loop's thread outside
- * coroutines, -EINVAL for a NULL ch. */
+ * its spawn deadline (above), or past a deadline of mm_deadline_push.
+ * -EDEADLK on a loop's thread outside coroutines, -EINVAL for a NULL ch,
+ * -ENOMEM (a plain thread's waiter could not be allocated). */
 MM_EXTERN int mm_chan_send(mm_chan_t *ch, void *item);
 
 /* Takes the oldest item, waiting while the channel is empty.  -EPIPE
  * once the channel is closed and drained.  -ECANCELED / -ETIMEDOUT, as
- * mm_chan_send; -EDEADLK, -EINVAL (ch or item NULL). */
+ * mm_chan_send; -EDEADLK, -EINVAL (ch or item NULL), -ENOMEM, as
+ * mm_chan_send. */
 MM_EXTERN int mm_chan_recv(mm_chan_t *ch, void **item);
 
 /* mm_chan_send that never waits: queues item (or hands it to a waiting
@@ -608,11 +638,12 @@ MM_EXTERN int mm_chan_try_recv(mm_chan_t *ch, void **item);
 
 /* Closes ch and wakes every waiter (with -EPIPE); receivers still drain
  * what is queued.  Any thread, raw loop callbacks included.  -EPIPE if
- * already closed. */
+ * already closed, -EINVAL for NULL. */
 MM_EXTERN int mm_chan_close(mm_chan_t *ch);
 
 /* Frees ch; items still queued are dropped.  -EBUSY while anyone waits
- * in it (close it first).  Any thread; nothing may use ch afterwards. */
+ * in it (close it first), -EINVAL for NULL.  Any thread; nothing may use
+ * ch afterwards. */
 MM_EXTERN int mm_chan_free(mm_chan_t *ch);
 
 
@@ -642,11 +673,14 @@ typedef struct mm_tcp mm_tcp_t;
  * addresses that can be bound.  Connections wait in the kernel's queue
  * (backlog) until an mm_tcp_accept takes them.  A listener holds two
  * descriptors: its socket, and one kept for running out of them
- * (mm_tcp_accept). */
+ * (mm_tcp_accept).  Errors: -EINVAL (srv NULL, port outside 0..65535),
+ * -ENOMEM, and those above (the context's, a name's UV_EAI_*, the
+ * system's: -EADDRINUSE...). */
 MM_EXTERN int mm_tcp_listen(mm_tcp_t **srv, const char *host, int port,
                             int backlog);
 
-/* The port srv is bound to (> 0), or a negative error.  Any thread. */
+/* The port srv is bound to (> 0), or a negative error: -EINVAL for NULL,
+ * or getsockname's.  Any thread. */
 MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
 
 /* Waits for the next connection to srv.  -ECANCELED / -ETIMEDOUT: the
@@ -665,39 +699,49 @@ MM_EXTERN int mm_tcp_port(mm_tcp_t *srv);
  * second per listener, at once for its first drop; what is left
  * unreported when it closes gets a last line then.  If srv has no such
  * descriptor (it was made with none to spare, and none is free now), the
- * call returns -EMFILE (or -ENFILE) and the connections stay queued. */
+ * call returns -EMFILE (or -ENFILE) and the connections stay queued.
+ * -EINVAL: srv or conn NULL, or srv a connection; -EBUSY: another
+ * coroutine is accepting on srv. */
 MM_EXTERN int mm_tcp_accept(mm_tcp_t *srv, mm_tcp_t **conn);
 
 /* Connects to host:port (host NULL or "": the loopback).  A name: each
  * of its addresses in the resolver's order until one connects; the last
  * one's error if none does.  -ECANCELED / -ETIMEDOUT: the coroutine was
  * cancelled or is past a deadline (the new handle is closed and freed;
- * *conn is NULL). */
+ * *conn is NULL).  -EINVAL: conn NULL, port outside 0..65535; -ENOMEM. */
 MM_EXTERN int mm_tcp_connect(mm_tcp_t **conn, const char *host, int port);
 
 /* Waits for data: returns how many bytes (> 0) were put in buf, 0 at the
  * end of the stream, or a negative error: -ECANCELED / -ETIMEDOUT when
  * the coroutine was cancelled or is past its spawn deadline (c stays
- * usable), -ECANCELED also when c is closed meanwhile. */
+ * usable), -ECANCELED also when c is closed meanwhile; -EINVAL (c or buf
+ * NULL, len 0, c a listener); -EBUSY (another coroutine is reading c). */
 MM_EXTERN ssize_t mm_tcp_read(mm_tcp_t *c, void *buf, size_t len);
 
 /* Writes all of buf: 0 once it is written, or a negative error:
  * -ECANCELED / -ETIMEDOUT when the coroutine was cancelled or is past its
  * spawn deadline before the write went out (the connection is closed;
- * close c still), -ECANCELED also when c is closed meanwhile. */
+ * close c still), -ECANCELED also when c is closed meanwhile; -EPIPE or
+ * -ECONNRESET when the peer has gone; -EINVAL (c NULL, buf NULL with len
+ * > 0, len over UINT_MAX, c a listener).  SIGPIPE: the write is libuv's
+ * write(2), which also raises SIGPIPE on a connection the peer closed,
+ * and that kills by default; the library leaves the signal alone (no
+ * MSG_NOSIGNAL through libuv, and its disposition is the program's), so
+ * a program that writes to sockets ignores it: signal(SIGPIPE, SIG_IGN). */
 MM_EXTERN int mm_tcp_write(mm_tcp_t *c, const void *buf, size_t len);
 
 /* Closes c (a connection or a listener) and frees it; whoever waits in it
- * gets -ECANCELED. */
+ * gets -ECANCELED.  -EINVAL for NULL (and -EPERM, -EDEADLK, above). */
 MM_EXTERN int mm_tcp_close(mm_tcp_t *c);
 
 /* TCP_NODELAY on or off (Nagle's algorithm off or on) for a connection.
- * From its loop's coroutines; -EINVAL for NULL or a listener. */
+ * From its loop's coroutines; -EINVAL for NULL, a listener or a
+ * connection being closed. */
 MM_EXTERN int mm_tcp_nodelay(mm_tcp_t *c, bool on);
 
 /* TCP keep-alive on (first probe after delay_s seconds idle, >= 1) or off
  * (delay_s ignored).  From its loop's coroutines; -EINVAL for NULL, a
- * listener, or on with delay_s 0. */
+ * listener, a connection being closed, or on with delay_s 0. */
 MM_EXTERN int mm_tcp_keepalive(mm_tcp_t *c, bool on, unsigned delay_s);
 
 
@@ -735,7 +779,8 @@ MM_EXTERN int mm_loop_stats(mm_loop_t *loop, mm_stats_t *st);
  * the loop's thread while the caller waits (so a loop that is driven but
  * stuck in a long step delays the dump).  Errors: -EINVAL (NULL),
  * -ESHUTDOWN (the loop is stopping), -EDEADLK (on another loop's thread
- * outside coroutines). */
+ * outside coroutines), -ECHILD (a loop inherited across fork()), -ENOMEM
+ * (from another thread: no memory for the thread's waiter). */
 MM_EXTERN int mm_loop_dump(mm_loop_t *loop, FILE *out);
 
 /* Sends the library's messages to fn (NULL restores the default: stderr,
@@ -792,7 +837,8 @@ MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
  * hang-up on fd reports every event asked: the next read or write tells
  * what happened.  Errors:
  *   -ETIMEDOUT  timeout_ms passed; or, in a coroutine, its spawn deadline
- *               did (before or during the wait)
+ *               did (before or during the wait); or a deadline of
+ *               mm_deadline_push did
  *   -ECANCELED  the coroutine was cancelled (before or during the wait;
  *               mm_loop_stop and mm_loop_free cancel)
  *   -EDEADLK    on a loop's thread outside a coroutine (a raw libuv
@@ -801,7 +847,8 @@ MM_EXTERN int mm_wake(mm_coro_t *coro, int status);
  *   -EINVAL     events is 0 or has bits other than the two
  *   -EBUSY      another coroutine of the loop waits on fd, or a libuv
  *               handle of the loop watches it (an mm_tcp_t reading it)
- *   -ENOMEM, or what libuv says when it cannot watch fd (at the first
+ *   -ENOMEM     no memory for the loop's handle or timer
+ *   or what libuv says when it cannot watch fd (at the first
  *   wait on an fd number in a loop that has to suspend). */
 MM_EXTERN int mm_wait_fd(int fd, int events, uint64_t timeout_ms);
 

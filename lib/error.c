@@ -19,7 +19,9 @@
             "handle already joined or detached")                             \
   X(ENOMEM, "out of memory (a stack, a handle or a table could not be "      \
             "allocated)")                                                    \
-  X(EAGAIN, "a thread could not be created; try again later")                \
+  X(EAGAIN, "not now, try again: a thread could not be created (a "       \
+            "system limit on threads or memory), or mm_chan_try_send "      \
+            "found the channel full, or mm_chan_try_recv found it empty")   \
   X(EBUSY, "busy: the loop is running on this thread or another, the "     \
            "channel has waiters, the group is being waited for, or "        \
            "another coroutine of the loop waits on the file descriptor, "   \

@@ -9,6 +9,8 @@
 #   - examples/threaded-fanout's jobs, from 4 pthreads through
 #     mm_run_async, all get their 10 + 10 answers;
 #   - /stats has the counters;
+#   - clients that send two requests and leave before the answers
+#     (tests/leave-early.pl) do not kill it (SIGPIPE);
 #   - SIGTERM, with a slow query running and no timeout on it, ends the
 #     server with status 0 and its temporary database removed.
 # Every step waits for what it needs (the "port N" line, responses, the
@@ -32,6 +34,11 @@ b=${top_builddir:-.}
 server=$b/examples/sqlite-server
 load=$b/examples/http-load
 fanout=$b/examples/threaded-fanout
+leave=${srcdir:-.}/tests/leave-early.pl
+if ! command -v perl >/dev/null; then
+  echo "SKIP: no perl for tests/leave-early.pl (apt-get install perl-base)"
+  exit 77
+fi
 . "${srcdir:-.}/scripts/server-lib.sh"
 server_setup
 
@@ -114,6 +121,26 @@ case $(echo "$out" | tail -n 1) in
   "{"*"}") ;;
   *) fail "/stats is not a JSON object: $out" ;;
 esac
+
+# Clients that leave before their answers: 50 that send two pipelined
+# requests and close at once.  The first answer draws a client's RST, so
+# the second write fails with EPIPE: the server must serve on (it ignores
+# SIGPIPE), having counted all 100 requests (each /stats asked meanwhile
+# is one more).
+before=$(stat_of requests)
+"$leave" "$port" 50 close \
+  'GET /item?id=1 HTTP/1.1\r\n\r\nGET /item?id=2 HTTP/1.1\r\n\r\n' ||
+  fail "clients that close at once could not connect (the server died?)"
+asked=0
+while :; do
+  n=$(stat_of requests)
+  [ -n "$n" ] || fail "the server stopped answering after clients left" \
+    "before their answers (killed by SIGPIPE?)"
+  [ "$n" = $((before + 100 + asked + 1)) ] && break
+  asked=$((asked + 1))
+  [ $asked -lt 5000 ] || fail "/stats counts $n requests, not" \
+    "$((before + 100 + asked)): the clients that left were not all served"
+done
 
 # SIGTERM with a slow query running, without a timeout: it is interrupted
 # and the server exits 0.

@@ -54,6 +54,17 @@ static void test_strerror_explains_the_library_errors_specifically(
   if (strstr(pipe, "channel") == NULL)
     fail_msg("mm_strerror(-EPIPE) = \"%s\" does not mention the channel",
              pipe);
+  /* -EAGAIN has two meanings: a thread that could not be started (a
+   * loop's, a worker's, a lane's) and a try_ call of a channel that
+   * would have had to wait.  The text names both. */
+  const char *again = mm_strerror(-EAGAIN);
+  static const char *const again_words[] = {
+    "thread", "mm_chan_try_send", "full", "mm_chan_try_recv", "empty",
+  };
+  for (size_t i = 0; i < sizeof again_words / sizeof again_words[0]; i++)
+    if (strstr(again, again_words[i]) == NULL)
+      fail_msg("mm_strerror(-EAGAIN) = \"%s\" does not say \"%s\"", again,
+               again_words[i]);
 }
 
 static void test_strerror_passes_system_errors_through(void **state) {

@@ -1098,6 +1098,84 @@ static void test_tcp_accept_out_of_fds_without_a_reserve_returns_emfile(
   assert_int_equal(dropped, 0);
 }
 
+/* ---- A peer that left: -EPIPE, and SIGPIPE left to the program ----------- */
+
+/* The client closes; once the server's end has read the end of the
+ * stream, its first write goes out and draws the client's RST, and a
+ * write after that fails.  libuv writes with write(2), so the kernel
+ * also raises SIGPIPE: the library leaves that signal to the program
+ * (mm_tcp.3, "SIGPIPE"), which ignores it to get -EPIPE instead of its
+ * end. */
+typedef struct {
+  mm_tcp_t *srv, *client, *conn;
+  ssize_t eof;                /* the server end's read: 0 */
+  int write_result;           /* the first write that did not return 0 */
+  int writes;                 /* writes that returned 0 before it */
+} left_t;
+
+enum { LEFT_WRITES_MAX = 100 };   /* loopback answers the first one */
+
+static int write_after_peer_left(void *arg) {
+  left_t *l = arg;
+  int r = pair_open(&l->srv, &l->client, &l->conn);
+  if (r != 0)
+    return r;
+  mm_tcp_close(l->client);
+  char buf[16];
+  l->eof = mm_tcp_read(l->conn, buf, sizeof buf);
+  for (l->writes = 0; l->writes < LEFT_WRITES_MAX; l->writes++)
+    if ((l->write_result = mm_tcp_write(l->conn, "x", 1)) != 0)
+      break;
+  mm_tcp_close(l->conn);
+  return mm_tcp_close(l->srv);
+}
+
+/* In a child with SIGPIPE's default action: it must die of it. */
+static void write_after_peer_left_by_default(void *arg) {
+  signal(SIGPIPE, SIG_DFL);
+  mm_loop_t *loop;
+  if (mm_loop_new(&loop, NULL) != 0)
+    _exit(3);
+  left_t l;
+  memset(&l, 0, sizeof l);
+  mm_coro_t *h;
+  if (mm_spawn(loop, write_after_peer_left, &l, &h) != 0 ||
+      mm_loop_run(loop) != 0 || mm_join(h) != 0)
+    _exit(4);
+  printf("not killed: read %zd, write %d (%s) after %d writes\n", l.eof,
+         l.write_result, mm_strerror(l.write_result), l.writes);
+  _exit(5);
+}
+
+static void test_tcp_write_to_a_peer_gone_is_epipe_and_sigpipe_left_alone(
+    void **state) {
+  /* Ignored, as a program that serves on mm_tcp does: the write fails. */
+  struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+  assert_int_equal(sigaction(SIGPIPE, &ign, &old), 0);
+  mm_loop_t *loop = mm_test_loop_new(0);
+  left_t l;
+  memset(&l, 0, sizeof l);
+  mm_test_run_one(loop, write_after_peer_left, &l);
+  assert_mm_ok(mm_loop_free(loop));
+  assert_int_equal(sigaction(SIGPIPE, &old, NULL), 0);
+  assert_int_equal(l.eof, 0);
+  if (l.write_result != -EPIPE && l.write_result != -ECONNRESET)
+    fail_msg("the write after the peer left returned %d (%s) after %d "
+             "writes, not -EPIPE", l.write_result,
+             mm_strerror(l.write_result), l.writes);
+  assert_in_range(l.writes, 1, LEFT_WRITES_MAX - 1);
+
+  /* Not ignored: the library has not changed the disposition, and the
+   * same write kills. */
+  mm_test_skip_fork_threads_if_emulated();
+  static mm_test_child_t child;
+  assert_int_equal(mm_test_fork(write_after_peer_left_by_default, NULL,
+                                &child), 0);
+  if (child.exited || child.code != SIGPIPE)
+    fail_msg("the child ended with %s %d, not SIGPIPE:\n%s",
+             child.exited ? "code" : "signal", child.code, child.out);
+}
+
 /* ---- Where they may be called ------------------------------------------- */
 
 typedef struct {
@@ -1243,6 +1321,7 @@ int main(void) {
     mm_test(test_tcp_writes_that_never_wait_still_let_others_run),
     mm_test(test_tcp_accept_out_of_fds_is_logged_and_counted),
     mm_test(test_tcp_accept_out_of_fds_without_a_reserve_returns_emfile),
+    mm_test(test_tcp_write_to_a_peer_gone_is_epipe_and_sigpipe_left_alone),
     mm_test(test_tcp_from_a_thread_eperm_from_a_raw_callback_edeadlk),
     mm_test(test_tcp_calls_with_bad_arguments_return_einval),
   };
