@@ -1,6 +1,6 @@
 # Sourced, not run: what scripts/demo.sh and the tests that start an
 # example's server (tests/example-sqlite-server.sh,
-# tests/example-fetch-many.sh) share.  The caller defines fail MESSAGE.
+# tests/example-fetch-many.sh, tests/example-long-poll.sh) share.  The caller defines fail MESSAGE.
 #
 #   server_setup         $tmp (a fresh directory), $pid and $watchdog
 #                        empty, and an exit trap that kills both and
