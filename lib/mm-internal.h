@@ -257,9 +257,10 @@ void mm__waiter_serve_begin(mm__waiter_t *w);
 void mm__waiter_serve_end(mm__waiter_t *w);
 struct mm__wait;
 struct timespec;
-/* Every condition variable that is given a deadline (the waiters', the
- * pools', the watchdog's) is made by mm__cond_init, and every such
- * deadline comes from mm__cond_deadline: both on CLOCK_MONOTONIC (where
+/* Every condition variable that is given a deadline (the watchdog's, the
+ * emulated futex's buckets) is made by mm__cond_init, and every deadline
+ * of a timed wait (those, and mm__futex_wait's: the waiters', the pools')
+ * comes from mm__cond_deadline: both on CLOCK_MONOTONIC (where
  * pthread_condattr_setclock exists; CLOCK_REALTIME elsewhere), so that a
  * step of the wall clock moves no deadline.  mm__cond_init returns 0 or a
  * positive error number, as pthread_cond_init does. */
