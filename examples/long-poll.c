@@ -440,12 +440,16 @@ int main(int argc, char **argv) {
   if (!threaded) {
     fprintf(stderr, "long-poll: cannot start the notifier thread\n");
     mm_chan_close(notify_ch);
+  } else if (opt.self_test == 0) {
+    /* Serving, it may still block reading stdin when the server ends:
+     * never joined, so detached (a thread sanitizer counts a finished,
+     * unjoined thread as leaked). */
+    pthread_detach(thread);
   }
   mm_loop_run(loop);
   r = mm_join(main_coro);
   if (threaded && opt.self_test > 0)
     pthread_join(thread, NULL);
-  /* Serving, the thread may still block reading stdin: leave it. */
   mm_loop_free(loop);
   if (threaded && opt.self_test > 0) {
     mm_chan_free(notify_ch);
