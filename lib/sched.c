@@ -60,7 +60,9 @@ static void fiber_switch(mm_loop_t *loop, mm_coro_t *from, mm_coro_t *to,
                          0);
 #endif
   (void) final;
+#ifdef MM__ASAN
   loop->switch_from = from;
+#endif
   mm__ctx_switch(from_ctx, to_ctx);
 #ifdef MM__ASAN
   /* Back on from's stack.  Whoever switched here set switch_from; when it
@@ -657,6 +659,26 @@ static inline int stop_reason_fast(const mm_coro_t *c) {
   return reason;
 }
 
+/* mm_yield's direct hand-over, for the common case: a pass is under way
+ * (budget left), no slow-step watch (step_begin/step_end have nothing to
+ * do), and the first ready coroutine has started.  It is what
+ * mm__coro_make_ready + mm__coro_suspend would do then, without the
+ * checks that cannot apply (final, next == c, a fresh or cancelled next):
+ * a yield is the one suspension made back to back, so its few
+ * instructions are the scheduler's share of the switch (bench/switch).
+ * Takes next off the queue and counts the step; NULL: the general path. */
+static inline mm_coro_t *yield_next(mm_loop_t *loop) {
+  if (loop->budget == 0 || loop->opt.slow_step_ms != 0 ||
+      mm__list_empty(&loop->ready))
+    return NULL;
+  mm_coro_t *next = container_of(loop->ready.next, mm_coro_t, link);
+  if (!next->started)
+    return NULL;
+  mm__list_remove(&next->link);
+  loop->budget--;
+  return next;
+}
+
 int mm_yield(void) {
   mm_coro_t *c = mm__tls.coro;
 
@@ -669,9 +691,20 @@ int mm_yield(void) {
   int reason = stop_reason_fast(c);
   if (reason != 0)
     return -reason;
-  flush_bridge(c->loop);
-  mm__coro_make_ready(c);
-  mm__coro_suspend(c);
+  mm_loop_t *loop = c->loop;
+  flush_bridge(loop);
+  mm_coro_t *next = yield_next(loop);
+  if (next != NULL) {
+    /* c goes behind whatever is ready; budget > 0, so no idle start. */
+    c->state = MM__CORO_READY;
+    mm__list_push_back(&loop->ready, &c->link);
+    next->state = MM__CORO_RUNNING;
+    mm__tls.coro = next;
+    fiber_switch(loop, c, next, false);
+  } else {
+    mm__coro_make_ready(c);
+    mm__coro_suspend(c);
+  }
   reason = stop_reason_fast(c);
   return reason != 0 ? -reason : 0;
 }

@@ -1070,6 +1070,51 @@ static void test_yield_lets_the_other_ready_coroutines_run(void **state) {
   assert_mm_ok(mm_loop_free(loop));
 }
 
+/* Coroutines that only yield to each other hand the thread over directly
+ * (sched.c, yield_next), but each hand-over counts against the pass's
+ * budget: after it libuv polls, so a timer still fires and the sleeper
+ * ends the ping-pong.  Without the budget the test would never end (its
+ * watchdog fails it). */
+typedef struct {
+  bool     woke;
+  int      slept;       /* mm_sleep's result */
+  uint64_t yields;
+  int      errors;
+} pingpong_t;
+
+static int yield_until_woken(void *arg) {
+  pingpong_t *p = arg;
+  while (!p->woke) {
+    if (mm_yield() != 0)
+      p->errors++;
+    p->yields++;
+  }
+  return 0;
+}
+
+static int sleep_then_wake(void *arg) {
+  pingpong_t *p = arg;
+  p->slept = mm_sleep(1);
+  p->woke = true;
+  return 0;
+}
+
+static void test_coroutines_yielding_to_each_other_let_a_timer_fire(
+    void **state) {
+  mm_loop_t *loop = mm_test_loop_new(0);
+  pingpong_t p;
+  memset(&p, 0, sizeof p);
+  assert_mm_ok(mm_spawn(loop, sleep_then_wake, &p, NULL));
+  assert_mm_ok(mm_spawn(loop, yield_until_woken, &p, NULL));
+  assert_mm_ok(mm_spawn(loop, yield_until_woken, &p, NULL));
+  assert_mm_ok(mm_loop_run(loop));
+  assert_mm_ok(p.slept);
+  assert_true(p.woke);
+  assert_int_equal(p.errors, 0);
+  assert_true(p.yields > 0);
+  assert_mm_ok(mm_loop_free(loop));
+}
+
 typedef struct {
   taps_t  *taps;
   uint64_t slept;
@@ -1455,6 +1500,7 @@ int main(void) {
     mm_test(test_current_is_the_coroutine_inside_one_and_null_outside),
     mm_test(test_yield_and_sleep_on_a_plain_thread),
     mm_test(test_yield_lets_the_other_ready_coroutines_run),
+    mm_test(test_coroutines_yielding_to_each_other_let_a_timer_fire),
     mm_test(test_sleep_in_a_coroutine_lets_others_run_meanwhile),
     mm_test(test_rounding_mode_is_kept_per_coroutine_across_switches),
     mm_test(test_rounding_mode_is_kept_on_a_started_loop),
