@@ -666,7 +666,8 @@ static inline int stop_reason_fast(const mm_coro_t *c) {
  * checks that cannot apply (final, next == c, a fresh or cancelled next):
  * a yield is the one suspension made back to back, so its few
  * instructions are the scheduler's share of the switch (bench/switch).
- * Takes next off the queue and counts the step; NULL: the general path. */
+ * Counts the step (yield_rotate takes next off the queue); NULL: the
+ * general path. */
 static inline mm_coro_t *yield_next(mm_loop_t *loop) {
   if (loop->budget == 0 || loop->opt.slow_step_ms != 0 ||
       mm__list_empty(&loop->ready))
@@ -674,9 +675,24 @@ static inline mm_coro_t *yield_next(mm_loop_t *loop) {
   mm_coro_t *next = container_of(loop->ready.next, mm_coro_t, link);
   if (!next->started)
     return NULL;
-  mm__list_remove(&next->link);
   loop->budget--;
   return next;
+}
+
+/* Puts c behind the ready coroutines and takes next, their first, out.
+ * With nobody else ready (the usual ping-pong) the queue goes from [next]
+ * to [c] by stores alone, no pointer chased through next's neighbours. */
+static inline void yield_rotate(mm_loop_t *loop, mm_coro_t *c,
+                                mm_coro_t *next) {
+  mm__list_t *h = &loop->ready;
+  if (next->link.next == h) {
+    h->next = h->prev = &c->link;
+    c->link.next = c->link.prev = h;
+    mm__list_init(&next->link);
+  } else {
+    mm__list_remove(&next->link);
+    mm__list_push_back(h, &c->link);
+  }
 }
 
 int mm_yield(void) {
@@ -697,7 +713,7 @@ int mm_yield(void) {
   if (next != NULL) {
     /* c goes behind whatever is ready; budget > 0, so no idle start. */
     c->state = MM__CORO_READY;
-    mm__list_push_back(&loop->ready, &c->link);
+    yield_rotate(loop, c, next);
     next->state = MM__CORO_RUNNING;
     mm__tls.coro = next;
     fiber_switch(loop, c, next, false);
