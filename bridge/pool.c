@@ -158,7 +158,7 @@ struct mm__pool {
   unsigned nblocked;          /* workers in a call seen blocked */
   uint64_t last_pop;          /* uv_hrtime() when a call last left queue
                                  for a worker */
-  uint64_t signalled_at;      /* uv_hrtime() when submit last signalled
+  mm__spin_mark_t signalled;  /* when and where submit last signalled
                                  idle workers (mm__spin_woken) */
   unsigned blocking;          /* share of recent calls seen blocked */
   mm__spin_t spin;            /* how long the next spin lasts (adaptive) */
@@ -497,7 +497,7 @@ static void *worker_main(void *arg) {
       break;
     /* Before parking, watch the queue for a while: the next call may be
      * microseconds away, and a park plus a wake-up costs more. */
-    uint64_t began = mm__spin_wait_begin();
+    mm__spin_mark_t began = mm__spin_mark();
     if (mm__spin_begin(&pool->spin)) {
       /* The pool's workers share one adaptive limit, under mu: spin
        * with a copy, and count a miss on the shared one. */
@@ -531,7 +531,7 @@ static void *worker_main(void *arg) {
     if (pool->nwaking > 0)
       pool->nwaking--;
     if (r == 0)
-      mm__spin_woken(&pool->spin, began, pool->signalled_at);
+      mm__spin_woken(&pool->spin, began, pool->signalled);
     if (r == -ETIMEDOUT && mm__list_empty(&pool->queue) &&
         pool->nthreads > pool->min)
       break;
@@ -713,7 +713,7 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
   }
   pool->calls += (uint64_t) n;
   if (wake > 0)
-    pool->signalled_at = now;   /* for the woken one's mm__spin_woken */
+    pool->signalled = mm__spin_mark();  /* for the woken one's spin */
   probe_t p[MAX_PROBES];
   unsigned np = probe_due(pool, p);
   if (recheck_ms != NULL)

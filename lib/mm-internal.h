@@ -116,13 +116,21 @@ void *mm__aligned_zalloc(size_t size);
  * missed lately); mm__spin_wait() then watches ready(arg) until it holds
  * or the limit passes, and gives the place back; after a miss or a late
  * arrival, mm__spin_missed() halves the next limit, down to 0.  Around a
- * wait: t = mm__spin_wait_begin() as it begins (before any spin), and
+ * wait: t = mm__spin_mark() as it begins (before any spin), and
  * mm__spin_woken(s, t, p) after a wake-up from the sleep (not a timeout),
- * p being uv_hrtime() when the waker posted what woke us (0: unknown):
- * one posted within a full spin's time of t restores the full limit. */
+ * p being the waker's mm__spin_mark() when it posted what woke us (at 0:
+ * unknown): one posted within a full spin's time of t, on another CPU
+ * than the one we waited on, restores the full limit. */
 typedef struct mm__spin {
   uint64_t limit_ns;
 } mm__spin_t;
+
+/* When (uv_hrtime()) and on which CPU (-1: unknown) a wait began or an
+ * answer was posted. */
+typedef struct mm__spin_mark {
+  uint64_t at;
+  int cpu;
+} mm__spin_mark_t;
 
 /* One step of waiting for another thread to leave a short section it
  * cannot be blocked in (a pin, a post in flight): pauses, then yields,
@@ -142,9 +150,9 @@ enum { MM__SPIN_MISSED, MM__SPIN_CAME, MM__SPIN_CAME_LATE };
 int      mm__spin_wait(const mm__spin_t *s, bool (*ready)(const void *arg),
                        const void *arg);
 void     mm__spin_missed(mm__spin_t *s);
-uint64_t mm__spin_wait_begin(void);
-void     mm__spin_woken(mm__spin_t *s, uint64_t began,
-                        uint64_t posted_at);
+mm__spin_mark_t mm__spin_mark(void);
+void     mm__spin_woken(mm__spin_t *s, mm__spin_mark_t began,
+                        mm__spin_mark_t posted);
 
 /* Records reason (ECANCELED, ETIMEDOUT) in *r unless one is there
  * already: the first cancellation wins.  Relaxed: the reason carries no
@@ -237,9 +245,10 @@ typedef struct mm__waiter {
                              without it by the thread's spin (a stale
                              value only ends or prolongs the spin) */
   mm__spin_t spin;        /* the thread's own */
-  _Atomic uint64_t posted_at; /* uv_hrtime() of the last wake or task
-                             posted to it (mm__spin_woken); relaxed: a stale
-                             value only misjudges one spin */
+  /* mm__spin_mark() of the last wake or task posted to it
+   * (mm__spin_woken); relaxed: a stale value only misjudges one spin. */
+  _Atomic uint64_t posted_at;
+  _Atomic int posted_cpu;
 } mm__waiter_t;
 
 mm__waiter_t *mm__waiter_self(void);  /* NULL only if out of memory */

@@ -153,16 +153,38 @@ void mm__spin_missed(mm__spin_t *s) {
   s->limit_ns = s->limit_ns / 2 >= SPIN_MIN_NS ? s->limit_ns / 2 : 0;
 }
 
-uint64_t mm__spin_wait_begin(void) {
-  return uv_hrtime();
+mm__spin_mark_t mm__spin_mark(void) {
+#ifdef HAVE_SCHED_GETCPU
+  int cpu = sched_getcpu();   /* glibc: read from rseq, no system call */
+#else
+  int cpu = -1;
+#endif
+  return (mm__spin_mark_t) { uv_hrtime(), cpu };
 }
 
-void mm__spin_woken(mm__spin_t *s, uint64_t began, uint64_t posted_at) {
+/* Whether a spin of window_ns from began would have seen what was
+ * posted: it came within the window, and its poster ran on another CPU. */
+static bool would_catch(mm__spin_mark_t began, mm__spin_mark_t posted,
+                        uint64_t window_ns) {
+  /* A poster on the CPU we waited on ran because we slept: a spin there
+   * would have held it off, and the answer would have come late.  (With
+   * another process busy on the other CPU, caller and loop share one,
+   * and every answer looked quick: each sleep re-armed a full spin that
+   * then yielded to the very thread it waited for.) */
+  if (posted.at == 0 ||
+      (posted.cpu >= 0 && posted.cpu == began.cpu))
+    return false;
+  return (int64_t) (posted.at - began.at) < (int64_t) window_ns;
+}
+
+void mm__spin_woken(mm__spin_t *s, mm__spin_mark_t began,
+                    mm__spin_mark_t posted) {
   /* What woke us was posted sooner after the wait began than a full spin
-   * lasts: a full spin would have caught it.  From the wait's start, not
-   * the sleep's: answers 60 us away after a 50 us spin looked quick, and
-   * every call spun in full and missed.  The poster's time, not ours
-   * now: ours adds the wake-up's own latency (tens of us on a VM). */
-  if (posted_at != 0 && (int64_t) (posted_at - began) < SPIN_MAX_NS)
+   * lasts, by a thread on another CPU: a full spin would have caught it.
+   * From the wait's start, not the sleep's: answers 60 us away after a
+   * 50 us spin looked quick, and every call spun in full and missed.  The
+   * poster's time, not ours now: ours adds the wake-up's own latency
+   * (tens of us on a VM). */
+  if (would_catch(began, posted, SPIN_MAX_NS))
     s->limit_ns = SPIN_MAX_NS;
 }

@@ -115,6 +115,7 @@ mm__waiter_t *mm__waiter_self(void) {
   atomic_init(&w->bell, 0);
   atomic_init(&w->sleeping, false);
   atomic_init(&w->posted_at, 0);
+  atomic_init(&w->posted_cpu, -1);
   mm__list_init(&w->tasks);
   atomic_init(&w->refs, 1);
   atomic_init(&w->task_hint, false);
@@ -126,7 +127,9 @@ mm__waiter_t *mm__waiter_self(void) {
 }
 
 void mm__waiter_ring(mm__waiter_t *w) {
-  atomic_store_explicit(&w->posted_at, uv_hrtime(), memory_order_relaxed);
+  mm__spin_mark_t now = mm__spin_mark();
+  atomic_store_explicit(&w->posted_at, now.at, memory_order_relaxed);
+  atomic_store_explicit(&w->posted_cpu, now.cpu, memory_order_relaxed);
   /* seq_cst, both: Dekker with the sleeper's store of sleeping and its
    * read of bell (see mm__waiter_t). */
   atomic_fetch_add_explicit(&w->bell, 1, memory_order_seq_cst);
@@ -199,7 +202,7 @@ static bool wait_ready(const void *arg) {
 int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
                      int *status) {
   mm__waiter_t *me = w->thread;
-  uint64_t began = mm__spin_wait_begin();
+  mm__spin_mark_t began = mm__spin_mark();
 
   if (mm__spin_begin(&me->spin)) {
     int got = mm__spin_wait(&me->spin, wait_ready, w);
@@ -242,8 +245,11 @@ int mm__waiter_block(mm__wait_t *w, const struct timespec *deadline,
         break;
       return -ETIMEDOUT;
     }
-    mm__spin_woken(&me->spin, began,
-                   atomic_load_explicit(&me->posted_at, memory_order_relaxed));
+    mm__spin_mark_t posted = {
+      atomic_load_explicit(&me->posted_at, memory_order_relaxed),
+      atomic_load_explicit(&me->posted_cpu, memory_order_relaxed)
+    };
+    mm__spin_woken(&me->spin, began, posted);
   }
   *status = w->status;
   return 0;

@@ -78,26 +78,64 @@ static void test_spins_that_miss_halve_the_next_then_stop(void **state) {
     assert_int_equal(mm__spin_wait(&any, always, NULL), MM__SPIN_CAME);
 }
 
+/* A mark at time at on CPU cpu. */
+static mm__spin_mark_t mark(uint64_t at, int cpu) {
+  return (mm__spin_mark_t) { at, cpu };
+}
+
 static void test_a_wake_posted_soon_restores_the_full_spin(void **state) {
   mm__spin_t s;
   mm__spin_init(&s);
   uint64_t full = s.limit_ns;
-  uint64_t slept = 1000000000;          /* the wait began (poster's clock) */
+  uint64_t t = 1000000000;
+  mm__spin_mark_t slept = mark(t, 0);   /* the wait began, on CPU 0 */
   s.limit_ns = 0;                       /* stopped spinning */
   /* Posted long after the wait began (a wake-up's latency does not
    * count: the poster's time is what is compared): it stays stopped. */
-  mm__spin_woken(&s, slept, slept + full);
+  mm__spin_woken(&s, slept, mark(t + full, 1));
   assert_true(s.limit_ns == 0);
-  mm__spin_woken(&s, slept, 0);         /* unknown: no change */
+  mm__spin_woken(&s, slept, mark(0, 1));        /* unknown: no change */
   assert_true(s.limit_ns == 0);
   assert_false(mm__spin_begin(&s));
-  /* Posted within a full spin's time: a spin would have caught it. */
-  mm__spin_woken(&s, slept, slept + full - 1);
+  /* Posted within a full spin's time from another CPU: a spin would
+   * have caught it. */
+  mm__spin_woken(&s, slept, mark(t + full - 1, 1));
   assert_true(s.limit_ns == full);
   /* Posted before the wait began (the waiter had not seen it yet). */
   s.limit_ns = 0;
-  mm__spin_woken(&s, slept, slept - 10);
+  mm__spin_woken(&s, slept, mark(t - 10, 1));
   assert_true(s.limit_ns == full);
+  /* Which CPU the poster ran on is not known: time alone decides. */
+  s.limit_ns = 0;
+  mm__spin_woken(&s, slept, mark(t + 10, -1));
+  assert_true(s.limit_ns == full);
+}
+
+/* An answer posted soon, but from the CPU the waiter slept on, came
+ * because the waiter gave that CPU up: a spin there would have kept its
+ * poster off it (caller and loop sharing one CPU beside a busy process).
+ * It restores nothing. */
+static void test_a_wake_posted_soon_on_the_waiters_cpu_restores_nothing(
+    void **state) {
+  mm__spin_t s;
+  mm__spin_init(&s);
+  uint64_t t = 1000000000;
+  s.limit_ns = 0;
+  mm__spin_woken(&s, mark(t, 1), mark(t + 10, 1));
+  assert_true(s.limit_ns == 0);
+  assert_false(mm__spin_begin(&s));
+}
+
+/* A mark reads the clock and, where the C library tells, the CPU. */
+static void test_a_mark_is_now_and_here(void **state) {
+  uint64_t before = uv_hrtime();
+  mm__spin_mark_t m = mm__spin_mark();
+  assert_true(m.at >= before && m.at <= uv_hrtime());
+#ifdef HAVE_SCHED_GETCPU
+  assert_true(m.cpu >= 0);
+#else
+  assert_int_equal(m.cpu, -1);
+#endif
 }
 
 /* The program's sched_yield: as if another thread took the CPU for a
@@ -137,6 +175,8 @@ int main(void) {
     mm_test(test_at_most_half_the_cpus_spin_at_once),
     mm_test(test_spins_that_miss_halve_the_next_then_stop),
     mm_test(test_a_wake_posted_soon_restores_the_full_spin),
+    mm_test(test_a_wake_posted_soon_on_the_waiters_cpu_restores_nothing),
+    mm_test(test_a_mark_is_now_and_here),
     mm_test(test_an_answer_after_the_cpu_was_given_away_came_late),
   };
   return mm_run_tests(tests);
