@@ -103,6 +103,9 @@ int mm__pool_new_set(mm_loop_t *loop, const char *name,
 void *mm__pool_lane_state(void);
 /* Runs every queued call, stops and joins the threads, frees the pool. */
 void mm__pool_free(mm__pool_t *pool);
+/* Pools (not lanes) with calls queued or running, process-wide: they
+ * share the CPUs' budget for quick calls (white box: tests). */
+unsigned mm__pools_busy(void);
 /* In a forked child, a pool of the parent's: frees its memory only. */
 void mm__pool_forget(mm__pool_t *pool);
 /* Queues req (state QUEUED).  -ESHUTDOWN once the pool stops, -EAGAIN if
