@@ -192,9 +192,10 @@ static void first_guard_at_the_descriptor_limit(void *arg) {
   mm_loop_t *loop;
   if (mm_loop_new(&loop, NULL) != 0)
     _exit(3);
+  /* A small table fills fast; where the limit cannot be lowered
+   * (Valgrind keeps its own), the table is filled to what it is. */
   struct rlimit rl = { 256, 256 };
-  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-    _exit(4);
+  (void) setrlimit(RLIMIT_NOFILE, &rl);
   int fd, last = -1;
   while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
     last = fd;
