@@ -115,13 +115,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 typedef struct worker {
   mm__list_t link;            /* pool->threads or pool->dead */
@@ -397,34 +394,13 @@ static unsigned probe_due(mm__pool_t *pool, probe_t *p) {
   return n;
 }
 
-/* The kernel's state of thread tid of this process ('R' running or
- * waiting for a CPU, 'S' asleep, 'D' in I/O...), or 0 if /proc cannot
- * tell. */
-static char thread_state(pid_t tid) {
-  if (tid <= 0)
-    return 0;                 /* no kernel id known (not Linux) */
-  char path[64], buf[128];
-  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = '\0';
-  /* "tid (comm) S ...": comm may hold ')' but the fields after it not. */
-  const char *paren = strrchr(buf, ')');
-  return paren != NULL && paren[1] == ' ' ? paren[2] : 0;
-}
-
 /* Asks about the n calls of p, then has assign() act on the answers.
  * Called without mu: the looks use tids only, and a worker may exit
  * meanwhile, so each is found again by its id under mu. */
 static void probe(mm__pool_t *pool, probe_t *p, unsigned n) {
   bool blocked[MAX_PROBES];
   for (unsigned i = 0; i < n; i++)
-    blocked[i] = thread_state(p[i].tid) != 'R';
+    blocked[i] = mm__thread_state(p[i].tid) != 'R';
   pthread_mutex_lock(&pool->mu);
   for (unsigned i = 0; i < n; i++) {
     if (!blocked[i])
@@ -479,9 +455,7 @@ static void *worker_main(void *arg) {
   mm__thread_name(name);
   self_pool = pool;
   mm__tls.serves = pool->loop;  /* mm_loop_free refuses to run here */
-#ifdef SYS_gettid
-  w->tid = (pid_t) syscall(SYS_gettid);
-#endif
+  w->tid = (pid_t) mm__thread_tid();
   int open_r = pool->hooks.open != NULL
                    ? pool->hooks.open(&w->state, pool->hooks.arg) : 0;
   if (open_r >= 0)

@@ -825,6 +825,10 @@ typedef struct mm__watchdog mm__watchdog_t;
 int  mm__watchdog_start(mm_loop_t *loop);  /* sets loop->watchdog */
 void mm__watchdog_stop(mm_loop_t *loop);   /* joins it; NULL: nothing */
 int  mm__thread_tid(void);                 /* the kernel's id of this thread */
+/* The kernel's state of thread tid of this process ('R' running or
+ * waiting for a CPU, 'S' asleep, 'D' in I/O...), or 0 if /proc cannot
+ * tell (tid <= 0: no kernel id known). */
+char mm__thread_state(int tid);
 
 /* guard.c */
 void mm__guard_install(void);   /* once per process */

@@ -92,6 +92,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #ifdef HAVE_EXECINFO_H
 # include <execinfo.h>
 #else
@@ -294,6 +295,24 @@ int mm__thread_tid(void) {
 #else
   return 0;
 #endif
+}
+
+char mm__thread_state(int tid) {
+  if (tid <= 0)
+    return 0;                 /* no kernel id known (not Linux) */
+  char path[64], buf[128];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  /* "tid (comm) S ...": comm may hold ')' but the fields after it not. */
+  const char *paren = strrchr(buf, ')');
+  return paren != NULL && paren[1] == ' ' ? paren[2] : 0;
 }
 
 /* ---- asking ------------------------------------------------------------ */

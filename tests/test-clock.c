@@ -20,10 +20,7 @@
 #include "config.h"
 
 #include <sched.h>
-#include <stdio.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "helpers.h"
 #include "mm-internal.h"
@@ -246,27 +243,13 @@ typedef struct {
 
 static void *sleep_an_hour(void *arg) {
   sleeper_t *s = arg;
-  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
+  atomic_store(&s->tid, (pid_t) mm__thread_tid());
   struct timespec ts;
   mm__cond_deadline(&ts, HOUR_MS);
   do
     s->r = mm__futex_wait(&s->word, 0, &ts);
   while (s->r == 0 && atomic_load(&s->word) == 0);   /* spurious */
   return NULL;
-}
-
-/* The kernel's state of thread tid: 'S' while it sleeps. */
-static char task_state(pid_t tid) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int) tid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return 0;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *paren = strrchr(buf, ')');
-  return paren != NULL ? paren[2] : 0;
 }
 
 /* A deadline an hour ahead on CLOCK_MONOTONIC is an hour ahead to the
@@ -282,7 +265,7 @@ static void test_futex_deadline_is_on_the_monotonic_clock(void **state) {
   while ((tid = atomic_load(&s.tid)) == 0)
     sched_yield();
   unsigned round = 0;
-  while (task_state(tid) != 'S')
+  while (mm__thread_state(tid) != 'S')   /* asleep in the kernel */
     mm__backoff(&round);
   atomic_store(&s.word, 1);
   mm__futex_wake(&s.word, 1);
