@@ -785,6 +785,10 @@ void mm__stack_guard_mprotect(void);
 /* Tests: forget which guards work, as a new process has (white box). */
 void mm__stack_guard_unknown(void);
 bool mm__stack_guard_is_marker(void);
+/* vm.max_map_count, and the mappings this process holds now (lines of
+ * /proc/self/maps); 0 where /proc cannot tell. */
+unsigned mm__max_map_count(void);
+unsigned mm__maps_in_use(void);
 void mm__coro_unmap(mm_coro_t *c);
 void mm__coro_cache_put(mm_loop_t *loop, mm_coro_t *c);
 /* Spawns from threads that do not drive the loop take a block kept for

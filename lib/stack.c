@@ -157,7 +157,7 @@ static int guard(char *p, size_t len) {
   return mprotect(p, len, PROT_NONE) == 0 ? 0 : -errno;
 }
 
-static unsigned read_max_map_count(void) {
+unsigned mm__max_map_count(void) {
   unsigned max = 0;
   FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
   if (f == NULL)
@@ -168,7 +168,7 @@ static unsigned read_max_map_count(void) {
   return max;
 }
 
-static unsigned count_maps(void) {
+unsigned mm__maps_in_use(void) {
   unsigned n = 0;
   int ch;
   FILE *f = fopen("/proc/self/maps", "r");
@@ -184,7 +184,7 @@ static unsigned count_maps(void) {
  * the log, once per process -- a plain -ENOMEM from mm_spawn would send
  * the user looking for memory that is there. */
 static void report_if_out_of_maps(void) {
-  unsigned max = read_max_map_count(), used = count_maps();
+  unsigned max = mm__max_map_count(), used = mm__maps_in_use();
   if (max == 0 || used + 16 < max ||
       atomic_exchange_explicit(&maps_reported, true, memory_order_relaxed))
     return;

@@ -13,29 +13,6 @@
 #include "helpers.h"
 #include "mm-internal.h"
 
-static unsigned maps_now(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  unsigned n = 0;
-  int ch;
-  if (f == NULL)
-    return 0;
-  while ((ch = getc(f)) != EOF)
-    n += ch == '\n';
-  fclose(f);
-  return n;
-}
-
-static unsigned max_map_count(void) {
-  FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
-  unsigned n = 0;
-  if (f == NULL)
-    return 0;
-  if (fscanf(f, "%u", &n) != 1)
-    n = 0;
-  fclose(f);
-  return n;
-}
-
 /* ---- many coroutines, few mappings ------------------------------------- */
 
 struct crowd {
@@ -58,7 +35,7 @@ static int wait_on_channel(void *arg) {
 /* Spawned last: runs once all the others are parked. */
 static int count_and_close(void *arg) {
   struct crowd *cr = arg;
-  cr->maps = maps_now();
+  cr->maps = mm__maps_in_use();
   return mm_chan_close(cr->ch);
 }
 
@@ -71,7 +48,7 @@ static void test_more_live_coroutines_than_two_mappings_each_allow(
                 "out first\n");
   skip();
 #endif
-  unsigned max = max_map_count();
+  unsigned max = mm__max_map_count();
   if (max == 0) {
     print_message("no /proc/sys/vm/max_map_count to measure against\n");
     skip();
@@ -94,7 +71,7 @@ static void test_more_live_coroutines_than_two_mappings_each_allow(
                   "coroutine\n");
     skip();
   }
-  unsigned before = maps_now();
+  unsigned before = mm__maps_in_use();
   unsigned n = max / 2 + 1000;
   for (unsigned i = 1; i < n; i++)
     assert_mm_ok(mm_spawn_ex(loop, wait_on_channel, &cr, &o, NULL));
