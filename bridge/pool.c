@@ -709,13 +709,15 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
     return -ESHUTDOWN;
   }
   int n = 0;
-  uint64_t now = uv_hrtime();
+  /* One clock read: the calls' queueing time, and the mark a woken
+   * worker's spin is judged by. */
+  mm__spin_mark_t now = mm__spin_mark();
   mm__list_t *l, *tmp;
   mm__list_foreach_safe(l, tmp, reqs) {
     mm__sync_req_t *req = container_of(l, mm__sync_req_t, link);
     atomic_store_explicit(&req->state, MM__SYNC_QUEUED,
                           memory_order_relaxed);  /* mu orders it */
-    req->queued_at = now;
+    req->queued_at = now.at;
     n++;
   }
   if (pool->queued == 0)
@@ -737,7 +739,7 @@ int mm__pool_submit_list(mm__pool_t *pool, mm__list_t *reqs,
   }
   pool->calls += (uint64_t) n;
   if (wake > 0)
-    pool->signalled = mm__spin_mark();  /* for the woken one's spin */
+    pool->signalled = now;   /* for the woken one's mm__spin_woken */
   probe_t p[MAX_PROBES];
   unsigned np = probe_due(pool, p);
   if (recheck_ms != NULL)
