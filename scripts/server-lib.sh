@@ -1,7 +1,14 @@
 # Sourced, not run: what scripts/demo.sh and the tests that start an
 # example's server (tests/example-sqlite-server.sh,
-# tests/example-fetch-many.sh, tests/example-long-poll.sh) share.  The caller defines fail MESSAGE.
+# tests/example-fetch-many.sh, tests/example-long-poll.sh) share.  The
+# caller defines fail MESSAGE.
 #
+#   server_skip_under_emulator
+#                        exits 77 (SKIP, saying why) under a cross build's
+#                        emulator, MM_TEST_EMULATOR (tests/cross-run.sh):
+#                        servers and clients are several processes
+#                        talking over TCP, and it runs only single
+#                        programs here
 #   server_setup         $tmp (a fresh directory), $pid and $watchdog
 #                        empty, and an exit trap that kills both and
 #                        removes $tmp
@@ -13,6 +20,13 @@
 #                        instead of hanging; the exit trap ends it
 #   server_port          reads the server's first line, "port N", from fd
 #                        3 into $port, or fails
+
+server_skip_under_emulator() {
+  if [ -n "${MM_TEST_EMULATOR:-}" ]; then
+    echo "SKIP: not run under an emulator ($MM_TEST_EMULATOR)"
+    exit 77
+  fi
+}
 
 server_cleanup() {
   [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null

@@ -15,13 +15,9 @@
 #   - the end of its stdin stops the server: exit 0, no stderr.
 # Every step waits for what it needs; nothing is timed.  Skipped, saying
 # why, without libcurl.
-if [ -n "${MM_TEST_EMULATOR:-}" ]; then
-  # Its servers and clients are several processes talking over TCP;
-  # a cross build's emulator runs only single programs here.
-  echo "SKIP: not run under an emulator ($MM_TEST_EMULATOR)"
-  exit 77
-fi
 set -u
+. "${srcdir:-.}/scripts/server-lib.sh"
+server_skip_under_emulator
 
 if [ "${have_curl:-no}" != yes ]; then
   echo "SKIP: configure found no libcurl (pkg-config libcurl):" \
@@ -30,7 +26,6 @@ if [ "${have_curl:-no}" != yes ]; then
 fi
 
 prog=${top_builddir:-.}/examples/fetch-many
-. "${srcdir:-.}/scripts/server-lib.sh"
 server_setup
 
 fail() {

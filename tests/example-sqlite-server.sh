@@ -16,13 +16,9 @@
 # Every step waits for what it needs (the "port N" line, responses, the
 # server's own counters); nothing is timed (how fast it answers is the
 # demo's to print: scripts/demo.sh).  Skipped, saying why, without SQLite.
-if [ -n "${MM_TEST_EMULATOR:-}" ]; then
-  # Its servers and clients are several processes talking over TCP;
-  # a cross build's emulator runs only single programs here.
-  echo "SKIP: not run under an emulator ($MM_TEST_EMULATOR)"
-  exit 77
-fi
 set -u
+. "${srcdir:-.}/scripts/server-lib.sh"
+server_skip_under_emulator
 
 if [ "${have_sqlite:-no}" != yes ]; then
   echo "SKIP: configure found no SQLite (pkg-config sqlite3):" \
@@ -39,7 +35,6 @@ if ! command -v perl >/dev/null; then
   echo "SKIP: no perl for tests/leave-early.pl (apt-get install perl-base)"
   exit 77
 fi
-. "${srcdir:-.}/scripts/server-lib.sh"
 server_setup
 
 fail() {
