@@ -86,7 +86,7 @@
 
 #include "floor.h"
 
-enum { WIDTH = 64, MAX_LOOPS = 4, SP_WARM = 50 };
+enum { WIDTH = TP_WIDTH, MAX_LOOPS = 4, SP_WARM = 50 };
 _Static_assert((int) WIDTH <= (int) FLOOR_CALLERS, "a floor request per caller");
 
 static uint64_t rt_iters = 5000;        /* back to back, 1 and 5 */
@@ -331,72 +331,20 @@ static struct uv_one *measure_uv_one(uv_loop_t *uv, enum mode mode,
 
 /* ---- run_sync, 64 outstanding, on 1 to MAX_LOOPS loops ------------------ */
 
-/* One loop's callers; they all run on its thread, so plain counters do. */
-struct mm_tp {
-  uint64_t started, done, total;
-  int err;
-};
-
-static int mm_tp_body(void *arg) {
-  struct mm_tp *s = arg;
-  while (s->started < s->total && s->err == 0) {
-    s->started++;
-    int err = mm_run_sync(noop, NULL);
-    if (err < 0) {
-      s->err = err;
-      return err;
-    }
-    s->done++;
-  }
-  return 0;
-}
-
+/* total calls on one loop, TP_WIDTH in flight (floor.h); the window is
+ * measured around the call. */
 static void mm_tp_run(mm_loop_t *loop, uint64_t calls) {
-  struct mm_tp s = { .total = calls };
-  int err;
-  for (int i = 0; i < WIDTH; i++)
-    if ((err = mm_spawn(loop, mm_tp_body, &s, NULL)) < 0)
-      die("mm_spawn", err);
-  if ((err = mm_loop_run(loop)) < 0)
-    die("mm_loop_run", err);
-  if (s.err < 0)
-    die("mm_run_sync", s.err);
-}
-
-struct uv_tp {
-  uv_work_t req[WIDTH];
-  uint64_t started, done, total;
-};
-
-static void uv_tp_after(uv_work_t *req, int status) {
-  struct uv_tp *s = req->loop->data;
-  int err;
-  if (status < 0)
-    die("uv_queue_work (after)", status);
-  s->done++;
-  if (s->started < s->total) {
-    s->started++;
-    if ((err = uv_queue_work(req->loop, req, uv_noop, uv_tp_after)) < 0)
-      die("uv_queue_work", err);
-  }
+  struct tp_mm s = { .fn = noop, .total = calls };
+  tp_mm_run(&s, loop);
 }
 
 static void uv_tp_run(uv_loop_t *uv, uint64_t calls) {
-  struct uv_tp *s = calloc(1, sizeof *s);
-  int err;
+  struct tp_uv *s = calloc(1, sizeof *s);
   if (s == NULL)
     die("calloc", -ENOMEM);
+  s->work = uv_noop;
   s->total = calls;
-  uv->data = s;
-  for (int i = 0; i < WIDTH && s->started < s->total; i++) {
-    s->started++;
-    if ((err = uv_queue_work(uv, &s->req[i], uv_noop, uv_tp_after)) < 0)
-      die("uv_queue_work", err);
-  }
-  if ((err = uv_run(uv, UV_RUN_DEFAULT)) < 0)
-    die("uv_run", err);
-  if (s->done != s->total)
-    die("uv_run returned early", -EINTR);
+  tp_uv_run(s, uv);
   free(s);
 }
 

@@ -1,17 +1,21 @@
 /* What bench/run-sync and bench/cpu measure the bridges with: the work of
- * every call (nothing), and the hand-off floor that mm_run_async is
- * measured against -- a plain thread posts a request to a raw uv loop's
- * thread and waits for its answer, what any thread-to-loop call costs at
- * least.  Included after bench.h (die). */
+ * every call (nothing); the hand-off floor that mm_run_async is measured
+ * against -- a plain thread posts a request to a raw uv loop's thread and
+ * waits for its answer, what any thread-to-loop call costs at least; and
+ * the throughput load, TP_WIDTH calls always in flight on one loop, for
+ * mm_run_sync and for uv_queue_work.  Included after bench.h (die,
+ * now_ns). */
 #ifndef MM_BENCH_FLOOR_H
 #define MM_BENCH_FLOOR_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
+#include <mixmode.h>
 #include <uv.h>
 
-enum { FLOOR_CALLERS = 64 };
+enum { FLOOR_CALLERS = 64, TP_WIDTH = 64 };
 
 /* The work of the calls measured against libuv's: nothing.  noinline so
  * that the call is really made. */
@@ -117,6 +121,95 @@ static void floor_call(struct floor *f, struct floor_req *q) {
   while (!q->done)
     pthread_cond_wait(&q->cv, &f->mu);
   pthread_mutex_unlock(&f->mu);
+}
+
+/* ---- TP_WIDTH calls in flight ------------------------------------------
+ *
+ * A load of total calls, TP_WIDTH of them outstanding at every moment: a
+ * call is started only while fewer than total have been; t0 is taken
+ * when the first warm have completed (warm 0: never), t1 when the last
+ * one has, so exactly total - warm completions lie in between.  All of
+ * it runs on the loop's thread: plain counters do. */
+
+struct tp_mm {
+  mm_fn fn;
+  uint64_t started, done, warm, total;
+  uint64_t t0, t1;
+  int err;
+};
+
+static int tp_mm_body(void *arg) {
+  struct tp_mm *s = arg;
+  while (s->started < s->total && s->err == 0) {
+    s->started++;
+    int err = mm_run_sync(s->fn, NULL);
+    if (err < 0) {
+      s->err = err;
+      return err;
+    }
+    s->done++;
+    if (s->done == s->warm)
+      s->t0 = now_ns();
+    if (s->done == s->total)
+      s->t1 = now_ns();
+  }
+  return 0;
+}
+
+/* s->fn, warm and total set: TP_WIDTH coroutines of loop call until
+ * total calls are done. */
+__attribute__((unused)) static void tp_mm_run(struct tp_mm *s,
+                                              mm_loop_t *loop) {
+  int err;
+  for (int i = 0; i < TP_WIDTH; i++)
+    if ((err = mm_spawn(loop, tp_mm_body, s, NULL)) < 0)
+      die("mm_spawn", err);
+  if ((err = mm_loop_run(loop)) < 0)
+    die("mm_loop_run", err);
+  if (s->err < 0)
+    die("mm_run_sync", s->err);
+}
+
+struct tp_uv {
+  uv_work_t req[TP_WIDTH];
+  uv_work_cb work;
+  uint64_t started, done, warm, total;
+  uint64_t t0, t1;
+};
+
+static void tp_uv_after(uv_work_t *req, int status) {
+  struct tp_uv *s = req->loop->data;
+  int err;
+  if (status < 0)
+    die("uv_queue_work (after)", status);
+  s->done++;
+  if (s->done == s->warm)
+    s->t0 = now_ns();
+  if (s->done == s->total)
+    s->t1 = now_ns();
+  if (s->started < s->total) {
+    s->started++;
+    if ((err = uv_queue_work(req->loop, req, s->work, tp_uv_after)) < 0)
+      die("uv_queue_work", err);
+  }
+}
+
+/* s->work, warm and total set: TP_WIDTH requests queued on uv, each
+ * queued again from its after-work callback, until total are done.  The
+ * loop's data points at s meanwhile. */
+__attribute__((unused)) static void tp_uv_run(struct tp_uv *s,
+                                              uv_loop_t *uv) {
+  int err;
+  uv->data = s;
+  for (int i = 0; i < TP_WIDTH && s->started < s->total; i++) {
+    s->started++;
+    if ((err = uv_queue_work(uv, &s->req[i], s->work, tp_uv_after)) < 0)
+      die("uv_queue_work", err);
+  }
+  if ((err = uv_run(uv, UV_RUN_DEFAULT)) < 0)
+    die("uv_run", err);
+  if (s->done != s->total)
+    die("uv_run returned early", -EINTR);
 }
 
 #endif /* MM_BENCH_FLOOR_H */

@@ -77,7 +77,7 @@
 # include <glib.h>
 #endif
 
-enum { WIDTH = 64, CALLERS = 4 };
+enum { WIDTH = TP_WIDTH, CALLERS = 4 };
 _Static_assert((int) CALLERS <= (int) FLOOR_CALLERS, "a floor request per caller");
 
 static uint64_t rt_iters = 5000;        /* round trips, (a) and (c) */
@@ -175,94 +175,23 @@ static double measure_uv_rt(uv_loop_t *uv) {
 
 /* ---- (b) throughput, WIDTH calls outstanding ------------------------------- */
 
-/* Shared by the WIDTH callers; they all run on the loop's thread, so plain
- * counters do.  A caller starts a call only while fewer than total have
- * been started; t0 is taken when the warm-up's calls have completed, t1
- * when the last call has: exactly `iters` completions lie in between. */
-struct mm_tp {
-  mm_fn fn;
-  uint64_t started, done, warm, total;
-  uint64_t t0, t1;
-  int err;
-};
-
-static int mm_tp_body(void *arg) {
-  struct mm_tp *s = arg;
-  while (s->started < s->total && s->err == 0) {
-    s->started++;
-    int err = mm_run_sync(s->fn, NULL);
-    if (err < 0) {
-      s->err = err;
-      return err;
-    }
-    s->done++;
-    if (s->done == s->warm)
-      s->t0 = now_ns();
-    if (s->done == s->total)
-      s->t1 = now_ns();
-  }
-  return 0;
-}
-
-/* Returns calls per second: iters calls of fn after the warm-up. */
+/* Returns calls per second: iters calls of fn after the warm-up, WIDTH
+ * in flight (floor.h). */
 static double measure_mm_tp(mm_loop_t *loop, mm_fn fn, uint64_t iters) {
-  struct mm_tp s = { .fn = fn, .warm = warmup_of(iters) };
-  int err;
+  struct tp_mm s = { .fn = fn, .warm = warmup_of(iters) };
   s.total = s.warm + iters;
-  for (int i = 0; i < WIDTH; i++)
-    if ((err = mm_spawn(loop, mm_tp_body, &s, NULL)) < 0)
-      die("mm_spawn", err);
-  if ((err = mm_loop_run(loop)) < 0)
-    die("mm_loop_run", err);
-  if (s.err < 0)
-    die("mm_run_sync", s.err);
+  tp_mm_run(&s, loop);
   return (double) iters * 1e9 / (double) (s.t1 - s.t0);
-}
-
-struct uv_tp {
-  uv_work_t req[WIDTH];
-  uv_work_cb work;
-  uint64_t started, done, warm, total;
-  uint64_t t0, t1;
-};
-
-static struct uv_tp *uv_tp_state;   /* after-work callbacks find it here */
-
-static void uv_tp_after(uv_work_t *req, int status) {
-  struct uv_tp *s = uv_tp_state;
-  int err;
-  if (status < 0)
-    die("uv_queue_work (after)", status);
-  s->done++;
-  if (s->done == s->warm)
-    s->t0 = now_ns();
-  if (s->done == s->total)
-    s->t1 = now_ns();
-  if (s->started < s->total) {
-    s->started++;
-    if ((err = uv_queue_work(req->loop, req, s->work, uv_tp_after)) < 0)
-      die("uv_queue_work", err);
-  }
 }
 
 /* Returns calls per second: iters calls of work after the warm-up. */
 static double measure_uv_tp(uv_loop_t *uv, uv_work_cb work, uint64_t iters) {
-  static struct uv_tp s;
-  int err;
+  static struct tp_uv s;
   memset(&s, 0, sizeof s);
   s.work = work;
   s.warm = warmup_of(iters);
   s.total = s.warm + iters;
-  uv_tp_state = &s;
-  for (int i = 0; i < WIDTH && s.started < s.total; i++) {
-    s.started++;
-    if ((err = uv_queue_work(uv, &s.req[i], work, uv_tp_after)) < 0)
-      die("uv_queue_work", err);
-  }
-  if ((err = uv_run(uv, UV_RUN_DEFAULT)) < 0)
-    die("uv_run", err);
-  if (s.done != s.total)
-    die("uv_run returned early", -EINTR);
+  tp_uv_run(&s, uv);
   return (double) iters * 1e9 / (double) (s.t1 - s.t0);
 }
 
