@@ -666,6 +666,47 @@ static void machine(void) {
          model, u.sysname, u.release, u.machine, load[0], load[1], load[2]);
 }
 
+/* Figures 1 to 5 of one bridge. */
+struct bridge_figs {
+  struct fig t1, c1, t2, c2, m3, p3, c3, idle4, t5, c5;
+};
+
+/* What the two bridges' rows 1 to 5 differ in: the time aims of rows 1
+ * and 5, what row 2's calls are (and its aim), the note under row 4. */
+struct bridge_rows {
+  const char *aim1, *what2, *aim2, *aim5;
+  bool idle_note;
+};
+
+static void print_figs(const struct bridge_figs *f,
+                       const struct bridge_rows *rows, uint64_t iters2,
+                       bool pinned) {
+  char t[64];
+  snprintf(t, sizeof t, "1 back to back (%llu), ns/call",
+           (unsigned long long) rt_iters);
+  line(t, &f->t1, rows->aim1);
+  line("  CPU us/call", &f->c1, "<= 1.0x");
+  snprintf(t, sizeof t, "2 %d %s (%llu), k calls/s", WIDTH, rows->what2,
+           (unsigned long long) iters2);
+  line(t, &f->t2, rows->aim2);
+  line("  CPU us/call", &f->c2, "<= 1.0x");
+  snprintf(t, sizeof t, "3 sporadic (%llu, 200 us), median us",
+           (unsigned long long) sp_calls);
+  line(t, &f->m3, "");
+  line("  p99 latency us", &f->p3, "");
+  line("  CPU us/call (whole window)", &f->c3, "<= 1.0x");
+  snprintf(t, sizeof t, "4 idle %llu ms after %llu: %% of a CPU",
+           (unsigned long long) idle_ms, (unsigned long long) burst_iters);
+  line(t, &f->idle4, "");
+  if (rows->idle_note)
+    printf("%-38s   (aim: about libuv's, ~0; a ratio of near-zeros is "
+           "noise)\n", "");
+  snprintf(t, sizeof t, "5 busy neighbour%s, ns/call",
+           pinned ? " (pinned)" : " (NOT pinned)");
+  line(t, &f->t5, rows->aim5);
+  line("  CPU us/call", &f->c5, "<= 1.0x");
+}
+
 int main(int argc, char **argv) {
   double scale = bench_scale(argc, argv);
   rt_iters = scaled(rt_iters, scale);
@@ -702,9 +743,8 @@ int main(int argc, char **argv) {
   if (lat == NULL)
     die("calloc", -ENOMEM);
 
-  /* s: run_sync; a: run_async.  t: time, c: CPU per call. */
-  struct fig s1t, s1c, s2t, s2c, s3m, s3p, s3c, s4, s5t, s5c;
-  struct fig a1t, a1c, a2t, a2c, a3m, a3p, a3c, a4, a5t, a5c;
+  /* sf: run_sync, af: run_async, figures 1 to 5; s6: figure 6. */
+  struct bridge_figs sf, af;
   struct fig s6t[3], s6c[3], s6mm[3];
   static const int nloops[3] = { 1, 2, 4 };
   bool pinned = true;
@@ -719,13 +759,13 @@ int main(int argc, char **argv) {
     u = measure_uv_one(&uv, BACK_TO_BACK, rt_iters, -1, NULL);
     mm = per_call(m.w0, m.w1, rt_iters);
     b = per_call(u->w0, u->w1, rt_iters);
-    put(&s1t, r, mm.time, b.time);
-    put(&s1c, r, mm.cpu_us, b.cpu_us);
+    put(&sf.t1, r, mm.time, b.time);
+    put(&sf.c1, r, mm.cpu_us, b.cpu_us);
 
     mm = measure_loops(&loop, 1, tp_iters);
     b = measure_loops(NULL, 1, tp_iters);
-    put(&s2t, r, mm.time / 1e3, b.time / 1e3);
-    put(&s2c, r, mm.cpu_us, b.cpu_us);
+    put(&sf.t2, r, mm.time / 1e3, b.time / 1e3);
+    put(&sf.c2, r, mm.cpu_us, b.cpu_us);
 
     m = measure_mm_one(loop, SPORADIC, sp_calls, tfd, lat);
     qsort(lat, sp_calls, sizeof *lat, cmp_u64);
@@ -733,14 +773,14 @@ int main(int argc, char **argv) {
     double mm_p99 = pct(lat, sp_calls, 0.99) / 1e3;
     u = measure_uv_one(&uv, SPORADIC, sp_calls, tfd, lat);
     qsort(lat, sp_calls, sizeof *lat, cmp_u64);
-    put(&s3m, r, mm_med, pct(lat, sp_calls, 0.5) / 1e3);
-    put(&s3p, r, mm_p99, pct(lat, sp_calls, 0.99) / 1e3);
-    put(&s3c, r, per_call(m.w0, m.w1, sp_calls).cpu_us,
+    put(&sf.m3, r, mm_med, pct(lat, sp_calls, 0.5) / 1e3);
+    put(&sf.p3, r, mm_p99, pct(lat, sp_calls, 0.99) / 1e3);
+    put(&sf.c3, r, per_call(m.w0, m.w1, sp_calls).cpu_us,
         per_call(u->w0, u->w1, sp_calls).cpu_us);
 
     m = measure_mm_one(loop, BURST_THEN_IDLE, burst_iters, -1, NULL);
     u = measure_uv_one(&uv, BURST_THEN_IDLE, burst_iters, -1, NULL);
-    put(&s4, r, (double) (m.w1.cpu - m.w0.cpu) * 100.0 /
+    put(&sf.idle4, r, (double) (m.w1.cpu - m.w0.cpu) * 100.0 /
                 (double) (m.w1.t - m.w0.t),
         (double) (u->w1.cpu - u->w0.cpu) * 100.0 /
         (double) (u->w1.t - u->w0.t));
@@ -751,12 +791,12 @@ int main(int argc, char **argv) {
     u = measure_uv_one(&uv, BACK_TO_BACK, rt_iters, -1, NULL);
     mm = per_call(m.w0, m.w1, rt_iters);
     b = per_call(u->w0, u->w1, rt_iters);
-    put(&s5t, r, mm.time, b.time);
-    put(&s5c, r, mm.cpu_us, b.cpu_us);
+    put(&sf.t5, r, mm.time, b.time);
+    put(&sf.c5, r, mm.cpu_us, b.cpu_us);
     mm = measure_callers(amm, 1, rt_iters);
     b = measure_callers(afl, 1, rt_iters);
-    put(&a5t, r, mm.time, b.time);
-    put(&a5c, r, mm.cpu_us, b.cpu_us);
+    put(&af.t5, r, mm.time, b.time);
+    put(&af.c5, r, mm.cpu_us, b.cpu_us);
     neighbour_stop(nb);
 
     for (int i = 0; i < 3; i++) {
@@ -770,13 +810,13 @@ int main(int argc, char **argv) {
 
     mm = measure_callers(amm, 1, rt_iters);
     b = measure_callers(afl, 1, rt_iters);
-    put(&a1t, r, mm.time, b.time);
-    put(&a1c, r, mm.cpu_us, b.cpu_us);
+    put(&af.t1, r, mm.time, b.time);
+    put(&af.c1, r, mm.cpu_us, b.cpu_us);
 
     mm = measure_callers(amm, WIDTH, atp_iters);
     b = measure_callers(afl, WIDTH, atp_iters);
-    put(&a2t, r, mm.time / 1e3, b.time / 1e3);
-    put(&a2c, r, mm.cpu_us, b.cpu_us);
+    put(&af.t2, r, mm.time / 1e3, b.time / 1e3);
+    put(&af.c2, r, mm.cpu_us, b.cpu_us);
 
     mm = measure_async_sporadic(amm, lat);
     qsort(lat, sp_calls, sizeof *lat, cmp_u64);
@@ -784,11 +824,11 @@ int main(int argc, char **argv) {
     mm_p99 = pct(lat, sp_calls, 0.99) / 1e3;
     b = measure_async_sporadic(afl, lat);
     qsort(lat, sp_calls, sizeof *lat, cmp_u64);
-    put(&a3m, r, mm_med, pct(lat, sp_calls, 0.5) / 1e3);
-    put(&a3p, r, mm_p99, pct(lat, sp_calls, 0.99) / 1e3);
-    put(&a3c, r, mm.cpu_us, b.cpu_us);
+    put(&af.m3, r, mm_med, pct(lat, sp_calls, 0.5) / 1e3);
+    put(&af.p3, r, mm_p99, pct(lat, sp_calls, 0.99) / 1e3);
+    put(&af.c3, r, mm.cpu_us, b.cpu_us);
 
-    put(&a4, r, measure_async_idle(amm), measure_async_idle(afl));
+    put(&af.idle4, r, measure_async_idle(amm), measure_async_idle(afl));
   }
   double secs = (double) (now_ns() - t_start) / 1e9;
 
@@ -817,28 +857,11 @@ int main(int argc, char **argv) {
   char t[64];
   header("mm_run_sync (coroutine -> pool) vs libuv uv_queue_work",
          "libuv");
-  snprintf(t, sizeof t, "1 back to back (%llu), ns/call",
-           (unsigned long long) rt_iters);
-  line(t, &s1t, "<= 0.3x");
-  line("  CPU us/call", &s1c, "<= 1.0x");
-  snprintf(t, sizeof t, "2 %d outstanding (%llu), k calls/s", WIDTH,
-           (unsigned long long) tp_iters);
-  line(t, &s2t, ">= 2.0x");
-  line("  CPU us/call", &s2c, "<= 1.0x");
-  snprintf(t, sizeof t, "3 sporadic (%llu, 200 us), median us",
-           (unsigned long long) sp_calls);
-  line(t, &s3m, "");
-  line("  p99 latency us", &s3p, "");
-  line("  CPU us/call (whole window)", &s3c, "<= 1.0x");
-  snprintf(t, sizeof t, "4 idle %llu ms after %llu: %% of a CPU",
-           (unsigned long long) idle_ms, (unsigned long long) burst_iters);
-  line(t, &s4, "");
-  printf("%-38s   (aim: about libuv's, ~0; a ratio of near-zeros is "
-         "noise)\n", "");
-  snprintf(t, sizeof t, "5 busy neighbour%s, ns/call",
-           pinned ? " (pinned)" : " (NOT pinned)");
-  line(t, &s5t, "<= 1.0x");
-  line("  CPU us/call", &s5c, "<= 1.0x");
+  static const struct bridge_rows sync_rows = {
+    .aim1 = "<= 0.3x", .what2 = "outstanding", .aim2 = ">= 2.0x",
+    .aim5 = "<= 1.0x", .idle_note = true
+  };
+  print_figs(&sf, &sync_rows, tp_iters, pinned);
   for (int i = 0; i < 3; i++) {
     snprintf(t, sizeof t, "6 %d loop%s x %d out (%llu each), k/s",
              nloops[i], nloops[i] > 1 ? "s" : "", WIDTH,
@@ -857,27 +880,11 @@ int main(int argc, char **argv) {
 
   header("mm_run_async (plain thread -> loop) vs uv_async_send + condvar "
          "floor", "floor");
-  snprintf(t, sizeof t, "1 back to back (%llu), ns/call",
-           (unsigned long long) rt_iters);
-  line(t, &a1t, "<= 1.3x");
-  line("  CPU us/call", &a1c, "<= 1.0x");
-  snprintf(t, sizeof t, "2 %d threads (%llu), k calls/s", WIDTH,
-           (unsigned long long) atp_iters);
-  line(t, &a2t, "");
-  line("  CPU us/call", &a2c, "<= 1.0x");
-  snprintf(t, sizeof t, "3 sporadic (%llu, 200 us), median us",
-           (unsigned long long) sp_calls);
-  line(t, &a3m, "");
-  line("  p99 latency us", &a3p, "");
-  line("  CPU us/call (whole window)", &a3c, "<= 1.0x");
-  snprintf(t, sizeof t, "4 idle %llu ms after %llu: %% of a CPU",
-           (unsigned long long) idle_ms, (unsigned long long) burst_iters);
-  line(t, &a4, "");
-  snprintf(t, sizeof t, "5 busy neighbour%s, ns/call",
-           pinned ? " (pinned)" : " (NOT pinned)");
-  line(t, &a5t, "<= 1.3x");
-  line("  CPU us/call", &a5c, "<= 1.0x");
-
+  static const struct bridge_rows async_rows = {
+    .aim1 = "<= 1.3x", .what2 = "threads", .aim2 = "", .aim5 = "<= 1.3x",
+    .idle_note = false
+  };
+  print_figs(&af, &async_rows, atp_iters, pinned);
   printf("\n1: one call outstanding.  2: %d calls always in flight (run_async: "
          "%d plain\nthreads).  3: one call every 200 us, paced on absolute "
          "times; latency from\nthe call to its answer; CPU: the whole "
