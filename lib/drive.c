@@ -231,20 +231,20 @@ static void on_bell(uv_poll_t *h, int status, int events) {
   /* Poll first next time if the post that woke us came within the
    * polling window: a poll would have caught it, and saved the sleep and
    * the wake-up -- even from a thread on the loop's own CPU, unlike the
-   * threads' spins (spin.c, mm__spin_would_catch): the poll yields that
-   * CPU at each turn past POLL_YIELD_NS, and a loop and its workers
-   * sharing a CPU (several loops on two CPUs) hand it to each other
-   * through those yields for less than a sleep and a wake-up each
-   * (measured: two loops x 64 calls, 1.6M calls/s when the loop judged
-   * by CPU, 3.6M when not).  The poster's own time (remote.c), not ours now: ours
+   * threads' spins (spin.c, mm__spin_woken): the poll yields that CPU at
+   * each turn past POLL_YIELD_NS, and a loop and its workers sharing a
+   * CPU (several loops on two CPUs) hand it to each other through those
+   * yields for less than a sleep and a wake-up each (measured: two loops
+   * x 64 calls, 1.6M calls/s when the loop judged by CPU, 3.6M when
+   * not).  The poster's own time (remote.c), not ours now: ours
    * adds the wake-up's latency (tens of us on a VM), and answers that
    * come 20-40 us after the loop sleeps -- a worker woken from its own
    * sleep -- made every poll a miss, burning POLL_NS per call. */
   if (atomic_load_explicit(&loop->asleep, memory_order_relaxed)) {
     uint64_t at = atomic_load_explicit(&loop->woken_at,
                                        memory_order_relaxed);
-    loop->poll_first = at != 0 && (int64_t) (at - loop->sleep_start) <
-                                      (int64_t) POLL_NS;
+    loop->poll_first = at != 0 &&
+                       (int64_t) (at - loop->sleep_start) < POLL_NS;
   }
   drain(loop);
   mm__loop_process_stop(loop);
