@@ -321,9 +321,9 @@ static unsigned budget_room(const mm__pool_t *pool, unsigned awake) {
  * spinning and already woken workers will take (and free more: the
  * caller itself, when it is a worker about to look for work), within
  * budget_room().  One thread starts at a time; once running it calls this
- * again for the next.  mu held.  Returns how many times the caller must
- * wake work_bell's sleepers once it has released mu; *err is set only when an empty
- * pool cannot start a thread. */
+ * again for the next.  mu held.  Returns how many of work_bell's
+ * sleepers the caller must wake (signal_n) once it has released mu; *err
+ * is set only when an empty pool cannot start a thread. */
 static unsigned assign(mm__pool_t *pool, unsigned free, int *err) {
   mm__assert(pool_ok(pool));
   uint64_t taken = (uint64_t) pool->nspinning + pool->nwaking + free;
